@@ -1,0 +1,3 @@
+from bnclaims.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,587 @@
+"""Claim files: schema, loading, and line-accurate errors.
+
+A claim file is one YAML mapping (see ``bnclaims schema`` / README "Claim files").
+``load_claims`` reads every file it is given, reports *every* problem of *every* file
+(one ``Problem`` each, with file, line and column), and returns the valid claims.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bnclaims import experiments as registry
+from bnclaims.errors import Problem
+from bnclaims.rules import Condition, RuleSyntaxError, parse_condition
+from bnclaims.verdict import VERDICTS
+from bnclaims.yamlpos import Located, YamlProblem, load
+
+ID_PATTERN = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
+TAG_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
+THREAD_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+ARXIV_PATTERN = re.compile(r"^(\d{4}\.\d{4,5}|[a-z-]+(\.[A-Z]{2})?/\d{7})(v\d+)?$")
+DOI_PATTERN = re.compile(r"^10\.\d{4,9}/\S+$")
+MAX_SEEDS = 10_000
+DEFAULT_TIMEOUT = 600.0
+
+
+# --------------------------------------------------------------------------- schema
+# One description of the format serves the loader and the published JSON Schema.
+
+def _str(description: str, **extra) -> dict:
+    return {"type": "string", "description": description, **extra}
+
+
+REFERENCE_SCHEMA = {
+    "type": "object",
+    "description": "A paper or page that bears on the claim; give at least one of arxiv, doi, url.",
+    "required": ["title"],
+    "additionalProperties": False,
+    "properties": {
+        "title": _str("Title of the work (authors and year welcome)", minLength=1),
+        "arxiv": _str("arXiv identifier, e.g. 1502.03167", pattern=ARXIV_PATTERN.pattern),
+        "doi": _str("DOI, e.g. 10.5555/3045118.3045167", pattern=DOI_PATTERN.pattern),
+        "url": _str("https:// address", pattern=r"^https?://\S+$"),
+        "note": _str("What in the work bears on the claim"),
+    },
+}
+
+PLOT_SCHEMA = {
+    "type": "object",
+    "description": "A plot of series returned by the experiment (mean across seeds with a 95% band).",
+    "required": ["title", "y"],
+    "additionalProperties": False,
+    "properties": {
+        "title": _str("Plot title", minLength=1),
+        "x": _str("Series used as x axis (default: the index, e.g. the training step)"),
+        "y": {"type": "array", "items": {"type": "string"}, "minItems": 1,
+              "description": "Series drawn, one line (or set of points) each"},
+        "labels": {"type": "array", "items": {"type": "string"},
+                   "description": "Legend labels for the y series (default: their names)"},
+        "xlabel": _str("x axis label with unit"),
+        "ylabel": _str("y axis label with unit"),
+        "xscale": {"enum": ["linear", "log"], "description": "x axis scale (default linear)"},
+        "yscale": {"enum": ["linear", "log"], "description": "y axis scale (default linear)"},
+        "kind": {"enum": ["line", "points"],
+                 "description": "line: curve with band (over steps); points: markers with error bars (sweeps)"},
+    },
+}
+
+CLAIM_SCHEMA = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": "https://bnclaims.invalid/claim.schema.json",
+    "title": "bnclaims claim file",
+    "description": "One claim about batch normalization, quoted from a thread and tested by an experiment.",
+    "type": "object",
+    "required": ["id", "title", "claim", "source", "tags", "experiment", "seeds", "rule", "explanation"],
+    "additionalProperties": False,
+    "properties": {
+        "id": _str("Claim id: lowercase words joined by '-', equal to the file name without .yaml",
+                   pattern=ID_PATTERN.pattern, maxLength=80),
+        "title": _str("Short title shown in lists", minLength=1, maxLength=200),
+        "claim": _str("The claim restated in plain words as a testable statement", minLength=1),
+        "source": {
+            "type": "object",
+            "description": "Where the claim was said",
+            "required": ["thread", "quote"],
+            "additionalProperties": False,
+            "properties": {
+                "thread": _str("A thread file under claims/threads/ (name, .txt optional)",
+                               pattern=THREAD_PATTERN.pattern),
+                "quote": _str("The exact words, as found in the thread (whitespace may differ)", minLength=1),
+            },
+        },
+        "tags": {"type": "array", "items": _str("tag", pattern=TAG_PATTERN.pattern), "uniqueItems": True,
+                 "description": "Tags; each also becomes a pytest marker"},
+        "experiment": _str("Name of a registered experiment (bnclaims list --experiments)"),
+        "params": {"type": "object", "description": "Experiment parameters; checked against its signature"},
+        "seeds": {"type": "integer", "minimum": 1, "maximum": MAX_SEEDS,
+                  "description": "Number of seeds the experiment runs with"},
+        "timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": 86400,
+                    "description": f"Seconds one seed may take (default {DEFAULT_TIMEOUT:g})"},
+        "rule": {
+            "type": "object",
+            "description": "The verdict rule: conditions judged across seeds",
+            "required": ["conditions"],
+            "additionalProperties": False,
+            "properties": {
+                "conditions": {
+                    "type": "array", "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "required": ["name", "holds"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "name": _str("The setting this condition tests", minLength=1),
+                            "holds": _str("STAT(metric | a - b | a / b) OP number, or ... between a and b; "
+                                          "STAT: mean, median, geomean, min, max; OP: <, <=, >, >="),
+                        },
+                    },
+                },
+            },
+        },
+        "expected": {"enum": list(VERDICTS), "description": "The verdict this claim is known to get"},
+        "explanation": _str("Why the verdict, in plain words, shown on the site", minLength=1),
+        "references": {"type": "array", "items": REFERENCE_SCHEMA},
+        "plots": {"type": "array", "items": PLOT_SCHEMA},
+    },
+}
+
+
+def schema_json() -> str:
+    return json.dumps(CLAIM_SCHEMA, indent=2, sort_keys=False) + "\n"
+
+
+# --------------------------------------------------------------------------- records
+
+@dataclass(frozen=True)
+class Reference:
+    title: str
+    arxiv: str | None = None
+    doi: str | None = None
+    url: str | None = None
+    note: str | None = None
+
+    @property
+    def link(self) -> str | None:
+        if self.arxiv:
+            return f"https://arxiv.org/abs/{self.arxiv}"
+        if self.doi:
+            return f"https://doi.org/{self.doi}"
+        return self.url
+
+
+@dataclass(frozen=True)
+class Plot:
+    title: str
+    y: tuple[str, ...]
+    labels: tuple[str, ...]
+    x: str | None = None
+    xlabel: str = ""
+    ylabel: str = ""
+    xscale: str = "linear"
+    yscale: str = "linear"
+    kind: str = "line"
+
+
+@dataclass(frozen=True)
+class Claim:
+    id: str
+    path: Path
+    line: int  # line of the `id:` key
+    title: str
+    claim: str
+    thread: str  # file name under claims/threads/, with .txt
+    quote: str
+    quote_span: tuple[int, int]  # character offsets of the quote in the thread text
+    tags: tuple[str, ...]
+    experiment: str
+    params: dict[str, Any]  # as given in the file, type-checked (defaults NOT filled in)
+    seeds: int
+    timeout: float
+    conditions: tuple[tuple[str, Condition], ...]
+    expected: str | None
+    explanation: str
+    references: tuple[Reference, ...]
+    plots: tuple[Plot, ...]
+    source_text: str  # the file's text, for the site
+
+    def run_params(self) -> dict[str, Any]:
+        """Parameters the experiment is called with: its defaults, overridden by the file."""
+        params = registry.get(self.experiment).defaults()
+        params.update(self.params)
+        return params
+
+    def content_hash(self) -> str:
+        """Hash of everything in the claim that the verdict depends on."""
+        data = {
+            "experiment": self.experiment,
+            "params": self.run_params(),
+            "seeds": self.seeds,
+            "rule": [[name, c.text] for name, c in self.conditions],
+        }
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------- helpers
+
+def did_you_mean(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def normalize_space(text: str) -> str:
+    return " ".join(text.split())
+
+
+def find_quote(thread_text: str, quote: str) -> tuple[int, int] | None:
+    """Character span of ``quote`` in ``thread_text``, ignoring differences in whitespace."""
+    words = quote.split()
+    if not words:
+        return None
+    pattern = r"\s+".join(re.escape(w) for w in words)
+    match = re.search(pattern, thread_text)
+    return (match.start(), match.end()) if match else None
+
+
+def display_path(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+class _Checker:
+    """Walks one file's Located tree against CLAIM_SCHEMA, collecting problems."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.problems: list[Problem] = []
+
+    def add(self, where: Located | None, message: str) -> None:
+        if where is None:
+            self.problems.append(Problem(self.path, message))
+        else:
+            self.problems.append(Problem(self.path, message, where.line, where.column))
+
+    def check(self, node: Located, schema: dict, field: str) -> bool:
+        """Check one value against a schema fragment; return False (after adding a problem) if invalid."""
+        if "enum" in schema:
+            if node.kind != "scalar" or node.value not in schema["enum"] or isinstance(node.value, bool):
+                choices = ", ".join(str(c) for c in schema["enum"])
+                hint = did_you_mean(str(node.value), schema["enum"]) if isinstance(node.value, str) else ""
+                self.add(node, f"{field} must be one of {choices} (found {_found(node)}{hint})")
+                return False
+            return True
+        kind = schema.get("type")
+        if kind == "string":
+            if node.kind != "scalar" or not isinstance(node.value, str):
+                self.add(node, f"{field} must be a string (found {_found(node)})")
+                return False
+            if len(node.value) < schema.get("minLength", 0) or not node.value.strip() and schema.get("minLength"):
+                self.add(node, f"{field} must not be empty (found {_found(node)})")
+                return False
+            if "maxLength" in schema and len(node.value) > schema["maxLength"]:
+                self.add(node, f"{field} must be at most {schema['maxLength']} characters (found {len(node.value)})")
+                return False
+            if "pattern" in schema and not re.match(schema["pattern"], node.value):
+                self.add(node, f"{field} must match {schema['pattern']} (found {_found(node)})")
+                return False
+            return True
+        if kind == "integer":
+            if node.kind != "scalar" or not isinstance(node.value, int) or isinstance(node.value, bool):
+                self.add(node, f"{field} must be an integer in {schema['minimum']}..{schema['maximum']} (found {_found(node)})")
+                return False
+            if not schema["minimum"] <= node.value <= schema["maximum"]:
+                self.add(node, f"{field} must be an integer in {schema['minimum']}..{schema['maximum']} (found {_found(node)})")
+                return False
+            return True
+        if kind == "number":
+            if node.kind != "scalar" or not isinstance(node.value, (int, float)) or isinstance(node.value, bool) \
+                    or not (0 < node.value <= schema["maximum"]):
+                self.add(node, f"{field} must be a number of seconds in (0, {schema['maximum']}] (found {_found(node)})")
+                return False
+            return True
+        if kind == "array":
+            if node.kind != "seq":
+                self.add(node, f"{field} must be a list (found {_found(node)})")
+                return False
+            if len(node.value) < schema.get("minItems", 0):
+                self.add(node, f"{field} must have at least {schema['minItems']} item(s) (found an empty list)")
+                return False
+            ok = all([self.check(item, schema["items"], f"{field}[{i}]") for i, item in enumerate(node.value)])
+            if ok and schema.get("uniqueItems"):
+                seen = set()
+                for item in node.value:
+                    if item.value in seen:
+                        self.add(item, f"{field} lists {item.value!r} twice")
+                        ok = False
+                    seen.add(item.value)
+            return ok
+        if kind == "object":
+            if node.kind != "map":
+                self.add(node, f"{field} must be a mapping (found {_found(node)})")
+                return False
+            props = schema.get("properties")
+            ok = True
+            if props is None:
+                return True
+            for key, (key_node, value) in node.value.items():
+                if key not in props:
+                    self.add(key_node, f"unknown key in {field} (found '{key}'{did_you_mean(key, props)})"
+                             if field != "claim" else f"unknown key (found '{key}'{did_you_mean(key, props)})")
+                    ok = False
+                    continue
+                sub = f"{key}" if field == "claim" else f"{field}.{key}"
+                ok = self.check(value, props[key], sub) and ok
+            missing = [k for k in schema.get("required", []) if k not in node.value]
+            for key in missing:
+                self.add(node, f"missing required key '{key}'" + ("" if field == "claim" else f" in {field}")
+                         + f" (found keys: {', '.join(node.value) or 'none'})")
+                ok = False
+            return ok
+        return True
+
+
+def _found(node: Located) -> str:
+    if node.kind == "map":
+        return "a mapping"
+    if node.kind == "seq":
+        return "a list"
+    value = node.value
+    if value is None:
+        return "nothing"
+    if isinstance(value, str):
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        return repr(shown)
+    return f"{type(value).__name__} {value!r}"[:60]
+
+
+def _get(node: Located, key: str) -> Located | None:
+    entry = node.value.get(key)
+    return entry[1] if entry else None
+
+
+def _key(node: Located, key: str) -> Located | None:
+    entry = node.value.get(key)
+    return entry[0] if entry else None
+
+
+# --------------------------------------------------------------------------- loading
+
+def _load_one(path: Path, threads_dir: Path, thread_cache: dict) -> tuple[Claim | None, list[Problem]]:
+    shown = display_path(path)
+    checker = _Checker(shown)
+    try:
+        size = path.stat().st_size
+        if size > 1024 * 1024:
+            return None, [Problem(shown, f"file is larger than 1 MiB (found {size} bytes)")]
+        data = path.read_bytes()
+    except OSError as e:
+        return None, [Problem(shown, f"cannot read file ({e.strerror})")]
+    try:
+        root = load(data)
+    except YamlProblem as e:
+        return None, [Problem(shown, e.message, e.line, e.column)]
+    if root.kind != "map":
+        return None, [Problem(shown, f"a claim file must be a YAML mapping (found {_found(root)})", root.line, root.column)]
+    if not checker.check(root, CLAIM_SCHEMA, "claim"):
+        # Keep going for semantic checks on the parts that did validate, so all problems show at once.
+        pass
+    text = data.decode("utf-8")
+
+    def valid(key: str, kind: type) -> Located | None:
+        node = _get(root, key)
+        if node is None or node.kind != "scalar" or not isinstance(node.value, kind) or isinstance(node.value, bool) and kind is not bool:
+            return None
+        return node
+
+    # id equals the file stem
+    id_node = valid("id", str)
+    if id_node is not None and ID_PATTERN.match(id_node.value) and id_node.value != path.stem:
+        checker.add(id_node, f"id must equal the file name '{path.stem}' (found '{id_node.value}')")
+
+    # experiment, params, metric names
+    exp = None
+    exp_node = valid("experiment", str)
+    known = registry.load_all()
+    if exp_node is not None:
+        exp = known.get(exp_node.value)
+        if exp is None:
+            checker.add(exp_node, f"unknown experiment (found '{exp_node.value}'{did_you_mean(exp_node.value, known)})")
+    params: dict[str, Any] = {}
+    params_node = _get(root, "params")
+    if exp is not None and params_node is not None and params_node.kind == "map":
+        for name, (key_node, value_node) in params_node.value.items():
+            spec = exp.params.get(name)
+            if spec is None:
+                accepted = ", ".join(exp.params) or "none"
+                checker.add(key_node, f"unknown parameter for experiment '{exp.name}' (found '{name}'"
+                            f"{did_you_mean(name, exp.params)}); it takes: {accepted}")
+                continue
+            ok, converted = registry.check_value(spec.annotation, value_node.plain())
+            if not ok:
+                checker.add(value_node, f"parameter '{name}' must be {spec.type_name} (found {_found(value_node)})")
+            else:
+                params[name] = converted
+
+    # source: thread file and quote
+    thread_name, quote, quote_span = "", "", (0, 0)
+    source = _get(root, "source")
+    if source is not None and source.kind == "map":
+        thread_node = _get(source, "thread")
+        quote_node = _get(source, "quote")
+        if thread_node is not None and isinstance(thread_node.value, str) and THREAD_PATTERN.match(thread_node.value) \
+                and ".." not in thread_node.value:
+            thread_name = thread_node.value if thread_node.value.endswith(".txt") else thread_node.value + ".txt"
+            thread_path = threads_dir / thread_name
+            if thread_name not in thread_cache:
+                try:
+                    thread_cache[thread_name] = thread_path.read_text(encoding="utf-8") if thread_path.is_file() else None
+                except (OSError, UnicodeDecodeError):
+                    thread_cache[thread_name] = None
+            thread_text = thread_cache[thread_name]
+            if thread_text is None:
+                available = sorted(p.stem for p in threads_dir.glob("*.txt")) if threads_dir.is_dir() else []
+                checker.add(thread_node, f"no such thread in {display_path(threads_dir)} (found "
+                            f"'{thread_node.value}'{did_you_mean(Path(thread_name).stem, available)})")
+            elif quote_node is not None and isinstance(quote_node.value, str) and quote_node.value.strip():
+                span = find_quote(thread_text, quote_node.value)
+                if span is None:
+                    checker.add(quote_node, f"quote not found in thread {thread_name} (found {_found(quote_node)})")
+                else:
+                    quote, quote_span = quote_node.value, span
+        elif thread_node is not None and isinstance(thread_node.value, str):
+            checker.add(thread_node, f"thread must be a file name under claims/threads/ (found {_found(thread_node)})")
+
+    # rule conditions: grammar and metric names
+    conditions: list[tuple[str, Condition]] = []
+    rule = _get(root, "rule")
+    cond_list = _get(rule, "conditions") if rule is not None and rule.kind == "map" else None
+    if cond_list is not None and cond_list.kind == "seq":
+        names_seen: set[str] = set()
+        for item in cond_list.value:
+            if item.kind != "map":
+                continue
+            name_node, holds_node = _get(item, "name"), _get(item, "holds")
+            if name_node is None or holds_node is None or not isinstance(holds_node.value, str) \
+                    or not isinstance(name_node.value, str):
+                continue
+            if name_node.value in names_seen:
+                checker.add(name_node, f"condition name used twice (found '{name_node.value}')")
+            names_seen.add(name_node.value)
+            try:
+                condition = parse_condition(holds_node.value)
+            except RuleSyntaxError as e:
+                checker.add(holds_node, f"invalid rule: {e.message} at character {e.offset + 1} of {holds_node.value!r}")
+                continue
+            if exp is not None:
+                bad = False
+                for metric in condition.metric_names:
+                    if metric in exp.series:
+                        checker.add(holds_node, f"'{metric}' is a series (for plots), rules need a scalar metric "
+                                    f"(found '{metric}'); metrics: {', '.join(exp.metrics)}")
+                        bad = True
+                    elif metric not in exp.metrics:
+                        checker.add(holds_node, f"unknown metric for experiment '{exp.name}' (found '{metric}'"
+                                    f"{did_you_mean(metric, exp.metrics)}); metrics: {', '.join(exp.metrics)}")
+                        bad = True
+                if bad:
+                    continue
+            conditions.append((name_node.value, condition))
+
+    # plots: series names
+    plots: list[Plot] = []
+    plots_node = _get(root, "plots")
+    if plots_node is not None and plots_node.kind == "seq":
+        for item in plots_node.value:
+            if item.kind != "map":
+                continue
+            plain = item.plain()
+            if not isinstance(plain.get("y"), list) or not all(isinstance(v, str) for v in plain["y"]):
+                continue
+            if exp is not None:
+                for field in ("x", "y"):
+                    node = _get(item, field)
+                    names = [plain.get(field)] if field == "x" else plain["y"]
+                    for name in names:
+                        if name is None or not isinstance(name, str):
+                            continue
+                        if name not in exp.series:
+                            checker.add(node, f"plot {field} must name a series of experiment '{exp.name}' (found "
+                                        f"'{name}'{did_you_mean(name, exp.series)}); series: "
+                                        f"{', '.join(exp.series) or 'none'}")
+            labels = plain.get("labels") or plain["y"]
+            if isinstance(labels, list) and len(labels) != len(plain["y"]):
+                checker.add(_get(item, "labels"), f"plot labels must match y one to one (found {len(labels)} labels "
+                            f"for {len(plain['y'])} series)")
+            try:
+                plots.append(Plot(
+                    title=str(plain.get("title", "")), y=tuple(plain["y"]), labels=tuple(str(x) for x in labels),
+                    x=plain.get("x"), xlabel=str(plain.get("xlabel", "")), ylabel=str(plain.get("ylabel", "")),
+                    xscale=str(plain.get("xscale", "linear")), yscale=str(plain.get("yscale", "linear")),
+                    kind=str(plain.get("kind", "line")),
+                ))
+            except TypeError:
+                pass
+
+    if checker.problems:
+        return None, checker.problems
+    data_plain = root.plain()
+    references = tuple(
+        Reference(**{k: v for k, v in ref.items()}) for ref in data_plain.get("references", [])
+    )
+    for ref_node in (_get(root, "references").value if _get(root, "references") else []):
+        ref = ref_node.plain()
+        if not any(ref.get(k) for k in ("arxiv", "doi", "url")):
+            checker.add(ref_node, "reference needs one of arxiv, doi or url (found only "
+                        f"{', '.join(ref) or 'nothing'})")
+    if checker.problems:
+        return None, checker.problems
+    claim = Claim(
+        id=data_plain["id"],
+        path=path,
+        line=_key(root, "id").line,
+        title=data_plain["title"].strip(),
+        claim=data_plain["claim"].strip(),
+        thread=thread_name,
+        quote=quote,
+        quote_span=quote_span,
+        tags=tuple(data_plain["tags"]),
+        experiment=data_plain["experiment"],
+        params=params,
+        seeds=data_plain["seeds"],
+        timeout=float(data_plain.get("timeout", DEFAULT_TIMEOUT)),
+        conditions=tuple(conditions),
+        expected=data_plain.get("expected"),
+        explanation=data_plain["explanation"].strip(),
+        references=references,
+        plots=tuple(plots),
+        source_text=text,
+    )
+    return claim, []
+
+
+def claim_files(paths: list[Path]) -> list[Path]:
+    """Expand directories to their ``*.yaml`` files (not recursing into threads/), sorted."""
+    out: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            out.extend(sorted(p for p in path.glob("*.yaml") if p.is_file()))
+            out.extend(sorted(p for p in path.glob("*.yml") if p.is_file()))
+        else:
+            out.append(path)
+    return out
+
+
+def threads_dir_for(path: Path) -> Path:
+    return path.parent / "threads"
+
+
+def load_claims(paths: list[Path], threads_dir: Path | None = None) -> tuple[list[Claim], list[Problem]]:
+    """Load every claim file under ``paths``; return (valid claims, problems of every invalid file)."""
+    claims: list[Claim] = []
+    problems: list[Problem] = []
+    thread_caches: dict[Path, dict] = {}
+    seen_ids: dict[str, Path] = {}
+    for path in claim_files(paths):
+        tdir = threads_dir or threads_dir_for(path)
+        claim, found = _load_one(path, tdir, thread_caches.setdefault(tdir, {}))
+        if claim is not None and claim.id in seen_ids:
+            found = [Problem(display_path(path), f"claim id already used by {display_path(seen_ids[claim.id])} "
+                             f"(found '{claim.id}')", claim.line, 1)]
+            claim = None
+        problems.extend(found)
+        if claim is not None:
+            seen_ids[claim.id] = path
+            claims.append(claim)
+    return claims, problems
+
+
+def thread_text(claim: Claim) -> str:
+    return (threads_dir_for(claim.path) / claim.thread).read_text(encoding="utf-8")

@@ -1,0 +1,408 @@
+"""The ``bnclaims`` command line: run, build, check, list, new, schema.
+
+Exit codes: 0 every claim ran and every declared ``expected`` verdict held; 1 a claim
+errored or its verdict differs from ``expected``; 2 usage error or an invalid claim file
+(the valid claims still run and are reported).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+import bnclaims
+from bnclaims.errors import BnclaimsError, Problem, UserError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+VERDICT_MARK = {"supported": "✓", "refuted": "✗", "mixed": "±", "inconclusive": "?", "error": "!"}
+
+
+# --------------------------------------------------------------------------- arguments
+
+def _selection(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("targets", nargs="*", metavar="ID_OR_PATH",
+                        help="claim ids or claim files/directories (default: every claim under --claims)")
+    parser.add_argument("-k", dest="keyword", metavar="EXPR",
+                        help="select claims whose id matches EXPR: substrings with and/or/not, e.g. 'gamma and not lr'")
+    parser.add_argument("--tag", action="append", default=[], metavar="TAG",
+                        help="select claims with this tag (repeat for any of several)")
+
+
+def _run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--jobs", "-j", type=int, default=0, metavar="N",
+                        help="worker processes (default: all cores)")
+    parser.add_argument("--seeds", type=_positive_int, metavar="N", help="override every claim's number of seeds")
+    parser.add_argument("--seed-base", type=_nonnegative_int, default=0, metavar="N",
+                        help="first seed; seeds are N..N+count-1 (default 0). Compare --seed-base 0 with "
+                             "--seed-base 10000 to check a verdict is stable on disjoint seeds")
+    parser.add_argument("--no-cache", action="store_true", help="run every seed again, ignoring cached results")
+    parser.add_argument("--cache-dir", type=Path, metavar="DIR",
+                        help="where results are cached (default: $XDG_CACHE_HOME/bnclaims or ./.bnclaims-cache)")
+    parser.add_argument("--timeout", type=_positive_float, metavar="SECONDS",
+                        help="time limit per seed, overriding each claim's 'timeout'")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="also write results as JSON to FILE")
+    parser.add_argument("--explain", action="store_true", help="say why each claim is (or is not) re-run")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--claims", type=Path, default=Path("claims"), metavar="DIR",
+                        help="directory of claim files (default: claims/)")
+    parser.add_argument("--experiments-module", action="append", default=[], metavar="MODULE",
+                        help="also import experiments from this importable module (repeatable; "
+                             "also $BNCLAIMS_EXPERIMENTS, comma-separated)")
+    parser.add_argument("--quiet", "-q", action="store_true", help="print only problems and the summary line")
+    parser.add_argument("--debug", action="store_true", help="show Python tracebacks for internal errors")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (found {value})")
+    return value
+
+
+def _nonnegative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more (found {value})")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive (found {text})")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # exit 2 with one line, as argparse does, but no usage dump noise
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="bnclaims",
+        description="Check claims about batch normalization against NumPy experiments.",
+        epilog="Examples:\n  bnclaims check\n  bnclaims run --tag exact\n  bnclaims build --out site\n"
+               "  bnclaims run bn-speeds-up-training --seed-base 10000\n\n"
+               "Exit codes: 0 all claims ran and matched 'expected'; 1 an error or a verdict differs "
+               "from 'expected'; 2 usage error or invalid claim file.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"bnclaims {bnclaims.__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("run", help="run claims and print a verdict table")
+    _selection(p), _run_options(p), _common(p)
+
+    p = sub.add_parser("build", help="run what is stale, then render the static site")
+    _selection(p), _run_options(p), _common(p)
+    p.add_argument("--out", type=Path, default=Path("site"), metavar="DIR", help="site directory (default: site/)")
+
+    p = sub.add_parser("check", help="validate claim files; runs no experiment")
+    p.add_argument("targets", nargs="*", metavar="PATH", help="claim files or directories (default: --claims)")
+    _common(p)
+
+    p = sub.add_parser("list", help="ids, titles, tags, thread and last verdict of every claim")
+    _selection(p), _common(p)
+    p.add_argument("--cache-dir", type=Path, metavar="DIR", help="cache to read last verdicts from")
+    p.add_argument("--experiments", action="store_true", help="list registered experiments, their parameters and metrics")
+
+    p = sub.add_parser("new", help="scaffold a new claim file that passes 'check'")
+    p.add_argument("id", help="the new claim's id (lowercase words joined by '-')")
+    p.add_argument("--experiment", help="experiment to start from (default: a simple exact one)")
+    p.add_argument("--thread", help="thread file under claims/threads/ (default: the first one)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing file")
+    _common(p)
+
+    p = sub.add_parser("schema", help="print the JSON Schema of claim files")
+    p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    return parser
+
+
+# --------------------------------------------------------------------------- selection
+
+_KEYWORD_TOKEN = re.compile(r"\s*(\(|\)|[^\s()]+)")
+
+
+def keyword_matcher(expr: str):
+    """Compile a ``-k`` expression (words, and/or/not, parentheses) into a predicate on ids."""
+    tokens = [t for t in _KEYWORD_TOKEN.findall(expr)]
+    position = 0
+
+    def peek():
+        return tokens[position] if position < len(tokens) else None
+
+    def take():
+        nonlocal position
+        position += 1
+        return tokens[position - 1]
+
+    def parse_or():
+        left = parse_and()
+        while peek() == "or":
+            take()
+            right = parse_and()
+            left = (lambda a, b: lambda s: a(s) or b(s))(left, right)
+        return left
+
+    def parse_and():
+        left = parse_not()
+        while peek() == "and":
+            take()
+            right = parse_not()
+            left = (lambda a, b: lambda s: a(s) and b(s))(left, right)
+        return left
+
+    def parse_not():
+        if peek() == "not":
+            take()
+            inner = parse_not()
+            return lambda s: not inner(s)
+        if peek() == "(":
+            take()
+            inner = parse_or()
+            if take() != ")" if peek() else True:
+                raise UserError(f"-k: missing ')' in {expr!r}")
+            return inner
+        word = peek()
+        if word is None or word in ("and", "or", ")"):
+            raise UserError(f"-k: expected a word (found {word or 'end of expression'!r}) in {expr!r}")
+        take()
+        return lambda s, w=word.lower(): w in s.lower()
+
+    predicate = parse_or()
+    if position != len(tokens):
+        raise UserError(f"-k: unexpected {tokens[position]!r} in {expr!r}")
+    return predicate
+
+
+def _load(args, targets: list[str]):
+    from bnclaims import experiments
+    from bnclaims.claims import display_path, did_you_mean, load_claims
+
+    modules = tuple(args.experiments_module) + tuple(
+        m.strip() for m in os.environ.get("BNCLAIMS_EXPERIMENTS", "").split(",") if m.strip())
+    import importlib
+
+    experiments.load_all()
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise UserError(f"cannot import experiments module {module!r} ({e})") from None
+    paths, ids = [], []
+    for target in targets:
+        path = Path(target)
+        if path.exists():
+            paths.append(path)
+        elif target.endswith((".yaml", ".yml")) or os.sep in target:
+            raise UserError(f"{target}: no such file or directory")
+        else:
+            ids.append(target)
+    claims, problems = load_claims(paths) if paths else ([], [])
+    if ids or not paths:
+        if not args.claims.is_dir():
+            raise UserError(f"{args.claims}: claims directory not found (use --claims DIR)")
+        dir_claims, dir_problems = load_claims([args.claims])
+        if ids:
+            known = {c.id for c in dir_claims} | {Path(p.path).stem for p in dir_problems}
+            for i in ids:
+                if i not in known:
+                    raise UserError(f"no claim with id {i!r} in {display_path(args.claims)}"
+                                    f"{did_you_mean(i, known).replace(';', ' —')}")
+            dir_claims = [c for c in dir_claims if c.id in ids]
+            dir_problems = [p for p in dir_problems if Path(p.path).stem in ids]
+        seen = {c.path.resolve() for c in claims}
+        claims += [c for c in dir_claims if c.path.resolve() not in seen]
+        problems += [p for p in dir_problems if p not in problems]
+    if getattr(args, "keyword", None):
+        match = keyword_matcher(args.keyword)
+        claims = [c for c in claims if match(c.id)]
+    if getattr(args, "tag", None):
+        wanted = set(args.tag)
+        claims = [c for c in claims if wanted & set(c.tags)]
+    return claims, problems, modules
+
+
+def _print_problems(problems: list[Problem]) -> None:
+    for problem in problems:
+        print(problem, file=sys.stderr)
+
+
+# --------------------------------------------------------------------------- commands
+
+def _options(args, modules):
+    from bnclaims.runner import RunOptions
+
+    return RunOptions(jobs=args.jobs, seeds=args.seeds, seed_base=args.seed_base, use_cache=not args.no_cache,
+                      cache_dir=args.cache_dir, timeout=args.timeout, modules=modules)
+
+
+def _table(results, quiet: bool) -> None:
+    if quiet or not results:
+        return
+    width = max(len(r.id) for r in results)
+    print(f"  {'claim':<{width}}  {'verdict':<12}  {'expected':<12}  seeds  time")
+    for r in results:
+        expected = r.claim.expected or "-"
+        flag = " " if r.matches_expected else "≠"
+        when = "cached" if r.cached else f"{r.seconds:.1f}s"
+        print(f"{VERDICT_MARK[r.status]} {r.id:<{width}}  {r.status:<12}  {expected:<12}{flag} {len(r.seeds):>5}  {when}")
+    for r in results:
+        if not r.matches_expected:
+            print(f"\n{r.id}: {r.status} (expected {r.claim.expected or 'no error'})\n  {r.reason}\n  {r.claim.path}:{r.claim.line}")
+
+
+def _summary(results, problems) -> str:
+    from collections import Counter
+
+    counts = Counter(r.status for r in results)
+    parts = [f"{counts[v]} {v}" for v in ("supported", "refuted", "mixed", "inconclusive", "error") if counts[v]]
+    mismatched = sum(1 for r in results if r.status != "error" and not r.matches_expected)
+    line = f"{len(results)} claims: " + (", ".join(parts) or "none run")
+    if mismatched:
+        line += f"; {mismatched} differ from expected"
+    if problems:
+        line += f"; {len(problems)} problem(s) in claim files"
+    return line
+
+
+def _write_json(path: Path, results, problems) -> None:
+    from bnclaims.cache import atomic_write
+
+    data = {
+        "bnclaims": bnclaims.__version__,
+        "claims": [r.to_json() for r in results],
+        "invalid": [p.to_json() for p in problems],
+    }
+    atomic_write(path, (json.dumps(data, indent=2, allow_nan=False, default=_json_default) + "\n").encode())
+
+
+def _json_default(value):
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def _exit_code(results, problems) -> int:
+    if problems:
+        return EXIT_USAGE
+    return EXIT_OK if all(r.matches_expected for r in results) else EXIT_FAILED
+
+
+def cmd_run(args, build: bool = False) -> int:
+    from bnclaims.runner import plan, run_claims
+    from bnclaims.cache import Cache, default_cache_dir
+
+    claims, problems, modules = _load(args, args.targets)
+    _print_problems(problems)
+    options = _options(args, modules)
+    if args.explain:
+        for p in plan(claims, options, Cache(options.cache_dir or default_cache_dir())):
+            print(f"{p.claim.id}: " + "; ".join(p.reasons))
+    results = run_claims(claims, options, progress=not args.quiet)
+    _table(results, args.quiet)
+    if args.json:
+        _write_json(args.json, results, problems)
+    if build:
+        from bnclaims.render import build_site
+
+        written = build_site(results, args.out, claims_dir=args.claims)
+        if not args.quiet:
+            print(f"site written to {args.out}/ ({written} pages)")
+    print(_summary(results, problems))
+    return _exit_code(results, problems)
+
+
+def cmd_check(args) -> int:
+    claims, problems, _ = _load(args, args.targets)
+    _print_problems(problems)
+    if not args.quiet:
+        for c in claims:
+            print(f"ok  {c.path}")
+    print(f"{len(claims)} valid, {len({p.path for p in problems})} invalid claim file(s)")
+    return EXIT_USAGE if problems else EXIT_OK
+
+
+def cmd_list(args) -> int:
+    from bnclaims import experiments
+    from bnclaims.cache import Cache, default_cache_dir
+
+    if args.experiments:
+        _load(args, [])  # imports extra modules
+        for name, exp in sorted(experiments.load_all().items()):
+            print(f"{name}  ({exp.module})")
+            for p in exp.params.values():
+                print(f"    param  {p.name}: {p.type_name} = {p.default!r}")
+            for m, desc in exp.metrics.items():
+                print(f"    metric {m}: {desc}")
+            for m, desc in exp.series.items():
+                print(f"    series {m}: {desc}")
+        return EXIT_OK
+    claims, problems, _ = _load(args, args.targets)
+    _print_problems(problems)
+    cache = Cache(args.cache_dir or default_cache_dir())
+    width = max((len(c.id) for c in claims), default=10)
+    print(f"{'id':<{width}}  {'last verdict':<12}  {'thread':<24}  tags  — title")
+    for c in claims:
+        last = (cache.get_claim(c.id) or {}).get("verdict", "not run")
+        print(f"{c.id:<{width}}  {last:<12}  {Path(c.thread).stem:<24}  {','.join(c.tags)}  — {c.title}")
+    return EXIT_USAGE if problems else EXIT_OK
+
+
+def cmd_new(args) -> int:
+    from bnclaims.scaffold import scaffold
+
+    path = scaffold(args.id, args.claims, experiment=args.experiment, thread=args.thread, force=args.force)
+    print(f"created {path}; edit it, then run: bnclaims check {path}")
+    return EXIT_OK
+
+
+def cmd_schema(args) -> int:
+    from bnclaims.claims import schema_json
+
+    sys.stdout.write(schema_json())
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    commands = {"run": cmd_run, "build": lambda a: cmd_run(a, build=True), "check": cmd_check,
+                "list": cmd_list, "new": cmd_new, "schema": cmd_schema}
+    try:
+        return commands[args.command](args)
+    except UserError as e:
+        if args.debug:
+            raise
+        print(f"bnclaims: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except BnclaimsError as e:
+        if args.debug:
+            raise
+        print(f"bnclaims: error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("bnclaims: interrupted; finished seeds are cached", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+    except Exception as e:  # noqa: BLE001 - a bug in bnclaims: one line unless --debug
+        if args.debug:
+            raise
+        print(f"bnclaims: internal error: {type(e).__name__}: {e} (run with --debug for the traceback)",
+              file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,161 @@
+"""Executors run seed jobs; the runner does not care where.
+
+``LocalExecutor`` keeps one process per core (``spawn``, one BLAS thread each). Each job
+has its own time limit; a job that runs past it, or whose worker dies (killed, out of
+memory), is reported as an error and the worker is replaced, so every other job still
+completes.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass
+from multiprocessing.connection import wait
+from typing import Callable, Protocol
+
+from bnclaims import worker
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    experiment: str
+    seed: int
+    params: dict
+    timeout: float
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str  # "ok" | "error"
+    payload: object  # {"metrics", "series"} when ok, the message when error
+    seconds: float
+
+
+class Executor(Protocol):
+    def run(self, jobs: list[Job], on_done: Callable[[Job, Outcome], None]) -> None: ...
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "worker process stopped responding"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"worker process was killed by {name}"
+    return f"worker process exited with code {code}"
+
+
+class _Worker:
+    def __init__(self, ctx, modules: tuple[str, ...], memory_limit: int | None):
+        self.conn, child = ctx.Pipe()
+        saved = {k: os.environ.get(k) for k in worker.BLAS_ENV}
+        os.environ.update({k: "1" for k in worker.BLAS_ENV})  # inherited by the child at spawn
+        try:
+            self.process = ctx.Process(target=worker.main, args=(child, modules, memory_limit), daemon=True)
+            self.process.start()
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        child.close()
+        self.ready = False
+        self.job: Job | None = None
+        self.deadline = float("inf")
+        self.started = 0.0
+
+    def assign(self, job: Job) -> None:
+        self.job = job
+        self.started = time.perf_counter()
+        self.deadline = self.started + job.timeout
+        self.conn.send((job.id, job.experiment, job.seed, job.params))
+
+    def kill(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(5)
+        self.conn.close()
+
+
+class LocalExecutor:
+    """A pool of worker processes on this machine."""
+
+    def __init__(self, n_workers: int, modules: tuple[str, ...] = (), memory_limit: int | None = None):
+        self.n_workers = max(1, n_workers)
+        self.modules = modules
+        self.memory_limit = memory_limit
+
+    def run(self, jobs: list[Job], on_done: Callable[[Job, Outcome], None]) -> None:
+        if not jobs:
+            return
+        ctx = multiprocessing.get_context("spawn")
+        pending = deque(jobs)
+        workers = [_Worker(ctx, self.modules, self.memory_limit) for _ in range(min(self.n_workers, len(jobs)))]
+        remaining = len(jobs)
+        try:
+            while remaining:
+                for w in workers:
+                    if w.ready and w.job is None and pending:
+                        w.assign(pending.popleft())
+                now = time.perf_counter()
+                deadline = min((w.deadline for w in workers if w.job), default=float("inf"))
+                timeout = None if deadline == float("inf") else max(0.0, deadline - now)
+                ready = wait([w.conn for w in workers], timeout=timeout)
+                for i, w in enumerate(workers):
+                    if w is None or w.conn not in ready:
+                        continue
+                    try:
+                        job_id, status, payload, seconds = w.conn.recv()
+                    except (EOFError, OSError):
+                        w.process.join(5)
+                        job = w.job
+                        w.kill()
+                        if job is not None:
+                            remaining -= 1
+                            on_done(job, Outcome("error", f"seed {job.seed}: {_describe_exit(w.process.exitcode)}",
+                                                 time.perf_counter() - w.started))
+                        workers[i] = _Worker(ctx, self.modules, self.memory_limit) if pending else None
+                        continue
+                    if job_id == "ready":
+                        w.ready = True
+                        continue
+                    if job_id == "startup-error":
+                        # every worker would fail the same way: fail the jobs instead of respawning forever
+                        while pending:
+                            job = pending.popleft()
+                            remaining -= 1
+                            on_done(job, Outcome("error", f"worker could not start: {status}", 0.0))
+                        w.kill()
+                        workers[i] = None
+                        continue
+                    job, w.job, w.deadline = w.job, None, float("inf")
+                    remaining -= 1
+                    on_done(job, Outcome(status, payload, seconds))
+                workers = [w for w in workers if w is not None]
+                now = time.perf_counter()
+                for i, w in enumerate(workers):
+                    if w.job is not None and now >= w.deadline:
+                        job = w.job
+                        w.kill()
+                        remaining -= 1
+                        on_done(job, Outcome("error", f"seed {job.seed}: timed out after {job.timeout:g} s "
+                                                      "(raise 'timeout:' in the claim or --timeout)", job.timeout))
+                        workers[i] = _Worker(ctx, self.modules, self.memory_limit) if pending else None
+                workers = [w for w in workers if w is not None]
+        finally:
+            for w in workers:
+                try:
+                    w.conn.send(None)
+                except (OSError, BrokenPipeError):
+                    pass
+            for w in workers:
+                w.process.join(2)
+                w.kill()

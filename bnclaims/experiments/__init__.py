@@ -1,0 +1,221 @@
+"""Experiment registry.
+
+An experiment is a plain function registered by name::
+
+    @experiment(
+        "bn-output-moments",
+        metrics={"max_abs_mean": "largest |batch mean| of the normalized output"},
+        series={"batch_size": "batch sizes swept (x axis)"},
+    )
+    def output_moments(rng: np.random.Generator, *, batch_size: int = 32, eps: float = 1e-5):
+        ...
+        return {"max_abs_mean": 1e-8, "batch_size": np.array([...])}
+
+* the first argument is a ``numpy.random.Generator`` (the only source of randomness);
+* every other parameter is keyword-only, annotated and has a default; annotations are
+  restricted to ``int``, ``float``, ``bool``, ``str``, ``Literal[...]`` and ``list[...]``
+  of those, so claim files can be checked against them without running anything;
+* it returns a dict with every declared metric (a finite scalar, used by verdict rules)
+  and every declared series (a 1-D array, used by plots); nothing else.
+
+Experiments never read files, print or touch global state.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import numpy as np
+
+from bnclaims.errors import ExperimentError
+
+_SCALARS = (int, float, bool, str)
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    annotation: Any
+    default: Any
+
+    @property
+    def type_name(self) -> str:
+        return type_name(self.annotation)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    func: Callable[..., dict]
+    metrics: dict[str, str]
+    series: dict[str, str]
+    params: dict[str, Param]
+    module: str
+    source_file: str
+    first_line: int
+    doc: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def defaults(self) -> dict[str, Any]:
+        return {name: p.default for name, p in self.params.items()}
+
+
+_REGISTRY: dict[str, Experiment] = {}
+_LOADED = False
+
+
+def type_name(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    if origin is list:
+        (item,) = typing.get_args(annotation)
+        return f"list of {type_name(item)}"
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(annotation))
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _check_annotation(where: str, annotation: Any) -> None:
+    origin = typing.get_origin(annotation)
+    if origin is list:
+        (item,) = typing.get_args(annotation)
+        _check_annotation(where, item)
+    elif origin is Literal:
+        if not all(isinstance(a, _SCALARS) for a in typing.get_args(annotation)):
+            raise TypeError(f"{where}: Literal values must be int, float, bool or str")
+    elif annotation not in _SCALARS:
+        raise TypeError(f"{where}: unsupported parameter annotation {annotation!r}")
+
+
+def experiment(name: str, *, metrics: dict[str, str], series: dict[str, str] | None = None):
+    """Register ``func`` as the experiment ``name``; see the module docstring."""
+
+    def register(func: Callable[..., dict]) -> Callable[..., dict]:
+        if name in _REGISTRY and _REGISTRY[name].func is not func:
+            raise ValueError(f"experiment {name!r} registered twice")
+        hints = typing.get_type_hints(func)
+        signature = inspect.signature(func)
+        parameters = list(signature.parameters.values())
+        if not parameters or parameters[0].name != "rng":
+            raise TypeError(f"experiment {name!r}: first parameter must be 'rng'")
+        params = {}
+        for p in parameters[1:]:
+            where = f"experiment {name!r}, parameter {p.name!r}"
+            if p.kind is not inspect.Parameter.KEYWORD_ONLY or p.default is inspect.Parameter.empty:
+                raise TypeError(f"{where}: must be keyword-only with a default")
+            _check_annotation(where, hints.get(p.name))
+            params[p.name] = Param(p.name, hints[p.name], p.default)
+        overlap = set(metrics) & set(series or {})
+        if overlap:
+            raise ValueError(f"experiment {name!r}: names both metric and series: {sorted(overlap)}")
+        lines, first_line = inspect.getsourcelines(func)
+        _REGISTRY[name] = Experiment(
+            name=name,
+            func=func,
+            metrics=dict(metrics),
+            series=dict(series or {}),
+            params=params,
+            module=func.__module__,
+            source_file=inspect.getsourcefile(func) or "",
+            first_line=first_line,
+            doc=inspect.getdoc(func) or "",
+        )
+        return func
+
+    return register
+
+
+def load_all() -> dict[str, Experiment]:
+    """Import every module of this package (registering its experiments); return the registry."""
+    global _LOADED
+    if not _LOADED:
+        for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+            if not info.name.startswith("_"):
+                importlib.import_module(f"{__name__}.{info.name}")
+        _LOADED = True
+    return _REGISTRY
+
+
+def get(name: str) -> Experiment:
+    return load_all()[name]
+
+
+def check_value(annotation: Any, value: Any) -> tuple[bool, Any]:
+    """Return (ok, converted value) for a claim-file value against a parameter annotation.
+
+    ``bool`` is never accepted for ``int``/``float``; an ``int`` is accepted for ``float``.
+    """
+    origin = typing.get_origin(annotation)
+    if origin is list:
+        (item,) = typing.get_args(annotation)
+        if not isinstance(value, list):
+            return False, None
+        out = []
+        for v in value:
+            ok, converted = check_value(item, v)
+            if not ok:
+                return False, None
+            out.append(converted)
+        return True, out
+    if origin is Literal:
+        choices = typing.get_args(annotation)
+        ok = any(type(value) is type(c) and value == c for c in choices)
+        return ok, value
+    if annotation is bool:
+        return isinstance(value, bool), value
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False, None
+        return True, float(value)
+    if annotation is str:
+        return isinstance(value, str), value
+    return False, None
+
+
+def run_experiment(exp: Experiment, seed: int, params: dict[str, Any]) -> dict[str, Any]:
+    """Call ``exp`` with a fresh Generator for ``seed`` and validate what it returns.
+
+    Returns ``{"metrics": {name: float}, "series": {name: list[float]}}``.
+    Raises ExperimentError when the result is missing names or holds NaN/inf scalars.
+    """
+    rng = np.random.default_rng(seed)
+    kwargs = exp.defaults()
+    kwargs.update(params)
+    out = exp.func(rng, **kwargs)
+    if not isinstance(out, dict):
+        raise ExperimentError(f"experiment {exp.name!r} returned {type(out).__name__}, not a dict")
+    missing = [n for n in list(exp.metrics) + list(exp.series) if n not in out]
+    if missing:
+        raise ExperimentError(f"experiment {exp.name!r} did not return {', '.join(missing)}")
+    undeclared = sorted(set(out) - set(exp.metrics) - set(exp.series))
+    if undeclared:
+        raise ExperimentError(f"experiment {exp.name!r} returned undeclared {', '.join(undeclared)}")
+    metrics: dict[str, float] = {}
+    for name in exp.metrics:
+        value = np.asarray(out[name])
+        if value.shape != ():
+            raise ExperimentError(f"metric {name!r} is not a scalar (shape {value.shape})")
+        value = float(value)
+        if not np.isfinite(value):
+            raise ExperimentError(f"metric {name!r} is {value} (seed {seed})")
+        metrics[name] = value
+    series: dict[str, list[float]] = {}
+    for name in exp.series:
+        value = np.asarray(out[name], dtype=np.float64)
+        if value.ndim != 1:
+            raise ExperimentError(f"series {name!r} is not 1-D (shape {value.shape})")
+        if np.isinf(value).any():
+            raise ExperimentError(f"series {name!r} holds inf (seed {seed}); use NaN for a missing point")
+        series[name] = [None if np.isnan(v) else float(v) for v in value]
+    return {"metrics": metrics, "series": series}
+
+
+def source_path(exp: Experiment) -> Path:
+    return Path(exp.source_file)

@@ -1,0 +1,155 @@
+"""Results of running a claim: per-seed runs, aggregates across seeds, and the verdict."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+from bnclaims.claims import Claim
+from bnclaims.verdict import CONFIDENCE, Verdict, judge
+
+
+@dataclass(frozen=True)
+class SeedRun:
+    seed: int
+    metrics: dict[str, float]
+    series: dict[str, list[float | None]]
+    seconds: float
+    cached: bool
+
+
+@dataclass(frozen=True)
+class MetricSummary:
+    mean: float
+    ci_low: float
+    ci_high: float
+    sd: float
+    n: int
+    values: tuple[float, ...]
+
+    def to_json(self) -> dict:
+        return {"mean": self.mean, "ci": [self.ci_low, self.ci_high], "sd": self.sd, "n": self.n,
+                "values": list(self.values)}
+
+
+@dataclass(frozen=True)
+class SeriesSummary:
+    """Pointwise mean and 95 % t-interval across seeds (None where no seed has a value)."""
+
+    mean: tuple[float | None, ...]
+    ci_low: tuple[float | None, ...]
+    ci_high: tuple[float | None, ...]
+    n: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    claim: Claim
+    status: str  # a verdict, or "error"
+    verdict: Verdict | None
+    error: str | None
+    seeds: tuple[int, ...]
+    runs: tuple[SeedRun, ...]
+    metrics: dict[str, MetricSummary]
+    series: dict[str, SeriesSummary]
+    seconds: float  # compute time summed over seeds (as measured when each seed ran)
+    cached: bool  # every seed came from the cache
+    input_hash: str
+    components: dict
+    reasons: tuple[str, ...]  # why it ran (or did not)
+
+    @property
+    def id(self) -> str:
+        return self.claim.id
+
+    @property
+    def matches_expected(self) -> bool:
+        if self.status == "error":
+            return False
+        return self.claim.expected is None or self.status == self.claim.expected
+
+    @property
+    def reason(self) -> str:
+        return self.error if self.status == "error" else self.verdict.reason
+
+    def to_json(self) -> dict:
+        return {
+            "id": self.claim.id,
+            "path": str(self.claim.path),
+            "title": self.claim.title,
+            "verdict": self.status,
+            "expected": self.claim.expected,
+            "matches_expected": self.matches_expected,
+            "reason": self.reason,
+            "metrics": {name: m.to_json() for name, m in self.metrics.items()},
+            "conditions": [c.to_json() for c in self.verdict.conditions] if self.verdict else [],
+            "seeds": list(self.seeds),
+            "seconds": round(self.seconds, 3),
+            "cached": self.cached,
+            "error": self.error,
+            "input_hash": self.input_hash,
+        }
+
+    def summary_record(self) -> dict:
+        """What the cache keeps of the last run (for ``list`` and ``--explain``)."""
+        return {"id": self.claim.id, "verdict": self.status, "reason": self.reason,
+                "input_hash": self.input_hash, "components": self.components}
+
+
+def summarize_metric(values: list[float]) -> MetricSummary:
+    arr = np.asarray(values, dtype=np.float64)
+    n = len(arr)
+    mean = float(arr.mean())
+    if n < 2:
+        return MetricSummary(mean, -math.inf, math.inf, 0.0, n, tuple(values))
+    sd = float(arr.std(ddof=1))
+    half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1)) * sd / math.sqrt(n)
+    return MetricSummary(mean, mean - half, mean + half, sd, n, tuple(float(v) for v in values))
+
+
+def summarize_series(runs: list[list[float | None]]) -> SeriesSummary:
+    length = max((len(r) for r in runs), default=0)
+    table = np.full((len(runs), length), np.nan)
+    for i, r in enumerate(runs):
+        table[i, : len(r)] = [np.nan if v is None else v for v in r]
+    n = np.sum(~np.isnan(table), axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.nanmean(table, axis=0) if len(runs) else np.zeros(length)
+        sd = np.nanstd(table, axis=0, ddof=1) if len(runs) > 1 else np.zeros(length)
+    tcrit = np.array([stats.t.ppf(0.5 + CONFIDENCE / 2, k - 1) if k > 1 else np.nan for k in n])
+    half = np.where(n > 1, tcrit * sd / np.sqrt(np.maximum(n, 1)), 0.0)
+
+    def clean(a: np.ndarray) -> tuple[float | None, ...]:
+        return tuple(None if (k == 0 or not np.isfinite(v)) else float(v) for v, k in zip(a, n))
+
+    return SeriesSummary(clean(mean), clean(mean - half), clean(mean + half), tuple(int(k) for k in n))
+
+
+def build_result(
+    claim: Claim,
+    seeds: list[int],
+    runs: list[SeedRun],
+    errors: dict[int, str],
+    input_hash: str,
+    components: dict,
+    reasons: list[str],
+) -> ClaimResult:
+    seconds = sum(r.seconds for r in runs)
+    cached = bool(runs) and all(r.cached for r in runs) and not errors
+    metrics = {name: summarize_metric([r.metrics[name] for r in runs]) for name in (runs[0].metrics if runs else {})}
+    series = {name: summarize_series([r.series[name] for r in runs]) for name in (runs[0].series if runs else {})}
+    common = dict(claim=claim, seeds=tuple(seeds), runs=tuple(runs), metrics=metrics, series=series,
+                  seconds=seconds, cached=cached, input_hash=input_hash, components=components,
+                  reasons=tuple(reasons))
+    if errors:
+        first = min(errors)
+        more = f" (and {len(errors) - 1} more seeds failed)" if len(errors) > 1 else ""
+        return ClaimResult(status="error", verdict=None, error=errors[first] + more, **common)
+    try:
+        verdict = judge(list(claim.conditions), [r.metrics for r in runs])
+    except (ValueError, ZeroDivisionError, FloatingPointError) as e:
+        return ClaimResult(status="error", verdict=None, error=f"rule could not be judged: {e}", **common)
+    return ClaimResult(status=verdict.verdict, verdict=verdict, error=None, **common)

@@ -1,0 +1,211 @@
+"""Run claims: (claim, seed) jobs through an executor and the cache, then verdicts.
+
+``run_claims`` looks every seed up in the cache, sends the missing ones to the executor
+(workers started only if something is missing), stores each finished seed at once (so an
+interrupted run keeps what it finished), aggregates per claim and judges the rule.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from bnclaims import experiments as registry
+from bnclaims.cache import Cache, code_hashes, digest, versions
+from bnclaims.claims import Claim
+from bnclaims.executor import Executor, Job, LocalExecutor, Outcome
+from bnclaims.results import ClaimResult, SeedRun, build_result
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    jobs: int = 0  # 0 = all cores
+    seeds: int | None = None  # override every claim's seed count
+    seed_base: int = 0
+    use_cache: bool = True
+    cache_dir: Path | None = None
+    timeout: float | None = None  # override every claim's timeout
+    modules: tuple[str, ...] = ()  # extra experiment modules to import (workers too)
+    memory_limit: int | None = None  # bytes of address space per worker
+
+    def n_jobs(self) -> int:
+        return self.jobs if self.jobs > 0 else (os.cpu_count() or 1)
+
+
+@dataclass
+class Plan:
+    """What a run will do for one claim, and why."""
+
+    claim: Claim
+    seeds: list[int]
+    keys: list[str]
+    input_hash: str
+    components: dict
+    cached: dict[int, dict] = field(default_factory=dict)
+    reasons: list[str] = field(default_factory=list)
+
+
+def _components(claim: Claim, seeds: list[int]) -> dict:
+    exp = registry.get(claim.experiment)
+    return {
+        "experiment": claim.experiment,
+        "params": claim.run_params(),
+        "code": code_hashes(exp.module),
+        "versions": versions(),
+        "seeds": [seeds[0], seeds[-1]] if seeds else [],
+    }
+
+
+def seed_key(components: dict, seed: int) -> str:
+    return digest({k: components[k] for k in ("experiment", "params", "code", "versions")} | {"seed": seed})
+
+
+def _reasons(previous: dict | None, components: dict, use_cache: bool, n_missing: int, n_total: int) -> list[str]:
+    if not use_cache:
+        return ["--no-cache"]
+    if n_missing == 0:
+        return [f"all {n_total} seeds cached"]
+    if previous is None:
+        return [f"first run ({n_missing} of {n_total} seeds to run)"]
+    old = previous.get("components", {})
+    reasons = []
+    if old.get("experiment") != components["experiment"]:
+        reasons.append(f"experiment changed ({old.get('experiment')} -> {components['experiment']})")
+    if old.get("params") != components["params"]:
+        changed = sorted(k for k in set(old.get("params", {})) | set(components["params"])
+                         if old.get("params", {}).get(k) != components["params"].get(k))
+        reasons.append("params changed: " + ", ".join(changed))
+    old_code, new_code = old.get("code", {}), components["code"]
+    changed_files = sorted(f for f in set(old_code) | set(new_code) if old_code.get(f) != new_code.get(f))
+    if changed_files:
+        reasons.append("code changed: " + ", ".join(changed_files))
+    if old.get("versions") != components["versions"]:
+        reasons.append("versions changed: " + ", ".join(
+            f"{k} {old.get('versions', {}).get(k)} -> {v}" for k, v in components["versions"].items()
+            if old.get("versions", {}).get(k) != v))
+    if old.get("seeds") != components["seeds"]:
+        reasons.append(f"seeds changed ({old.get('seeds')} -> {components['seeds']})")
+    reasons.append(f"{n_missing} of {n_total} seeds to run")
+    return reasons
+
+
+def plan(claims: list[Claim], options: RunOptions, cache: Cache) -> list[Plan]:
+    plans = []
+    for claim in claims:
+        count = options.seeds or claim.seeds
+        seeds = list(range(options.seed_base, options.seed_base + count))
+        components = _components(claim, seeds)
+        keys = [seed_key(components, s) for s in seeds]
+        input_hash = digest({"claim": claim.content_hash(), **components, "seeds": seeds})
+        p = Plan(claim, seeds, keys, input_hash, components)
+        if options.use_cache:
+            for seed, key in zip(seeds, keys):
+                hit = cache.get_run(key)
+                if hit is not None:
+                    p.cached[seed] = hit
+        p.reasons = _reasons(cache.get_claim(claim.id), components, options.use_cache,
+                             len(seeds) - len(p.cached), len(seeds))
+        plans.append(p)
+    return plans
+
+
+class Progress:
+    """A one-line progress display on stderr, only when stderr is a terminal."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.total, self.done, self.errors = total, 0, 0
+        self.enabled = enabled and total > 0 and sys.stderr.isatty()
+        self.start = time.perf_counter()
+
+    def update(self, label: str, ok: bool) -> None:
+        self.done += 1
+        self.errors += not ok
+        if self.enabled:
+            elapsed = time.perf_counter() - self.start
+            eta = elapsed / self.done * (self.total - self.done)
+            errors = f", {self.errors} errors" if self.errors else ""
+            sys.stderr.write(f"\r\033[K[{self.done}/{self.total}] {label}{errors} — {elapsed:.0f}s, ~{eta:.0f}s left")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+
+
+def run_claims(
+    claims: list[Claim],
+    options: RunOptions = RunOptions(),
+    *,
+    executor: Executor | None = None,
+    progress: bool = True,
+    on_claim: Callable[[ClaimResult], None] | None = None,
+) -> list[ClaimResult]:
+    """Run every claim (cache first), return one ClaimResult per claim, in the given order."""
+    cache = Cache(options.cache_dir or _default_cache())
+    plans = plan(claims, options, cache)
+    jobs: list[Job] = []
+    owner: dict[int, Plan] = {}
+    for p in plans:
+        timeout = options.timeout or p.claim.timeout
+        params = p.components["params"]
+        for seed, key in zip(p.seeds, p.keys):
+            if seed not in p.cached:
+                job = Job(len(jobs), p.claim.experiment, seed, params, timeout)
+                owner[job.id] = p
+                jobs.append(job)
+    fresh: dict[int, dict[int, dict]] = {id(p): {} for p in plans}
+    errors: dict[int, dict[int, str]] = {id(p): {} for p in plans}
+    left = {id(p): len(p.seeds) - len(p.cached) for p in plans}
+    results: dict[int, ClaimResult] = {}
+    tracker = Progress(len(jobs), progress)
+
+    def finish(p: Plan) -> None:
+        runs = []
+        for seed, key in zip(p.seeds, p.keys):
+            if seed in p.cached:
+                entry = p.cached[seed]
+                runs.append(SeedRun(seed, entry["metrics"], entry["series"], entry["seconds"], True))
+            elif seed in fresh[id(p)]:
+                entry = fresh[id(p)][seed]
+                runs.append(SeedRun(seed, entry["metrics"], entry["series"], entry["seconds"], False))
+        result = build_result(p.claim, p.seeds, runs, errors[id(p)], p.input_hash, p.components, p.reasons)
+        cache.put_claim(p.claim.id, result.summary_record())
+        results[id(p)] = result
+        if on_claim:
+            on_claim(result)
+
+    for p in plans:
+        if left[id(p)] == 0:
+            finish(p)
+
+    def on_done(job: Job, outcome: Outcome) -> None:
+        p = owner[job.id]
+        if outcome.status == "ok":
+            entry = {**outcome.payload, "seconds": outcome.seconds}
+            cache.put_run(p.keys[p.seeds.index(job.seed)], entry)
+            fresh[id(p)][job.seed] = entry
+        else:
+            errors[id(p)][job.seed] = str(outcome.payload)
+        tracker.update(f"{p.claim.id} seed {job.seed}", outcome.status == "ok")
+        left[id(p)] -= 1
+        if left[id(p)] == 0:
+            finish(p)
+
+    try:
+        if jobs:
+            runner = executor or LocalExecutor(min(options.n_jobs(), len(jobs)), options.modules, options.memory_limit)
+            runner.run(jobs, on_done)
+    finally:
+        tracker.close()
+    return [results[id(p)] for p in plans]
+
+
+def _default_cache() -> Path:
+    from bnclaims.cache import default_cache_dir
+
+    return default_cache_dir()

@@ -1,0 +1,147 @@
+"""Safe YAML reading that keeps the position of every value.
+
+Claim files are parsed to a node tree (``yaml.compose`` with the pure-Python safe
+loader) and converted to plain data by hand, so that:
+
+* every mapping, sequence and scalar keeps its line and column (``Located``);
+* duplicate keys, aliases, non-standard tags (``!!python/...``) and deep nesting are
+  refused with a position instead of being silently accepted or crashing;
+* nothing in the file can make the loader run code or expand an alias bomb.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+from yaml.events import AliasEvent
+
+from bnclaims.errors import Problem
+
+MAX_BYTES = 1024 * 1024
+MAX_DEPTH = 32
+
+_STANDARD_TAGS = {
+    "tag:yaml.org,2002:str",
+    "tag:yaml.org,2002:int",
+    "tag:yaml.org,2002:float",
+    "tag:yaml.org,2002:bool",
+    "tag:yaml.org,2002:null",
+    "tag:yaml.org,2002:seq",
+    "tag:yaml.org,2002:map",
+}
+
+
+@dataclass(frozen=True)
+class Located:
+    """A value read from YAML with its 1-based position."""
+
+    value: Any  # str | int | float | bool | None | list[Located] | dict[str, tuple[Located, Located]]
+    line: int
+    column: int
+    kind: str  # "map", "seq" or "scalar"
+
+    def plain(self) -> Any:
+        """The value with every position stripped (nested dicts and lists)."""
+        if self.kind == "map":
+            return {k: v.plain() for k, (_, v) in self.value.items()}
+        if self.kind == "seq":
+            return [item.plain() for item in self.value]
+        return self.value
+
+
+class YamlProblem(Exception):
+    def __init__(self, message: str, line: int | None = None, column: int | None = None):
+        super().__init__(message)
+        self.message, self.line, self.column = message, line, column
+
+
+class _Loader(yaml.SafeLoader):
+    """Safe loader that refuses aliases and nesting deeper than MAX_DEPTH while composing."""
+
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(AliasEvent):
+            mark = self.peek_event().start_mark
+            raise YamlProblem("YAML aliases are not allowed in claim files", mark.line + 1, mark.column + 1)
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark
+                raise YamlProblem(f"nesting deeper than {MAX_DEPTH} levels", mark.line + 1, mark.column + 1)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _position(node: yaml.Node) -> tuple[int, int]:
+    return node.start_mark.line + 1, node.start_mark.column + 1
+
+
+def _convert(node: yaml.Node, loader: _Loader) -> Located:
+    line, column = _position(node)
+    if node.tag not in _STANDARD_TAGS:
+        raise YamlProblem(f"YAML tag is not allowed (found {node.tag.replace('tag:yaml.org,2002:', '!!')})", line, column)
+    if isinstance(node, yaml.MappingNode):
+        out: dict[str, tuple[Located, Located]] = {}
+        for key_node, value_node in node.value:
+            key = _convert(key_node, loader)
+            if key.kind != "scalar" or not isinstance(key.value, str):
+                raise YamlProblem(f"keys must be strings (found {key.value!r})", key.line, key.column)
+            if key.value in out:
+                first = out[key.value][0]
+                raise YamlProblem(
+                    f"duplicate key '{key.value}' (first defined on line {first.line})", key.line, key.column
+                )
+            out[key.value] = (key, _convert(value_node, loader))
+        return Located(out, line, column, "map")
+    if isinstance(node, yaml.SequenceNode):
+        return Located([_convert(item, loader) for item in node.value], line, column, "seq")
+    return Located(loader.construct_object(node, deep=False), line, column, "scalar")
+
+
+def load(data: bytes) -> Located:
+    """Parse one YAML document from ``data``; raise YamlProblem with a position on any problem."""
+    if len(data) > MAX_BYTES:
+        raise YamlProblem(f"file is larger than 1 MiB (found {len(data)} bytes)")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        before = data[: e.start]
+        line = before.count(b"\n") + 1
+        column = e.start - (before.rfind(b"\n") + 1) + 1
+        raise YamlProblem(f"file is not valid UTF-8 (found byte 0x{data[e.start]:02x})", line, column) from None
+    if not text.strip():
+        raise YamlProblem("file is empty (expected a claim: a YAML mapping)")
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            raise YamlProblem("file holds no YAML document (expected a claim: a YAML mapping)")
+        return _convert(node, loader)
+    except YamlProblem:
+        raise
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        what = e.problem or e.context or "invalid YAML"
+        if "expected a single document" in str(e):
+            what = "more than one YAML document (expected exactly one)"
+        if mark is None:
+            raise YamlProblem(f"invalid YAML: {what}") from None
+        raise YamlProblem(f"invalid YAML: {what}", mark.line + 1, mark.column + 1) from None
+    except yaml.YAMLError as e:
+        raise YamlProblem(f"invalid YAML: {e}") from None
+    except (RecursionError, MemoryError):
+        raise YamlProblem("YAML structure is too deeply nested or too large") from None
+    except (ValueError, OverflowError, TypeError) as e:  # e.g. out-of-range timestamps in constructors
+        raise YamlProblem(f"invalid YAML value: {e}") from None
+    finally:
+        loader.dispose()
+
+
+def problem(path: str, where: Located | None, message: str) -> Problem:
+    if where is None:
+        return Problem(path, message)
+    return Problem(path, message, where.line, where.column)
