@@ -108,6 +108,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="validate claim files; runs no experiment")
     p.add_argument("targets", nargs="*", metavar="PATH", help="claim files or directories (default: --claims)")
+    p.add_argument("--json", type=Path, metavar="FILE", help="also write the valid and invalid files as JSON to FILE")
     _common(p)
 
     p = sub.add_parser("list", help="ids, titles, tags, thread and last verdict of every claim")
@@ -184,20 +185,27 @@ def keyword_matcher(expr: str):
     return predicate
 
 
-def _load(args, targets: list[str]):
+def _import_experiments(args) -> tuple[str, ...]:
+    """Load the built-in experiments and any extra modules named by --experiments-module / env."""
+    import importlib
+
     from bnclaims import experiments
-    from bnclaims.claims import display_path, did_you_mean, load_claims
 
     modules = tuple(args.experiments_module) + tuple(
         m.strip() for m in os.environ.get("BNCLAIMS_EXPERIMENTS", "").split(",") if m.strip())
-    import importlib
-
     experiments.load_all()
     for module in modules:
         try:
             importlib.import_module(module)
         except ImportError as e:
             raise UserError(f"cannot import experiments module {module!r} ({e})") from None
+    return modules
+
+
+def _load(args, targets: list[str]):
+    from bnclaims.claims import display_path, did_you_mean, load_claims
+
+    modules = _import_experiments(args)
     paths, ids = [], []
     for target in targets:
         path = Path(target)
@@ -327,6 +335,12 @@ def cmd_check(args) -> int:
         for c in claims:
             print(f"ok  {c.path}")
     print(f"{len(claims)} valid, {len({p.path for p in problems})} invalid claim file(s)")
+    if args.json:
+        from bnclaims.cache import atomic_write
+
+        data = {"claims": [{"id": c.id, "path": str(c.path), "line": c.line} for c in claims],
+                "invalid": [p.to_json() for p in problems]}
+        atomic_write(args.json, (json.dumps(data, indent=2) + "\n").encode())
     return EXIT_USAGE if problems else EXIT_OK
 
 
@@ -359,6 +373,7 @@ def cmd_list(args) -> int:
 def cmd_new(args) -> int:
     from bnclaims.scaffold import scaffold
 
+    _import_experiments(args)
     path = scaffold(args.id, args.claims, experiment=args.experiment, thread=args.thread, force=args.force)
     print(f"created {path}; edit it, then run: bnclaims check {path}")
     return EXIT_OK

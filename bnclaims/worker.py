@@ -23,6 +23,8 @@ def run_job(experiment: str, seed: int, params: dict, modules: tuple[str, ...]) 
         exp = experiments.get(experiment)
         payload = experiments.run_experiment(exp, seed, params)
         return "ok", payload, time.perf_counter() - start
+    except experiments.ExperimentError as e:
+        return "error", f"seed {seed}: {e}", time.perf_counter() - start
     except MemoryError:
         return "error", f"seed {seed}: out of memory (MemoryError)", time.perf_counter() - start
     except Exception as e:  # noqa: BLE001 - any failure of an experiment is a result, not a crash

@@ -115,7 +115,12 @@ def load(data: bytes) -> Located:
         raise YamlProblem(f"file is not valid UTF-8 (found byte 0x{data[e.start]:02x})", line, column) from None
     if not text.strip():
         raise YamlProblem("file is empty (expected a claim: a YAML mapping)")
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)
+    except yaml.reader.ReaderError as e:
+        line = text.count("\n", 0, e.position) + 1
+        column = e.position - (text.rfind("\n", 0, e.position) + 1) + 1
+        raise YamlProblem(f"invalid YAML: {e.reason} (found character #x{e.character:04x})", line, column) from None
     try:
         node = loader.get_single_node()
         if node is None:

@@ -204,7 +204,7 @@ def run_experiment(exp: Experiment, seed: int, params: dict[str, Any]) -> dict[s
             raise ExperimentError(f"metric {name!r} is not a scalar (shape {value.shape})")
         value = float(value)
         if not np.isfinite(value):
-            raise ExperimentError(f"metric {name!r} is {value} (seed {seed})")
+            raise ExperimentError(f"metric {name!r} is {value}")
         metrics[name] = value
     series: dict[str, list[float]] = {}
     for name in exp.series:
@@ -212,7 +212,7 @@ def run_experiment(exp: Experiment, seed: int, params: dict[str, Any]) -> dict[s
         if value.ndim != 1:
             raise ExperimentError(f"series {name!r} is not 1-D (shape {value.shape})")
         if np.isinf(value).any():
-            raise ExperimentError(f"series {name!r} holds inf (seed {seed}); use NaN for a missing point")
+            raise ExperimentError(f"series {name!r} holds inf; use NaN for a missing point")
         series[name] = [None if np.isnan(v) else float(v) for v in value]
     return {"metrics": metrics, "series": series}
 
