@@ -45,6 +45,9 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
                         help="where results are cached (default: $XDG_CACHE_HOME/bnclaims or ./.bnclaims-cache)")
     parser.add_argument("--timeout", type=_positive_float, metavar="SECONDS",
                         help="time limit per seed, overriding each claim's 'timeout'")
+    parser.add_argument("--memory-limit", type=_positive_int, default=4096, metavar="MIB",
+                        help="address-space limit per worker process in MiB (default 4096); "
+                             "an experiment that exceeds it is reported as an error")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write results as JSON to FILE")
     parser.add_argument("--explain", action="store_true", help="say why each claim is (or is not) re-run")
 
@@ -251,7 +254,8 @@ def _options(args, modules):
     from bnclaims.runner import RunOptions
 
     return RunOptions(jobs=args.jobs, seeds=args.seeds, seed_base=args.seed_base, use_cache=not args.no_cache,
-                      cache_dir=args.cache_dir, timeout=args.timeout, modules=modules)
+                      cache_dir=args.cache_dir, timeout=args.timeout, modules=modules,
+                      memory_limit=args.memory_limit * 1024 * 1024)
 
 
 def _table(results, quiet: bool) -> None:

@@ -191,6 +191,7 @@ def test_faults_are_errors_and_others_complete(project):
     add(project, "sleepy", experiment="toy-fault", params="{fault: sleep, fault_seed: 1, sleep: 60.0}",
         expected=None)
     add(project, "dies", experiment="toy-fault", params="{fault: exit, fault_seed: 2}", expected=None)
+    add(project, "greedy", experiment="toy-fault", params="{fault: memory, fault_seed: 3}", expected=None)
     out = bnclaims(project, "run", "--jobs", "2", "--timeout", "3", "--json", "out.json", timeout=90)
     assert out.returncode == 1, out.stdout + out.stderr
     results = {c["id"]: c for c in read_json(project / "out.json")["claims"]}
@@ -198,6 +199,7 @@ def test_faults_are_errors_and_others_complete(project):
     assert results["nan"]["error"] == "seed 0: metric 'x' is nan (and 5 more seeds failed)"
     assert "seed 1: timed out after 3 s" in results["sleepy"]["error"]
     assert "seed 2: worker process exited with code 3" in results["dies"]["error"]
+    assert results["greedy"]["error"] == "seed 3: out of memory (MemoryError)"
 
 
 def test_new_scaffold_passes_check(project):
