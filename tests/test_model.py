@@ -1,0 +1,397 @@
+"""Tests for bnclaims.model: gradients, modes, pairing, determinism, training."""
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+
+from bnclaims import data, model, nn
+from bnclaims.model import MLPConfig
+
+# ---------------------------------------------------------------------------- gradient check
+
+SMALL = (5, 8, 6, 3)  # two hidden layers, widths divisible by groups=2
+
+
+def small_config(**kwargs) -> MLPConfig:
+    defaults = dict(sizes=SMALL, dtype="float64", groups=2, ghost_batch_size=4, d_max=0.5)
+    defaults.update(kwargs)
+    return MLPConfig(**defaults)
+
+
+def perturbed_state(config: MLPConfig, rng: np.random.Generator) -> dict:
+    """Running statistics away from their initial 0/1 (so eval mode is not the identity)."""
+    state = model.init_state(config)
+    for name in state:
+        shape = state[name].shape
+        state[name] = rng.normal(0, 0.5, shape) if "mean" in name else rng.uniform(0.5, 2.0, shape)
+    return state
+
+
+def numerical_grads(loss_fn, params, h=1e-5):
+    grads = {}
+    for name, value in params.items():
+        grad = np.zeros_like(value)
+        for index in np.ndindex(value.shape):
+            old = value[index]
+            value[index] = old + h
+            plus = loss_fn()
+            value[index] = old - h
+            minus = loss_fn()
+            value[index] = old
+            grad[index] = (plus - minus) / (2 * h)
+        grads[name] = grad
+    return grads
+
+
+def assert_grads_close(analytic, numeric, rtol=1e-7, atol=1e-9):
+    """||a - n|| <= rtol (||a|| + ||n||) + atol per parameter; atol covers the finite-difference
+    rounding noise (~ eps |L| / h ~ 1e-11 per element) on gradients that are exactly 0."""
+    assert analytic.keys() == numeric.keys()
+    for name in analytic:
+        a, n = analytic[name], numeric[name]
+        assert a.shape == n.shape and a.dtype == np.float64
+        err = np.linalg.norm(a - n)
+        scale = np.linalg.norm(a) + np.linalg.norm(n)
+        assert err <= rtol * scale + atol, f"{name}: |a - n| = {err:.3g}, |a| + |n| = {scale:.3g}"
+
+
+def check_model_gradients(config: MLPConfig, train=True, n=8, seed=0):
+    rng = np.random.default_rng(seed)
+    params = model.init_params(rng, config)
+    for name in params:  # move gamma/beta/b away from 1/0 so every term of the gradient matters
+        if not name.startswith("W"):
+            params[name] += rng.normal(0, 0.3, params[name].shape)
+    state = perturbed_state(config, rng)
+    if config.norm == "renorm":
+        # r and d are stop-gradient constants: make them clip (locally constant) so that
+        # finite differences of the forward measure the same derivative.
+        for name in state:
+            state[name] = np.full_like(state[name], 1e3 if "mean" in name else 1e4)
+    x = rng.standard_normal((n, config.sizes[0]))
+    y = rng.integers(0, config.sizes[-1], n)
+
+    def loss_fn():
+        noise_rng = np.random.default_rng(123)  # the same noise at every evaluation
+        logits, _, _ = model.forward(params, state, x, config, train, noise_rng)
+        return nn.softmax_cross_entropy(logits, y)[0]
+
+    logits, tape, _ = model.forward(params, state, x, config, train, np.random.default_rng(123))
+    _, dlogits = nn.softmax_cross_entropy(logits, y)
+    analytic = model.backward(dlogits, tape, config)
+    assert analytic.keys() == params.keys()
+    assert_grads_close(analytic, numerical_grads(loss_fn, params))
+    return analytic
+
+
+@pytest.mark.parametrize("norm", model.NORMS)
+@pytest.mark.parametrize("position", ["before", "after"])
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_full_model_gradients_match_finite_differences(norm, position, affine, activation):
+    config = small_config(norm=norm, norm_position=position, affine=affine, activation=activation)
+    analytic = check_model_gradients(config)
+    if norm == "none" or not affine:
+        assert not any(k.startswith(("gamma", "beta")) for k in analytic)
+
+
+@pytest.mark.parametrize("norm", ["batch", "ghost", "renorm", "running", "noisy"])
+def test_eval_mode_gradients_match_finite_differences(norm):
+    check_model_gradients(small_config(norm=norm), train=False)
+
+
+def test_running_without_grad_through_stats_gradient_at_zero_momentum():
+    # With momentum 0 the statistics are the (constant) running ones, so the stop-gradient is exact.
+    check_model_gradients(small_config(norm="running", grad_through_stats=False, momentum=0.0))
+
+
+@pytest.mark.parametrize("activation", ["linear", "tanh", "relu"])
+def test_gradients_for_each_activation_without_norm(activation):
+    check_model_gradients(small_config(activation=activation, sizes=(4, 7, 7, 7, 2)))
+
+
+def test_bias_before_batchnorm_has_zero_gradient():
+    config = small_config(norm="batch")
+    rng = np.random.default_rng(1)
+    params = model.init_params(rng, config)
+    x, y = rng.standard_normal((16, 5)), rng.integers(0, 3, 16)
+    _, grads, _, _ = model.loss_and_grads(params, model.init_state(config), x, y, config)
+    for i in range(2):  # the batch mean removes any per-feature shift before the norm
+        assert np.max(np.abs(grads[f"b{i}"])) < 1e-15 * 16 * np.max(np.abs(grads[f"W{i}"])) + 1e-16
+
+
+# ---------------------------------------------------------------------------- structure, modes
+
+
+def test_param_and_state_names_shapes_dtypes():
+    config = MLPConfig(sizes=(64, 32, 16, 10), norm="batch")
+    params = model.init_params(np.random.default_rng(0), config)
+    assert list(params) == ["W0", "b0", "gamma0", "beta0", "W1", "b1", "gamma1", "beta1", "W2", "b2"]
+    assert params["W1"].shape == (32, 16) and params["gamma1"].shape == (16,)
+    assert all(p.dtype == np.float32 for p in params.values())
+    assert np.all(params["gamma0"] == 1) and np.all(params["beta0"] == 0) and np.all(params["b2"] == 0)
+    state = model.init_state(config)
+    assert list(state) == ["running_mean0", "running_var0", "running_mean1", "running_var1"]
+    assert model.init_state(dataclasses.replace(config, norm="layer")) == {}
+    assert list(model.init_params(np.random.default_rng(0), dataclasses.replace(config, affine=False))) == [
+        "W0", "b0", "W1", "b1", "W2", "b2"
+    ]
+
+
+@pytest.mark.parametrize("init,expected_std", [("he", math.sqrt(2 / 256)), ("lecun", math.sqrt(1 / 256)), ("scale", 0.3)])
+def test_init_scales(init, expected_std):
+    config = MLPConfig(sizes=(256, 512, 10), init=init, init_scale=0.3 if init == "scale" else 1.0)
+    W = model.init_params(np.random.default_rng(0), config)["W0"]
+    assert abs(W.std() / expected_std - 1) < 0.01
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="norm"):
+        MLPConfig(norm="batchnorm")
+    with pytest.raises(ValueError, match="groups"):
+        MLPConfig(norm="group", groups=5)
+    assert MLPConfig(sizes=[3, 4, 2]).sizes == (3, 4, 2)  # lists become tuples: hashable
+    hash(MLPConfig())
+
+
+def test_float32_stays_float32():
+    config = MLPConfig(sizes=(6, 8, 3), norm="batch")
+    params = model.init_params(np.random.default_rng(0), config)
+    x = np.random.default_rng(1).standard_normal((4, 6))  # float64 input is cast
+    loss, grads, state, logits = model.loss_and_grads(params, model.init_state(config), x, np.array([0, 1, 2, 0]), config)
+    assert logits.dtype == np.float32 and isinstance(loss, float)
+    assert all(g.dtype == np.float32 for g in grads.values())
+    assert all(s.dtype == np.float32 for s in state.values())
+
+
+@pytest.mark.parametrize("norm", model.NORMS)
+def test_forward_is_pure(norm):
+    config = small_config(norm=norm)
+    rng = np.random.default_rng(0)
+    params, state = model.init_params(rng, config), perturbed_state(config, rng)
+    before = {k: v.copy() for k, v in {**params, **state}.items()}
+    x = rng.standard_normal((8, 5))
+    x_copy = x.copy()
+    model.loss_and_grads(params, state, x, np.zeros(8, dtype=int), config, rng=rng)
+    model.forward(params, state, x, config, train=False)
+    assert all(np.array_equal(v, {**params, **state}[k]) for k, v in before.items())
+    assert np.array_equal(x, x_copy)
+
+
+@pytest.mark.parametrize("norm", ["batch", "ghost", "renorm", "running", "noisy"])
+def test_eval_mode_uses_running_statistics(norm):
+    config = small_config(norm=norm)
+    rng = np.random.default_rng(0)
+    params, state = model.init_params(rng, config), perturbed_state(config, rng)
+    x = rng.standard_normal((8, 5))
+    eval_logits, _, eval_state = model.forward(params, state, x, config, train=False)
+    assert eval_state.keys() == state.keys() and all(eval_state[k] is state[k] for k in state)
+    # Per-example in eval mode: the output of one example does not depend on the batch.
+    one, _, _ = model.forward(params, state, x[:1], config, train=False)
+    assert np.allclose(one, eval_logits[:1], rtol=1e-12, atol=1e-12)
+    # Training mode depends on the batch and moves the running statistics.
+    train_logits, _, new_state = model.forward(params, state, x, config, train=True, rng=rng)
+    assert not np.allclose(train_logits, eval_logits)
+    assert all(not np.array_equal(new_state[k], state[k]) for k in state)
+
+
+def test_eval_equals_train_when_running_stats_equal_batch_stats():
+    config = small_config(norm="batch")
+    rng = np.random.default_rng(0)
+    params = model.init_params(rng, config)
+    x = rng.standard_normal((32, 5))
+    record = {}
+    train_logits, _, _ = model.forward(params, model.init_state(config), x, config, train=True, record=record)
+    state = {}
+    for i in range(2):
+        state[f"running_mean{i}"] = record[f"pre{i}"].mean(0)
+        state[f"running_var{i}"] = record[f"pre{i}"].var(0)
+    eval_logits, _, _ = model.forward(params, state, x, config, train=False)
+    assert np.allclose(eval_logits, train_logits, rtol=1e-12, atol=1e-12)
+
+
+def test_running_statistics_update_pytorch_convention():
+    config = small_config(norm="batch", momentum=0.25)
+    rng = np.random.default_rng(0)
+    params, state = model.init_params(rng, config), model.init_state(config)
+    x = rng.standard_normal((10, 5))
+    record = {}
+    _, _, new_state = model.forward(params, state, x, config, record=record)
+    pre = record["pre0"]
+    assert np.allclose(new_state["running_mean0"], 0.25 * pre.mean(0))
+    assert np.allclose(new_state["running_var0"], 0.75 + 0.25 * pre.var(0, ddof=1))
+
+
+@pytest.mark.parametrize("position", ["before", "after"])
+def test_record_gives_pre_norm_and_post_activation(position):
+    config = small_config(norm="batch", norm_position=position)
+    rng = np.random.default_rng(0)
+    params = model.init_params(rng, config)
+    params["beta0"] += 0.7
+    x = rng.standard_normal((16, 5))
+    acts = model.activations(params, model.init_state(config), x, config, train=True)
+    assert set(acts) == {"pre0", "norm0", "act0", "pre1", "norm1", "act1", "logits"}
+    assert np.allclose(acts["norm0"].mean(0), params["beta0"], atol=1e-6)  # exact identity of BN
+    if position == "before":
+        assert np.array_equal(acts["act0"], np.maximum(acts["norm0"], 0))
+        assert np.allclose(acts["pre0"], x @ params["W0"] + params["b0"], atol=1e-5)
+    else:
+        assert np.array_equal(acts["pre0"], acts["act0"])
+        assert np.all(acts["act0"] >= 0)
+    plain = model.activations(params, {}, x, dataclasses.replace(config, norm="none"))
+    assert plain["norm0"] is plain["pre0"]
+
+
+# ---------------------------------------------------------------------------- SGD
+
+
+def test_sgd_momentum_nesterov_and_weight_decay_follow_pytorch():
+    params = {"W0": np.array([1.0, -2.0]), "b0": np.array([0.5]), "gamma0": np.array([2.0])}
+    grads = {"W0": np.array([0.1, 0.2]), "b0": np.array([1.0]), "gamma0": np.array([-1.0])}
+    grads_copy = {k: v.copy() for k, v in grads.items()}
+    lr, mu, wd = 0.1, 0.9, 0.01
+    opt = model.SGD(lr, momentum=mu, weight_decay=wd, nesterov=True)
+    w, vw = params["W0"].copy(), np.zeros(2)
+    g_, vg = params["gamma0"].copy(), np.zeros(1)
+    for _ in range(3):
+        opt.step(params, grads)
+        d = grads["W0"] + wd * w
+        vw = mu * vw + d
+        w = w - lr * (d + mu * vw)
+        vg = mu * vg + grads["gamma0"]  # no decay on gamma
+        g_ = g_ - lr * (grads["gamma0"] + mu * vg)
+    assert np.allclose(params["W0"], w, rtol=1e-15) and np.allclose(params["gamma0"], g_, rtol=1e-15)
+    assert all(np.array_equal(grads[k], grads_copy[k]) for k in grads)  # grads untouched
+    plain = model.SGD(0.5)
+    p = {"b0": np.array([1.0])}
+    plain.step(p, {"b0": np.array([2.0])})
+    assert p["b0"][0] == 0.0
+    with pytest.raises(ValueError):
+        model.SGD(0.1, nesterov=True)
+
+
+# ---------------------------------------------------------------------------- training
+
+DIGITS = data.digits_split(dtype=np.float32)
+
+
+def test_train_is_deterministic_and_seed_dependent():
+    config = MLPConfig(sizes=(64, 32, 10), norm="noisy")
+    kwargs = dict(steps=50, batch_size=16, lr=0.05, momentum=0.9)
+    a = model.train(np.random.default_rng(3), config, DIGITS.X_train, DIGITS.y_train, **kwargs)
+    b = model.train(np.random.default_rng(3), config, DIGITS.X_train, DIGITS.y_train, **kwargs)
+    c = model.train(np.random.default_rng(4), config, DIGITS.X_train, DIGITS.y_train, **kwargs)
+    assert all(np.array_equal(a.params[k], b.params[k]) for k in a.params)
+    assert all(np.array_equal(a.state[k], b.state[k]) for k in a.state)
+    assert np.array_equal(a.losses, b.losses)
+    assert not np.array_equal(a.params["W0"], c.params["W0"])
+
+
+def test_arms_differing_in_norm_share_init_and_batches():
+    seen = {}
+    for norm in model.NORMS:
+        for affine in (True, False):
+            config = MLPConfig(sizes=(64, 16, 16, 10), norm=norm, affine=affine, groups=4, ghost_batch_size=4)
+            init = model.train(np.random.default_rng(7), config, DIGITS.X_train, DIGITS.y_train, steps=0)
+            batches = []
+            model.train(
+                np.random.default_rng(7), config, DIGITS.X_train, DIGITS.y_train, steps=5, batch_size=8,
+                record=lambda step, info: batches.append(info.x.copy()),
+            )
+            seen[norm, affine] = (init.params, np.stack(batches))
+    ref_params, ref_batches = seen["none", True]
+    for params, batches in seen.values():
+        assert all(np.array_equal(params[f"W{i}"], ref_params[f"W{i}"]) for i in range(3))
+        assert np.array_equal(batches, ref_batches)
+
+
+def test_train_does_not_modify_inputs():
+    config = MLPConfig(sizes=(64, 16, 10), norm="batch")
+    params = model.init_params(np.random.default_rng(0), config)
+    before = {k: v.copy() for k, v in params.items()}
+    X = np.array(DIGITS.X_train)
+    result = model.train(np.random.default_rng(0), config, X, DIGITS.y_train, steps=20, params=params)
+    assert all(np.array_equal(params[k], before[k]) for k in params)
+    assert np.array_equal(X, DIGITS.X_train)
+    assert not np.array_equal(result.params["W0"], params["W0"])
+
+
+def test_divergence_is_detected_and_stops_early():
+    config = MLPConfig(sizes=(64, 64, 64, 10), activation="linear")
+    result = model.train(np.random.default_rng(0), config, DIGITS.X_train, DIGITS.y_train, steps=500, lr=1.0, momentum=0.9)
+    assert result.diverged and result.status == "diverged" and not result.stuck
+    assert len(result.losses) < 500 and not math.isfinite(result.losses[-1])
+    assert np.all(np.isfinite(result.losses[:-1])) and result.steps == len(result.losses) - 1
+    assert math.isnan(result.final_loss)
+
+
+def test_finite_blow_up_counts_as_divergence_only_with_max_loss():
+    # A tanh net at a huge learning rate stays finite (saturated units) with a loss far above chance.
+    config = MLPConfig(sizes=(64, 64, 64, 10), activation="tanh")
+    kwargs = dict(steps=200, lr=50.0, momentum=0.9)
+    finite = model.train(np.random.default_rng(0), config, DIGITS.X_train, DIGITS.y_train, **kwargs)
+    assert finite.status == "stuck" and finite.final_loss > 10 * finite.chance_loss
+    capped = model.train(np.random.default_rng(0), config, DIGITS.X_train, DIGITS.y_train, max_loss=100.0, **kwargs)
+    assert capped.status == "diverged" and capped.losses[-1] > 100.0 and len(capped.losses) < 200
+
+
+def test_stuck_at_chance_is_not_divergence():
+    # All-zero weights and ReLU: every hidden unit is dead; only the output bias learns,
+    # which reaches the class frequencies -- finite loss at chance level.
+    config = MLPConfig(sizes=(64, 32, 10), init="scale", init_scale=0.0)
+    result = model.train(np.random.default_rng(0), config, DIGITS.X_train, DIGITS.y_train, steps=300, lr=0.5)
+    assert result.stuck and not result.diverged and result.status == "stuck"
+    assert np.all(result.params["W0"] == 0)
+    assert abs(result.final_loss - result.chance_loss) < 0.05
+    ok = model.train(np.random.default_rng(0), dataclasses.replace(config, init="he", init_scale=1.0),
+                     DIGITS.X_train, DIGITS.y_train, steps=300, lr=0.5)
+    assert ok.status == "ok"
+
+
+def test_bn_mlp_reaches_95_percent_on_digits_in_ten_epochs():
+    # 420 SGD steps, about 0.1 s here (speed is measured in benchmarks/bench_model.py, not in tests)
+    config = MLPConfig(sizes=(64, 128, 10), norm="batch")
+    for seed in range(3):
+        result = model.train(
+            np.random.default_rng(seed), config, DIGITS.X_train, DIGITS.y_train, epochs=10, batch_size=32,
+            lr=0.1, momentum=0.9, X_eval=DIGITS.X_test, y_eval=DIGITS.y_test,
+        )
+        assert result.status == "ok"
+        assert result.eval_accuracy[-1] >= 0.95, (seed, result.eval_accuracy[-1])
+        assert result.eval_steps[-1] == 10 * (len(DIGITS.y_train) // 32)
+    assert model.accuracy(result.params, result.state, DIGITS.X_test, DIGITS.y_test, config) == result.eval_accuracy[-1]
+
+
+def test_record_hook_sees_step_information_and_can_stop():
+    config = MLPConfig(sizes=(64, 16, 10), norm="batch")
+    log = []
+
+    def hook(step, info):
+        means, _ = info.moments["norm0"]
+        before_beta = info.params["beta0"] - info.deltas["beta0"]
+        assert np.allclose(means, before_beta, atol=1e-5)  # BN output mean is beta (before the step)
+        assert np.allclose(info.deltas["gamma0"], -0.1 * info.grads["gamma0"], atol=1e-6)  # plain SGD
+        assert 0.0 <= info.batch_accuracy <= 1.0 and info.epoch == step // (len(DIGITS.y_train) // 8)
+        log.append((step, info.loss))
+        return step == 6
+
+    result = model.train(np.random.default_rng(0), config, DIGITS.X_train, DIGITS.y_train, steps=100,
+                         batch_size=8, lr=0.1, record=hook)
+    assert result.stopped and result.steps == 7 and [s for s, _ in log] == list(range(7))
+    assert np.array_equal(result.losses, [loss for _, loss in log])
+
+
+def test_eval_schedule_lr_schedule_and_class_sorted_order():
+    config = MLPConfig(sizes=(64, 16, 10), norm="batch")
+    lrs = []
+    result = model.train(
+        np.random.default_rng(0), config, DIGITS.X_train, DIGITS.y_train, steps=25, batch_size=16,
+        lr=lambda step: 0.1 / (1 + step), order="class-sorted", X_eval=DIGITS.X_test, y_eval=DIGITS.y_test,
+        eval_every=10, record=lambda step, info: lrs.append(info.lr),
+    )
+    assert result.eval_steps.tolist() == [0, 10, 20, 25]
+    assert len(result.eval_accuracy) == len(result.eval_loss) == 4
+    assert lrs == [0.1 / (1 + s) for s in range(25)]
+    with pytest.raises(ValueError, match="exactly one"):
+        model.train(np.random.default_rng(0), config, DIGITS.X_train, DIGITS.y_train)
