@@ -1,0 +1,992 @@
+"""What batch norm computes: its axis, its output moments, its γ and β, its batch coupling.
+
+Seven experiments behind the "mechanics" claims of threads 001 and 002:
+
+* ``batchnorm-moments``            per-feature mean/std of the normalised batch (exact, many inputs)
+* ``bn-output-moments-vs-affine``  output mean/std after γ, β versus β and γ (train and eval mode)
+* ``bn-mean-set-by-beta``          is the output mean β, whatever the lower layers and inputs do?
+* ``bn-scalar-vs-per-feature-affine``  one (γ, β) pair per layer versus one per feature, on digits
+* ``bn-affine-fold-next-layer``    can the next Linear layer absorb γ and β (with and without ReLU)?
+* ``bn-vs-layernorm``              which axis each normalises; batch-mate dependence
+* ``bn-big-example``               one large example in a batch and the predictions of the others
+
+Exact identities are checked in "error units": the observed error divided by a worst-case
+rounding-error bound of the dtype (unit roundoff ``u = finfo(dtype).eps / 2``); a value below 1
+means "equal up to floating-point rounding".
+
+The digits experiments train a small batch-norm MLP, ``64 -> H -> BN -> ReLU -> 10``, with
+several copies stacked on a leading axis (arms x learning rates) so that one NumPy computation
+trains them all on the same batches from the same initialisation (paired arms).
+``bnclaims.model`` trains one network at a time and has no scalar-γ/β variant, hence this small
+stacked trainer here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bnclaims import data, nn
+from bnclaims.experiments import experiment
+
+_EPS = 1e-5
+
+
+def _roundoff(dtype) -> float:
+    """Unit roundoff u of a float dtype (half the machine epsilon)."""
+    return float(np.finfo(dtype).eps) / 2.0
+
+
+def _column_mean_error_bound(x, out_abs_max, inv_std, gamma_abs, beta_abs, u):
+    """Worst-case rounding bound on |column mean of out| - |exact value| for out = γ(x - m)s + β.
+
+    x: (N, D) input; out_abs_max: (D,) max |out| per column; inv_std: (D,) s; gamma_abs,
+    beta_abs: (D,) or scalars. Two sources: the computed batch mean m is off by at most
+    N u mean|x| (recursive summation), which shifts every output by γ s times that; and
+    summing the outputs again costs at most N u max|out|. A factor 2 covers the cross terms.
+    """
+    n = x.shape[0]
+    mean_abs_x = np.abs(np.asarray(x, dtype=np.float64)).mean(axis=0)
+    return 2.0 * n * u * (gamma_abs * inv_std * mean_abs_x + out_abs_max + beta_abs) + np.finfo(np.float64).tiny
+
+
+# ============================================================================ 1. batchnorm-moments
+
+
+@experiment(
+    "batchnorm-moments",
+    metrics={
+        "configs_checked": "number of input batches (batch size x distribution x dtype x repeat) normalised",
+        "mean_error_units": "largest |per-feature output mean| over every feature of every batch, in units "
+                            "of its floating-point rounding bound (< 1: zero up to rounding)",
+        "max_abs_mean_typical": "largest |per-feature output mean| over features with batch variance >= 100 eps "
+                                "and batch mean within 100 batch stds of 0 (float32 and float64)",
+        "max_abs_mean_large_var": "largest |per-feature output mean| over all features with batch variance "
+                                  ">= 100 eps, however far from 0 they sit (float32 and float64)",
+        "max_abs_mean_float32": "largest |per-feature output mean| over the float32 batches (any variance)",
+        "max_abs_mean_float64": "largest |per-feature output mean| over the float64 batches",
+        "std_gap_large_var": "largest |output std - 1| over features whose batch variance is >= 100 eps",
+        "std_gap_tiny_var": "largest |output std - 1| over features whose batch variance is <= eps",
+        "std_formula_error": "largest |output std - sqrt(v / (v + eps))| over all features (v: batch variance)",
+        "digits_features_off": "fraction of the 64 pixel features of a 32-image digits batch whose output std "
+                               "is not within 1% of 1 (mean over 20 batches)",
+        "digits_constant_features": "fraction of the 64 pixel features that are constant within a 32-image "
+                                    "digits batch (mean over 20 batches)",
+    },
+    series={
+        "variance_over_eps": "batch variance of a feature divided by eps (sweep)",
+        "output_std": "std over the batch (axis 0) of that feature after batch norm",
+    },
+)
+def batchnorm_moments(rng: np.random.Generator, *, batch_sizes: list[int] = [2, 4, 32, 256],
+                      features: int = 100, repeats: int = 4, eps: float = _EPS):
+    """Per-feature mean and std (over axis 0) of a batch after batch norm, affine off.
+
+    For every batch size in ``batch_sizes``, float32 and float64, the five shapes of
+    ``data.shaped_samples`` and ``repeats`` draws: an (N, ``features``) batch whose features have
+    batch stds spread log-uniformly over 1e-4 .. 1e3 (variances 1e-8 .. 1e6, i.e. from far below
+    to far above eps) and offsets up to 100 stds, plus 5% exactly constant features.
+    ``nn.batchnorm_forward(x, None, None, eps)`` normalises it; the mean and std (ddof=0) of
+    each output column are measured in float64. Features are grouped by their batch variance v:
+    v >= 100 eps ("large") and v <= eps ("tiny"). Also: raw digit images (pixels in [0, 1],
+    64 pixel features) in batches of 32, and a sweep of v / eps for the plot.
+    """
+    n_const = max(1, features // 20)
+    configs = 0
+    mean_units = 0.0
+    max_abs_mean = {np.float32: 0.0, np.float64: 0.0}
+    gap_large = gap_tiny = formula_error = mean_large = mean_typical = 0.0
+    for n in batch_sizes:
+        for dtype in (np.float32, np.float64):
+            for shape in data.SHAPES:
+                for _ in range(repeats):
+                    std = 10.0 ** rng.uniform(-4.0, 3.0, size=features)
+                    offset = std * np.sign(rng.standard_normal(features)) * 10.0 ** rng.uniform(-1.0, 2.0, features)
+                    x = data.shaped_samples(rng, shape, n, features, offset, std)
+                    x[:, :n_const] = offset[:n_const]            # constant features: v = 0
+                    x = x.astype(dtype)
+                    out, _ = nn.batchnorm_forward(x, None, None, eps)
+                    out64 = out.astype(np.float64)
+                    col_mean = out64.mean(axis=0)
+                    col_std = out64.std(axis=0)
+                    v = x.astype(np.float64).var(axis=0)       # the batch variance, computed exactly-ish
+                    inv_std = 1.0 / np.sqrt(v + eps)
+                    bound = _column_mean_error_bound(x, np.abs(out64).max(axis=0), inv_std, 1.0, 0.0, _roundoff(dtype))
+                    mean_units = max(mean_units, float(np.max(np.abs(col_mean) / bound)))
+                    max_abs_mean[dtype] = max(max_abs_mean[dtype], float(np.max(np.abs(col_mean))))
+                    large, tiny = v >= 100 * eps, v <= eps
+                    if large.any():
+                        gap_large = max(gap_large, float(np.max(np.abs(col_std[large] - 1.0))))
+                        mean_large = max(mean_large, float(np.max(np.abs(col_mean[large]))))
+                        typical = large & (np.abs(x.astype(np.float64).mean(axis=0)) <= 100 * np.sqrt(v))
+                        if typical.any():
+                            mean_typical = max(mean_typical, float(np.max(np.abs(col_mean[typical]))))
+                    if tiny.any():
+                        gap_tiny = max(gap_tiny, float(np.max(np.abs(col_std[tiny] - 1.0))))
+                    formula_error = max(formula_error, float(np.max(np.abs(col_std - np.sqrt(v / (v + eps))))))
+                    configs += 1
+
+    # Real inputs: raw digit pixels (many border pixels are 0 in every image of a batch).
+    X, _ = data.load_digits()
+    off = const = 0.0
+    n_batches = 20
+    for _ in range(n_batches):
+        xb = X[rng.choice(len(X), size=32, replace=False)]
+        out, _ = nn.batchnorm_forward(xb, None, None, eps)
+        off += float(np.mean(np.abs(out.std(axis=0) - 1.0) > 0.01)) / n_batches
+        const += float(np.mean(np.ptp(xb, axis=0) == 0)) / n_batches
+
+    # Sweep: features with batch variance exactly v_k (a standardised column times sqrt(v_k)).
+    ratio = 10.0 ** np.linspace(-3.0, 5.0, 33)
+    z = rng.standard_normal((32, ratio.size))
+    z = (z - z.mean(axis=0)) / z.std(axis=0)
+    out, _ = nn.batchnorm_forward(z * np.sqrt(ratio * eps), None, None, eps)
+    return {
+        "configs_checked": configs,
+        "mean_error_units": mean_units,
+        "max_abs_mean_typical": mean_typical,
+        "max_abs_mean_large_var": mean_large,
+        "max_abs_mean_float32": max_abs_mean[np.float32],
+        "max_abs_mean_float64": max_abs_mean[np.float64],
+        "std_gap_large_var": gap_large,
+        "std_gap_tiny_var": gap_tiny,
+        "std_formula_error": formula_error,
+        "digits_features_off": off,
+        "digits_constant_features": const,
+        "variance_over_eps": ratio,
+        "output_std": out.std(axis=0),
+    }
+
+
+# ============================================================================ stacked BN-MLP trainer
+#
+# S copies of  x -> x @ W1 -> BN(gamma, beta) -> ReLU -> @ W2 + b2  trained at once on the same
+# batches. Arrays carry the copies on axis 0: W1 (S, D, H), gamma/beta (S, 1, H), W2 (S, H, C).
+# affine kind per copy: "vector" (one gamma, beta per feature, Ioffe & Szegedy), "scalar" (one
+# gamma, beta per layer: the gradient is summed over features, so all entries stay equal) or
+# "none" (gamma = 1, beta = 0 fixed). No bias before BN: BN's mean subtraction cancels it.
+
+_KINDS = ("vector", "scalar", "none")
+
+
+def _init_stack(rng, n_copies: int, d: int, hidden: int, classes: int, dtype) -> dict:
+    """One He-initialised network, repeated n_copies times (every copy starts as the same function)."""
+    W1 = (rng.standard_normal((d, hidden)) * np.sqrt(2.0 / d)).astype(dtype)
+    W2 = (rng.standard_normal((hidden, classes)) * np.sqrt(1.0 / hidden)).astype(dtype)
+    rep = lambda a: np.repeat(a[None], n_copies, axis=0)  # noqa: E731
+    return {
+        "W1": rep(W1), "W2": rep(W2), "b2": np.zeros((n_copies, 1, classes), dtype),
+        "gamma": np.ones((n_copies, 1, hidden), dtype), "beta": np.zeros((n_copies, 1, hidden), dtype),
+        "running_mean": np.zeros((n_copies, 1, hidden), dtype), "running_var": np.ones((n_copies, 1, hidden), dtype),
+    }
+
+
+def _stack_logits(p: dict, X, train: bool, eps: float = _EPS):
+    """Logits (S, N, C) of every copy on X (N, D) or (S, N, D): batch statistics or running ones."""
+    z = np.matmul(X, p["W1"])                                   # (S, N, H)
+    if train:
+        mean = z.mean(axis=1, keepdims=True)
+        var = z.var(axis=1, keepdims=True)
+    else:
+        mean, var = p["running_mean"], p["running_var"]
+    h = (z - mean) * (p["gamma"] / np.sqrt(var + eps)) + p["beta"]
+    return np.matmul(np.maximum(h, 0), p["W2"]) + p["b2"]
+
+
+def _stack_accuracy(p: dict, X, y) -> np.ndarray:
+    """Eval-mode accuracy of every copy, (S,). A diverged copy (NaN logits) scores as chance or worse."""
+    with np.errstate(all="ignore"):
+        logits = _stack_logits(p, X, train=False)
+    return np.mean(np.argmax(np.nan_to_num(logits, nan=0.0), axis=2) == y, axis=1)
+
+
+def _stack_loss(p: dict, X, y) -> np.ndarray:
+    """Eval-mode mean cross-entropy of every copy, (S,); inf for a diverged copy."""
+    with np.errstate(all="ignore"):
+        logits = _stack_logits(p, X, train=False)
+        shifted = logits - logits.max(axis=2, keepdims=True)
+        logp = shifted - np.log(np.exp(shifted).sum(axis=2, keepdims=True))
+        loss = -np.take_along_axis(logp, y[None, :, None], axis=2)[..., 0].mean(axis=1)
+    return np.where(np.isfinite(loss), loss, np.inf)
+
+
+def _stack_loss_and_grads(p: dict, xb, yb, per_feature, shared, eps: float = _EPS):
+    """Training-mode loss and gradients of every copy on one batch (the same batch for all).
+
+    xb: (B, D), yb: (B,); per_feature, shared: (S, 1, 1) masks of the affine kind ("vector",
+    "scalar"; neither = "none", whose gamma/beta gradients are 0). Returns (summed batch loss per
+    copy (S,) -- divide by B for the mean --, grads dict, batch mean (S, 1, H), biased var (S, 1, H)).
+    """
+    W1, W2, b2, gamma, beta = p["W1"], p["W2"], p["b2"], p["gamma"], p["beta"]
+    batch = len(yb)
+    inv_b = W1.dtype.type(1.0 / batch)
+    batch_mean = np.full((1, batch), inv_b, W1.dtype)           # batch_mean @ z: mean over the batch (BLAS)
+    ones = np.ones((1, batch), W1.dtype)                         # ones @ z: sum over the batch
+    rows = np.arange(batch)
+    # forward: x_hat is built in place in z
+    z = np.matmul(xb, W1)                                        # (S, B, H)
+    mean = np.matmul(batch_mean, z)                              # (S, 1, H)
+    z -= mean
+    var = np.matmul(batch_mean, z * z)                           # (S, 1, H), biased
+    inv_std = 1.0 / np.sqrt(var + eps)
+    z *= inv_std
+    xhat = z
+    h = xhat * gamma
+    h += beta
+    active = h > 0
+    a = h * active
+    logits = np.matmul(a, W2)                                    # (S, B, C)
+    logits += b2
+    logits -= logits.max(axis=2, keepdims=True)
+    e = np.exp(logits)
+    sum_e = e.sum(axis=2, keepdims=True)
+    loss_sum = np.log(sum_e).sum(axis=(1, 2)) - logits[:, rows, yb].sum(axis=1)
+    # backward: dlogits = (softmax - onehot) / B, built in place in e
+    e *= inv_b / sum_e
+    e[:, rows, yb] -= inv_b
+    grads = {"W2": np.matmul(a.transpose(0, 2, 1), e), "b2": np.matmul(ones, e)}
+    dh = np.matmul(e, W2.transpose(0, 2, 1))
+    dh *= active
+    dbeta = np.matmul(ones, dh)                                  # (S, 1, H)
+    dgamma = np.matmul(ones, dh * xhat)
+    grads["gamma"] = dgamma * per_feature + dgamma.sum(axis=2, keepdims=True) * shared
+    grads["beta"] = dbeta * per_feature + dbeta.sum(axis=2, keepdims=True) * shared
+    # dz = inv_std * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)) with dxhat = dh * gamma;
+    # the two means are gamma * dbeta / B and gamma * dgamma / B.
+    dz = dh * gamma
+    dz -= (gamma * inv_b) * dbeta
+    dz -= xhat * ((gamma * inv_b) * dgamma)
+    dz *= inv_std
+    grads["W1"] = np.matmul(xb.T, dz)
+    return loss_sum, grads, mean, var
+
+
+def _affine_masks(kinds: list[str], dtype):
+    kinds_arr = np.array(kinds)
+    if not set(kinds) <= set(_KINDS):
+        raise ValueError(f"affine kinds must be among {_KINDS}; got {sorted(set(kinds))}")
+    return ((kinds_arr == "vector").astype(dtype)[:, None, None], (kinds_arr == "scalar").astype(dtype)[:, None, None])
+
+
+def _train_stack(rng, X, y, kinds: list[str], lrs: list[float], *, hidden: int, epochs: int,
+                 batch_size: int = 32, momentum: float = 0.9, bn_momentum: float = 0.1, eps: float = _EPS):
+    """Train len(kinds) copies (copy s: affine kinds[s], learning rate lrs[s]) with SGD + momentum.
+
+    Same initial function and same batch order for every copy (paired). Running statistics
+    follow PyTorch (momentum 0.1, unbiased variance). A copy whose epoch loss turns NaN/inf is
+    frozen from the next epoch on and flagged in ``diverged``.
+    Returns (params, epoch_loss (S, epochs): mean mini-batch loss, diverged (S,)).
+    """
+    dtype = X.dtype
+    S, (n, d), classes = len(kinds), X.shape, int(y.max()) + 1
+    init_rng, batch_rng = rng.spawn(2)
+    p = _init_stack(init_rng, S, d, hidden, classes, dtype)
+    velocity = {k: np.zeros_like(p[k]) for k in ("W1", "W2", "b2", "gamma", "beta")}
+    lr = np.asarray(lrs, dtype=dtype)[:, None, None]
+    per_feature, shared = _affine_masks(kinds, dtype)
+    step_loss = np.zeros((S, n // batch_size))
+    epoch_loss = np.zeros((S, epochs))
+    alive = np.ones(S, dtype=bool)
+    unbias = batch_size / (batch_size - 1)
+    running_mean, running_var = p["running_mean"], p["running_var"]      # updated in place
+    with np.errstate(all="ignore"):
+        for epoch in range(epochs):
+            step = lr * alive[:, None, None].astype(dtype)                 # frozen once diverged
+            for i, index in enumerate(data.batches(batch_rng, n, batch_size)):
+                step_loss[:, i], grads, mean, var = _stack_loss_and_grads(
+                    p, X[index], y[index], per_feature, shared, eps)
+                for k, grad in grads.items():
+                    v = velocity[k]
+                    v *= momentum
+                    v += grad
+                    p[k] -= step * v
+                running_mean *= 1 - bn_momentum
+                running_mean += bn_momentum * mean
+                running_var *= 1 - bn_momentum
+                running_var += (bn_momentum * unbias) * var
+            loss = step_loss.mean(axis=1) / batch_size
+            alive &= np.isfinite(loss)
+            epoch_loss[:, epoch] = loss
+    return p, epoch_loss, ~alive
+
+
+def _pick(val_acc: np.ndarray, val_loss: np.ndarray) -> int:
+    """Index of the best run on validation: highest accuracy, ties broken by lower loss."""
+    return int(np.lexsort((val_loss, -val_acc))[0])
+
+
+def _collapse_affine(p: dict, s: int) -> dict:
+    """Copy s of a stack with its per-feature gamma, beta replaced by their means (one pair)."""
+    q = {k: v[s:s + 1].copy() for k, v in p.items()}
+    q["gamma"][:] = q["gamma"].mean()
+    q["beta"][:] = q["beta"].mean()
+    return q
+
+
+def _select(p: dict, s: int) -> dict:
+    return {k: v[s:s + 1] for k, v in p.items()}
+
+
+def _arms_on_digits(rng, arms: tuple[str, str], lrs: list[float], hidden: int, epochs: int, batch_size: int):
+    """Train both arms at every learning rate (stacked, paired); pick each arm's LR on validation.
+
+    Returns a dict with the trained stack, the split, per-run validation accuracy/loss, the
+    chosen run index per arm, and the run index of each arm at every LR.
+    """
+    split = data.digits_split(validation_fraction=0.2, standardize=True, dtype=np.float32)
+    kinds = [arm for arm in arms for _ in lrs]
+    p, epoch_loss, diverged = _train_stack(rng, split.X_train, split.y_train, kinds, list(lrs) * len(arms),
+                                           hidden=hidden, epochs=epochs, batch_size=batch_size)
+    val_acc = _stack_accuracy(p, split.X_val, split.y_val)
+    val_loss = _stack_loss(p, split.X_val, split.y_val)
+    runs = {arm: np.arange(i * len(lrs), (i + 1) * len(lrs)) for i, arm in enumerate(arms)}
+    best = {arm: int(r[_pick(val_acc[r], val_loss[r])]) for arm, r in runs.items()}
+    train_loss = _stack_loss(p, split.X_train, split.y_train)
+    chance = float(np.log(10))
+    stuck = ~diverged & (train_loss >= 0.95 * chance)     # finite but no better than chance
+    return {"p": p, "split": split, "val_acc": val_acc, "val_loss": val_loss, "runs": runs, "best": best,
+            "epoch_loss": epoch_loss, "train_loss": train_loss, "stuck_runs": int(stuck.sum()),
+            "diverged_runs": int(diverged.sum())}
+
+
+_LR_GRID = [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0]
+
+
+# ============================================================================ 2. output moments vs gamma, beta
+
+
+@experiment(
+    "bn-output-moments-vs-affine",
+    metrics={
+        "train_mean_gap": "training mode: largest |batch mean of output - beta| / |gamma| over features and batches",
+        "train_std_gap": "training mode: largest |batch std of output / |gamma| - 1| over features and batches",
+        "eval_mean_gap": "eval mode (running statistics): mean over features and batches of "
+                         "|batch mean of output - beta| / |gamma| (batches of batch_size)",
+        "eval_std_gap": "eval mode: mean over features and batches of |batch std of output / |gamma| - 1|",
+        "thread_std_gap": "largest |std / gamma - 1| of the thread's own example numbers (for reference)",
+    },
+    series={
+        "eval_batch_size": "batch size of the probe batches (sweep)",
+        "eval_mean_gap_by_size": "eval mode: mean |batch mean - beta| / |gamma| at that batch size",
+        "eval_std_gap_by_size": "eval mode: mean |batch std / |gamma| - 1| at that batch size",
+        "train_gap_by_size": "training mode: largest of the mean and std gaps at that batch size",
+    },
+)
+def output_moments_vs_affine(rng: np.random.Generator, *,
+                             gamma: list[float] = [2.33, 2.27, 2.35, 2.20],
+                             beta: list[float] = [0.14, 0.59, -0.11, 0.55],
+                             batch_size: int = 32, momentum: float = 0.1, stat_epochs: int = 3,
+                             eval_batch_sizes: list[int] = [4, 8, 16, 32, 64, 128, 256]):
+    """Batch mean and std of a batch-norm layer's output compared with its beta and gamma.
+
+    Layer: standardised digits (64 pixels) -> random He-initialised Linear(64, len(gamma)) with
+    a small random bias -> batch norm with the given gamma, beta (default: the thread's example
+    numbers). Running statistics: PyTorch's rule (momentum 0.1, unbiased variance), updated over
+    ``stat_epochs`` epochs of shuffled training batches of ``batch_size`` with the layer frozen.
+    Probe batches come from the validation split; each is normalised in training mode (its own
+    statistics) and in eval mode (running statistics), and the output's per-feature batch mean
+    and std (ddof=0) are compared with beta and |gamma|.
+    """
+    gamma_arr = np.asarray(gamma, dtype=np.float32)
+    beta_arr = np.asarray(beta, dtype=np.float32)
+    if gamma_arr.shape != beta_arr.shape:
+        raise ValueError("gamma and beta need the same length")
+    width = gamma_arr.size
+    split = data.digits_split(validation_fraction=0.2, standardize=True, dtype=np.float32)
+    W = (rng.standard_normal((64, width)) * np.sqrt(2.0 / 64)).astype(np.float32)
+    b = (0.1 * rng.standard_normal(width)).astype(np.float32)
+    layer = lambda X: nn.linear_forward(X, W, b)[0]  # noqa: E731
+    running_mean, running_var = np.zeros(width, np.float32), np.ones(width, np.float32)
+    for _ in range(stat_epochs):
+        for index in data.batches(rng, len(split.X_train), batch_size):
+            z = layer(split.X_train[index])
+            mean = z.mean(axis=0)
+            running_mean, running_var = nn.update_running_stats(
+                running_mean, running_var, mean, z.var(axis=0), len(index), momentum)
+
+    def gaps(n: int):
+        n_batches = max(1, 512 // n)
+        out = {"tm": 0.0, "ts": 0.0, "em": 0.0, "es": 0.0}
+        for _ in range(n_batches):
+            z = layer(split.X_val[rng.choice(len(split.X_val), size=n, replace=False)])
+            y_train, _ = nn.batchnorm_forward(z, gamma_arr, beta_arr)
+            y_eval, _ = nn.batchnorm_eval_forward(z, running_mean, running_var, gamma_arr, beta_arr)
+            for mode, y in (("t", y_train), ("e", y_eval)):
+                y = y.astype(np.float64)
+                mean_gap = np.abs(y.mean(axis=0) - beta_arr) / np.abs(gamma_arr)
+                std_gap = np.abs(y.std(axis=0) / np.abs(gamma_arr) - 1.0)
+                if mode == "t":
+                    out["tm"] = max(out["tm"], float(mean_gap.max()))
+                    out["ts"] = max(out["ts"], float(std_gap.max()))
+                else:
+                    out["em"] += float(mean_gap.mean()) / n_batches
+                    out["es"] += float(std_gap.mean()) / n_batches
+        return out
+
+    main = gaps(batch_size)
+    sweep = [gaps(n) for n in eval_batch_sizes]
+    thread_std = np.array([2.68, 2.40, 2.55, 2.20])
+    thread_gamma = np.array([2.33, 2.27, 2.35, 2.20])
+    return {
+        "train_mean_gap": main["tm"],
+        "train_std_gap": main["ts"],
+        "eval_mean_gap": main["em"],
+        "eval_std_gap": main["es"],
+        "thread_std_gap": float(np.max(np.abs(thread_std / thread_gamma - 1.0))),
+        "eval_batch_size": np.array(eval_batch_sizes, dtype=float),
+        "eval_mean_gap_by_size": np.array([g["em"] for g in sweep]),
+        "eval_std_gap_by_size": np.array([g["es"] for g in sweep]),
+        "train_gap_by_size": np.array([max(g["tm"], g["ts"]) for g in sweep]),
+    }
+
+
+# ============================================================================ 3. mean set by beta alone
+
+
+def _perturb(rng, p: np.ndarray, delta: float) -> np.ndarray:
+    """p plus Gaussian noise of relative size delta (rms of p, or 1 where p is all zeros)."""
+    scale = float(np.sqrt(np.mean(np.square(p, dtype=np.float64)))) or 1.0
+    return (p + delta * scale * rng.standard_normal(p.shape)).astype(p.dtype)
+
+
+@experiment(
+    "bn-mean-set-by-beta",
+    metrics={
+        "train_mean_error_units": "training mode: largest |batch mean of the output - beta| over features, "
+                                  "inputs and parameter changes, in units of its float32 rounding bound",
+        "train_max_mean_gap": "training mode: largest |batch mean of the output - beta| / |gamma|",
+        "eval_control_gap": "eval mode, nothing changed since the running statistics were taken: largest "
+                            "|mean of the output over the probe set - beta| / |gamma|",
+        "eval_gap_params": "eval mode, every lower-layer parameter changed by 10%: mean over features and "
+                           "changes of |mean output - beta| / |gamma| on the probe set",
+        "eval_gap_inputs": "eval mode, input distribution changed (brighter, more contrast, noisier): mean over "
+                           "features and changes of |mean output - beta| / |gamma|",
+    },
+    series={
+        "relative_change": "relative size of the change to every lower-layer parameter (sweep)",
+        "eval_gap_by_change": "eval mode: mean |mean output - beta| / |gamma| after that change",
+        "train_gap_by_change": "training mode: largest |batch mean - beta| / |gamma| after that change",
+    },
+)
+def mean_set_by_beta(rng: np.random.Generator, *, width: int = 100, batch_size: int = 32, changes: int = 4,
+                     relative_change: float = 0.1, probe_size: int = 256,
+                     sweep: list[float] = [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0]):
+    """Is the mean of a batch-norm output gamma*H + beta set by beta alone?
+
+    Network below the batch-norm layer under test (float32): standardised digits (64) ->
+    Linear(64, width) + bias -> BN(gamma1, beta1) -> ReLU -> Linear(width, width) + bias ->
+    BN(gamma, beta) under test, all parameters random (gamma of either sign). "Lower-layer
+    parameters" are the two Linear layers and gamma1, beta1; a change of relative size delta
+    adds Gaussian noise of delta times each array's rms. Training mode: batches of
+    ``batch_size`` from the training split, five input distributions (standardised digits,
+    digits x3, digits + 1, exponential and Student-t noise) x ``changes`` parameter changes at
+    each size of ``sweep`` (and a change of gamma under test itself). Eval mode: running
+    statistics set to the exact population statistics of the unchanged network on the
+    probe set (``probe_size`` training images), then parameters or inputs change while they
+    stay fixed, and the output mean over the probe set is compared with beta.
+    """
+    split = data.digits_split(validation_fraction=0.2, standardize=True, dtype=np.float32)
+    X = split.X_train
+    probe = X[rng.choice(len(X), size=probe_size, replace=False)]
+    f32 = np.float32
+    lower = {
+        "W1": (rng.standard_normal((64, width)) * np.sqrt(2 / 64)).astype(f32),
+        "b1": (0.1 * rng.standard_normal(width)).astype(f32),
+        "gamma1": rng.uniform(0.5, 2.0, width).astype(f32),
+        "beta1": (0.5 * rng.standard_normal(width)).astype(f32),
+        "W2": (rng.standard_normal((width, width)) * np.sqrt(2 / width)).astype(f32),
+        "b2": (0.1 * rng.standard_normal(width)).astype(f32),
+    }
+    gamma = (rng.choice([-1.0, 1.0], width) * rng.uniform(0.5, 2.0, width)).astype(f32)
+    beta = rng.standard_normal(width).astype(f32)
+    u = _roundoff(f32)
+
+    def pre_bn(x, q, stats1=None):
+        """Input of the BN under test; BN1 in training mode, or eval mode with stats1."""
+        z1 = nn.linear_forward(x, q["W1"], q["b1"])[0]
+        if stats1 is None:
+            h1 = nn.batchnorm_forward(z1, q["gamma1"], q["beta1"])[0]
+        else:
+            h1 = nn.batchnorm_eval_forward(z1, *stats1, q["gamma1"], q["beta1"])[0]
+        return nn.linear_forward(np.maximum(h1, 0), q["W2"], q["b2"])[0]
+
+    def train_check(x, q, g):
+        """(error units, gap) of the training-mode output mean against beta on batch x."""
+        z = pre_bn(x, q)
+        out, cache = nn.batchnorm_forward(z, g, beta)
+        out64 = out.astype(np.float64)
+        err = np.abs(out64.mean(axis=0) - beta)
+        bound = _column_mean_error_bound(z, np.abs(out64).max(axis=0), cache.inv_std.astype(np.float64),
+                                         np.abs(g), np.abs(beta), u)
+        return float(np.max(err / bound)), float(np.max(err / np.abs(g)))
+
+    def batch():
+        return X[rng.choice(len(X), size=batch_size, replace=False)]
+
+    inputs = [
+        lambda: batch(),
+        lambda: 3.0 * batch(),
+        lambda: batch() + 1.0,
+        lambda: data.shaped_samples(rng, "exponential", batch_size, 64, 2.0, 5.0).astype(f32),
+        lambda: data.shaped_samples(rng, "student-t", batch_size, 64, -1.0, 0.5).astype(f32),
+    ]
+    units = gap = 0.0
+    train_gap_by_change = []
+    for delta in sweep:
+        worst = 0.0
+        for _ in range(changes):
+            q = {k: _perturb(rng, v, delta) for k, v in lower.items()}
+            g = _perturb(rng, gamma, delta)
+            for make in inputs:
+                e_units, e_gap = train_check(make(), q, g)
+                units, gap, worst = max(units, e_units), max(gap, e_gap), max(worst, e_gap)
+        train_gap_by_change.append(worst)
+
+    # Eval mode: population statistics of the unchanged network on the probe set.
+    z1 = nn.linear_forward(probe, lower["W1"], lower["b1"])[0]
+    stats1 = (z1.mean(axis=0), z1.var(axis=0))
+    z = pre_bn(probe, lower, stats1)
+    stats = (z.mean(axis=0), z.var(axis=0))
+
+    def eval_gap(x, q, reducer=np.mean) -> float:
+        out = nn.batchnorm_eval_forward(pre_bn(x, q, stats1), *stats, gamma, beta)[0].astype(np.float64)
+        return float(reducer(np.abs(out.mean(axis=0) - beta) / np.abs(gamma)))
+
+    control = eval_gap(probe, lower, np.max)
+
+    def changed_params(delta: float) -> float:
+        return float(np.mean([eval_gap(probe, {k: _perturb(rng, v, delta) for k, v in lower.items()})
+                              for _ in range(changes)]))
+
+    gap_params = changed_params(relative_change)
+    eval_gap_by_change = [changed_params(delta) for delta in sweep]
+    noise = rng.standard_normal(probe.shape).astype(f32)
+    shifted_inputs = [probe + 0.5, 1.5 * probe, probe + 0.5 * noise]
+    gap_inputs = float(np.mean([eval_gap(x, lower) for x in shifted_inputs]))
+    return {
+        "train_mean_error_units": units,
+        "train_max_mean_gap": gap,
+        "eval_control_gap": control,
+        "eval_gap_params": gap_params,
+        "eval_gap_inputs": gap_inputs,
+        "relative_change": np.array(sweep, dtype=float),
+        "eval_gap_by_change": np.array(eval_gap_by_change),
+        "train_gap_by_change": np.array(train_gap_by_change),
+    }
+
+
+# ============================================================================ 4. scalar vs per-feature gamma, beta
+
+
+@experiment(
+    "bn-scalar-vs-per-feature-affine",
+    metrics={
+        "gamma_cv": "per-feature arm after training: std / mean |gamma| of its learned gammas (one per feature)",
+        "beta_spread": "per-feature arm after training: std of its learned betas / mean |gamma|",
+        "collapse_acc_drop": "test accuracy of the trained per-feature net minus the same net with its gammas "
+                             "and betas replaced by their means (one pair for the layer)",
+        "train_loss_vector": "training-set loss (eval mode) of the per-feature arm at its best LR",
+        "train_loss_scalar": "training-set loss (eval mode) of the scalar arm at its best LR",
+        "test_acc_vector": "test accuracy of the per-feature arm at its best LR (chosen on validation)",
+        "test_acc_scalar": "test accuracy of the scalar arm at its best LR (chosen on validation)",
+        "test_acc_vector_common_lr": "test accuracy of the per-feature arm at the common LR 0.1",
+        "test_acc_scalar_common_lr": "test accuracy of the scalar arm at the common LR 0.1",
+        "log10_lr_vector": "log10 of the per-feature arm's chosen learning rate",
+        "log10_lr_scalar": "log10 of the scalar arm's chosen learning rate",
+        "diverged_runs": "runs of the LR grid (both arms) whose loss became NaN/inf",
+        "stuck_runs": "runs of the LR grid (both arms) that stayed finite but ended at chance-level loss",
+    },
+    series={
+        "lr": "learning rate (grid)",
+        "val_acc_vector_by_lr": "validation accuracy of the per-feature arm at that LR",
+        "val_acc_scalar_by_lr": "validation accuracy of the scalar arm at that LR",
+        "epoch": "epoch (1-based)",
+        "loss_vector_by_epoch": "mean mini-batch loss per epoch, per-feature arm at its best LR",
+        "loss_scalar_by_epoch": "mean mini-batch loss per epoch, scalar arm at its best LR",
+    },
+)
+def scalar_vs_per_feature_affine(rng: np.random.Generator, *, hidden: int = 64, epochs: int = 20,
+                                 batch_size: int = 32, lrs: list[float] = _LR_GRID):
+    """One (gamma, beta) pair per batch-normed layer versus one pair per feature, on digits.
+
+    Network 64 -> ``hidden`` -> BN -> ReLU -> 10 (no bias before BN), float32, SGD with
+    momentum 0.9, batches of ``batch_size``, ``epochs`` epochs over the 1,078-image training
+    split. Arms: "vector" (gamma, beta of shape (hidden,), as Ioffe & Szegedy define them and
+    PyTorch/Keras implement them) and "scalar" (one gamma and one beta for the layer: its gradient
+    is the sum over features). Both arms start as the same function (same W, gamma = 1, beta = 0)
+    and see the same batches; each is trained at every LR in ``lrs`` (stacked) and its LR is
+    chosen on the validation split (accuracy, ties by loss). Reported on the test split.
+    """
+    res = _arms_on_digits(rng, ("vector", "scalar"), lrs, hidden, epochs, batch_size)
+    p, split, best, runs = res["p"], res["split"], res["best"], res["runs"]
+    test_acc = _stack_accuracy(p, split.X_test, split.y_test)
+    v, s = best["vector"], best["scalar"]
+    gamma = p["gamma"][v, 0].astype(np.float64)
+    beta = p["beta"][v, 0].astype(np.float64)
+    collapsed = float(_stack_accuracy(_collapse_affine(p, v), split.X_test, split.y_test)[0])
+    common = int(np.argmin(np.abs(np.log(np.asarray(lrs)) - np.log(0.1))))
+    return {
+        "gamma_cv": float(gamma.std() / np.abs(gamma).mean()),
+        "beta_spread": float(beta.std() / np.abs(gamma).mean()),
+        "collapse_acc_drop": float(test_acc[v]) - collapsed,
+        "train_loss_vector": float(res["train_loss"][v]),
+        "train_loss_scalar": float(res["train_loss"][s]),
+        "test_acc_vector": float(test_acc[v]),
+        "test_acc_scalar": float(test_acc[s]),
+        "test_acc_vector_common_lr": float(test_acc[runs["vector"][common]]),
+        "test_acc_scalar_common_lr": float(test_acc[runs["scalar"][common]]),
+        "log10_lr_vector": float(np.log10(lrs[v - runs["vector"][0]])),
+        "log10_lr_scalar": float(np.log10(lrs[s - runs["scalar"][0]])),
+        "diverged_runs": res["diverged_runs"],
+        "stuck_runs": res["stuck_runs"],
+        "lr": np.asarray(lrs, dtype=float),
+        "val_acc_vector_by_lr": res["val_acc"][runs["vector"]],
+        "val_acc_scalar_by_lr": res["val_acc"][runs["scalar"]],
+        "epoch": np.arange(1, epochs + 1, dtype=float),
+        "loss_vector_by_epoch": res["epoch_loss"][v],
+        "loss_scalar_by_epoch": res["epoch_loss"][s],
+    }
+
+
+# ============================================================================ 5. fold gamma, beta into the next layer
+
+
+def _fold_error_units(x_hat, gamma, beta, W, b, relu: bool) -> float:
+    """max |next(BN affine) - folded| in units of a rounding bound; relu between if asked.
+
+    Unfolded: y1 = act(x_hat * gamma + beta) @ W + b. Folded (gamma, beta moved into the next
+    layer): y2 = act(x_hat) @ (gamma[:, None] * W) + (beta @ W + b) -- exact in real arithmetic
+    without the ReLU, and with it when beta = 0 and gamma > 0 (relu(g x) = g relu(x)).
+    x_hat: (N, H), gamma, beta: (H,), W: (H, M), b: (M,).
+    """
+    act = (lambda a: np.maximum(a, 0)) if relu else (lambda a: a)
+    h = x_hat * gamma + beta
+    y1 = nn.linear_forward(act(h), W, b)[0]
+    y2 = nn.linear_forward(act(x_hat), gamma[:, None] * W, beta @ W + b)[0]
+    u = _roundoff(x_hat.dtype)
+    size = (np.abs(x_hat * gamma).astype(np.float64) + np.abs(beta)) @ np.abs(W).astype(np.float64) + np.abs(b)
+    bound = 2.0 * (W.shape[0] + 2) * u * size + np.finfo(np.float64).tiny
+    return float(np.max(np.abs(y1.astype(np.float64) - y2) / bound))
+
+
+def _refit_residual(h_train, y_train, h_val, y_val) -> tuple[float, np.ndarray, np.ndarray]:
+    """Best next layer (W', b') by least squares from features h to targets y, fitted on train.
+
+    Returns (relative residual on val: ||y - y_hat|| / ||y - mean y||, W', b').
+    """
+    A = np.hstack([h_train, np.ones((len(h_train), 1))]).astype(np.float64)
+    coef, *_ = np.linalg.lstsq(A, y_train.astype(np.float64), rcond=None)
+    fit = np.hstack([h_val, np.ones((len(h_val), 1))]) @ coef
+    resid = np.linalg.norm(y_val - fit) / np.linalg.norm(y_val - y_val.mean(axis=0))
+    return float(resid), coef[:-1], coef[-1]
+
+
+@experiment(
+    "bn-affine-fold-next-layer",
+    metrics={
+        "fold_linear_error_units": "(a) no ReLU between: largest |unfolded - folded| output difference, in units "
+                                   "of its rounding bound, over 100 random layers (float32 and float64)",
+        "fold_relu_scale_error_units": "(b1) ReLU between, gamma > 0 and beta = 0: the same error units",
+        "naive_fold_relu_rel_error": "(b) ReLU between, random gamma and beta: relative output error of the "
+                                     "plain fold W' = diag(gamma) W, b' = beta W + b",
+        "refit_relu_residual_random": "(b2) ReLU between, random gamma in [0.5, 2] and beta ~ N(0, 1): relative "
+                                      "residual (validation) of the best least-squares next layer fed relu(x_hat)",
+        "refit_relu_residual_trained": "(b3) the same for the gamma, beta, weights of the trained per-feature net",
+        "refit_acc_drop_trained": "test accuracy of the trained per-feature net minus that of its refit "
+                                  "without gamma, beta",
+        "test_acc_affine": "(c) test accuracy, BN with gamma, beta, at its best LR (chosen on validation)",
+        "test_acc_none": "(c) test accuracy, BN without gamma, beta, at its best LR (chosen on validation)",
+        "test_acc_affine_common_lr": "(c) test accuracy with gamma, beta at the common LR 0.1",
+        "test_acc_none_common_lr": "(c) test accuracy without gamma, beta at the common LR 0.1",
+        "train_loss_affine": "(c) training-set loss with gamma, beta at its best LR",
+        "train_loss_none": "(c) training-set loss without gamma, beta at its best LR",
+        "log10_lr_affine": "log10 of the chosen LR with gamma, beta",
+        "log10_lr_none": "log10 of the chosen LR without gamma, beta",
+        "diverged_runs": "runs of the LR grid (both arms) whose loss became NaN/inf",
+        "stuck_runs": "runs of the LR grid (both arms) that stayed finite but ended at chance-level loss",
+    },
+    series={
+        "lr": "learning rate (grid)",
+        "val_acc_affine_by_lr": "validation accuracy with gamma, beta at that LR",
+        "val_acc_none_by_lr": "validation accuracy without gamma, beta at that LR",
+        "epoch": "epoch (1-based)",
+        "loss_affine_by_epoch": "mean mini-batch loss per epoch with gamma, beta (best LR)",
+        "loss_none_by_epoch": "mean mini-batch loss per epoch without gamma, beta (best LR)",
+    },
+)
+def affine_fold_next_layer(rng: np.random.Generator, *, hidden: int = 64, epochs: int = 20, batch_size: int = 32,
+                           lrs: list[float] = _LR_GRID, draws: int = 50):
+    """Are gamma, beta redundant with the next Linear layer's weights?
+
+    (a) No nonlinearity between BN and the next Linear: fold gamma, beta into it
+        (W' = diag(gamma) W, b' = beta W + b) and compare outputs, ``draws`` random layers
+        (x_hat: batch-normalised (32, 64) batches, gamma of either sign, W, b random) per dtype.
+    (b) ReLU between: (b1) gamma > 0, beta = 0 folds exactly (ReLU is positively homogeneous);
+        (b2) general gamma, beta: the best least-squares next layer fed relu(x_hat), fitted on the
+        training split's hidden features and scored on the validation split (64 -> ``hidden`` random
+        He layer on standardised digits, targets from a random ``hidden`` -> 10 layer); (b3) the same
+        with the trained per-feature network of (c).
+    (c) Training on digits, 64 -> ``hidden`` -> BN -> ReLU -> 10, float32, SGD momentum 0.9:
+        BN with per-feature gamma, beta versus BN without them, from the same initial function
+        (gamma = 1, beta = 0) on the same batches; LR per arm chosen on validation from ``lrs``.
+    """
+    # (a), (b1): exact folds on random layers.
+    linear_units = scale_units = 0.0
+    for dtype in (np.float32, np.float64):
+        for _ in range(draws):
+            z = data.shaped_samples(rng, "normal", 32, 64, rng.normal(0, 3, 64), 10 ** rng.uniform(-2, 2, 64))
+            x_hat = nn.batchnorm_forward(z.astype(dtype), None, None)[0]
+            W = (rng.standard_normal((64, 10)) / 8).astype(dtype)
+            b = rng.standard_normal(10).astype(dtype)
+            gamma = rng.uniform(-2, 2, 64).astype(dtype)
+            beta = rng.standard_normal(64).astype(dtype)
+            linear_units = max(linear_units, _fold_error_units(x_hat, gamma, beta, W, b, relu=False))
+            scale_units = max(scale_units, _fold_error_units(x_hat, np.abs(gamma) + dtype(0.1),
+                                                             np.zeros_like(beta), W, b, relu=True))
+
+    # (b2): general gamma, beta with ReLU between, on digits features.
+    split = data.digits_split(validation_fraction=0.2, standardize=True, dtype=np.float32)
+    W1 = (rng.standard_normal((64, hidden)) * np.sqrt(2 / 64)).astype(np.float32)
+    z_train, z_val = split.X_train @ W1, split.X_val @ W1
+    mu, var = z_train.mean(axis=0), z_train.var(axis=0)
+    xh_train, xh_val = (z_train - mu) / np.sqrt(var + _EPS), (z_val - mu) / np.sqrt(var + _EPS)
+    gamma = rng.uniform(0.5, 2.0, hidden).astype(np.float32)
+    beta = rng.standard_normal(hidden).astype(np.float32)
+    W2 = (rng.standard_normal((hidden, 10)) / np.sqrt(hidden)).astype(np.float32)
+    target = lambda xh: np.maximum(xh * gamma + beta, 0) @ W2  # noqa: E731
+    y_val = target(xh_val)
+    naive = np.maximum(xh_val, 0) @ (gamma[:, None] * W2) + beta @ W2
+    naive_error = float(np.linalg.norm(naive - y_val) / np.linalg.norm(y_val - y_val.mean(axis=0)))
+    resid_random, _, _ = _refit_residual(np.maximum(xh_train, 0), target(xh_train), np.maximum(xh_val, 0), y_val)
+
+    # (c): train with and without gamma, beta.
+    res = _arms_on_digits(rng, ("vector", "none"), lrs, hidden, epochs, batch_size)
+    p, best, runs = res["p"], res["best"], res["runs"]
+    test_acc = _stack_accuracy(p, split.X_test, split.y_test)
+    a, n = best["vector"], best["none"]
+
+    # (b3): refit the trained per-feature net's last layer without gamma, beta (eval-mode features).
+    q = _select(p, a)
+
+    def hidden_features(X, affine: bool):
+        z = X @ q["W1"][0]
+        xh = (z - q["running_mean"][0]) / np.sqrt(q["running_var"][0] + _EPS)
+        return np.maximum(xh * q["gamma"][0] + q["beta"][0] if affine else xh, 0)
+
+    logits = lambda X: hidden_features(X, True) @ q["W2"][0] + q["b2"][0]  # noqa: E731
+    resid_trained, W_fit, b_fit = _refit_residual(hidden_features(split.X_train, False), logits(split.X_train),
+                                                  hidden_features(split.X_val, False), logits(split.X_val))
+    refit_pred = np.argmax(hidden_features(split.X_test, False) @ W_fit + b_fit, axis=1)
+    refit_acc = float(np.mean(refit_pred == split.y_test))
+    common = int(np.argmin(np.abs(np.log(np.asarray(lrs)) - np.log(0.1))))
+    return {
+        "fold_linear_error_units": linear_units,
+        "fold_relu_scale_error_units": scale_units,
+        "naive_fold_relu_rel_error": naive_error,
+        "refit_relu_residual_random": resid_random,
+        "refit_relu_residual_trained": resid_trained,
+        "refit_acc_drop_trained": float(test_acc[a]) - refit_acc,
+        "test_acc_affine": float(test_acc[a]),
+        "test_acc_none": float(test_acc[n]),
+        "test_acc_affine_common_lr": float(test_acc[runs["vector"][common]]),
+        "test_acc_none_common_lr": float(test_acc[runs["none"][common]]),
+        "train_loss_affine": float(res["train_loss"][a]),
+        "train_loss_none": float(res["train_loss"][n]),
+        "log10_lr_affine": float(np.log10(lrs[a - runs["vector"][0]])),
+        "log10_lr_none": float(np.log10(lrs[n - runs["none"][0]])),
+        "diverged_runs": res["diverged_runs"],
+        "stuck_runs": res["stuck_runs"],
+        "lr": np.asarray(lrs, dtype=float),
+        "val_acc_affine_by_lr": res["val_acc"][runs["vector"]],
+        "val_acc_none_by_lr": res["val_acc"][runs["none"]],
+        "epoch": np.arange(1, epochs + 1, dtype=float),
+        "loss_affine_by_epoch": res["epoch_loss"][a],
+        "loss_none_by_epoch": res["epoch_loss"][n],
+    }
+
+
+# ============================================================================ 6. batch norm vs layer norm
+
+
+@experiment(
+    "bn-vs-layernorm",
+    metrics={
+        "bn_ln_rel_diff": "smallest ||BN(x) - LN(x)|| / ||BN(x)|| over the digits batches (affine off)",
+        "ln_is_bn_transposed_units": "largest |LN(x) - BN(x^T)^T| in units of its rounding bound, over digits "
+                                     "and synthetic batches (float32 and float64)",
+        "bn_row_mean_abs": "BN output: mean |per-example mean over features| (LN makes it 0)",
+        "ln_col_mean_abs": "LN output: mean |per-feature mean over the batch| (BN makes it 0)",
+        "bn_batchmate_change": "BN training mode, batch 32: mean |change| of one example's normalised values "
+                               "when its 31 batch mates are replaced by other images",
+        "ln_batchmate_change_units": "LN: largest |change| of one example's output when its batch mates are "
+                                     "replaced, in units of D u max|out|",
+        "bn_eval_batchmate_change": "BN eval mode (fixed statistics): largest |change| of one example's output "
+                                    "when its batch mates are replaced",
+    },
+    series={
+        "batch_size": "batch size (sweep)",
+        "bn_change_by_batch": "BN training mode: mean |change| of one example's output when its batch mates change",
+        "ln_change_by_batch": "LN: mean |change| of one example's output when its batch mates change",
+    },
+)
+def bn_vs_layernorm(rng: np.random.Generator, *, batch_size: int = 32, trials: int = 20,
+                    sweep: list[int] = [2, 4, 8, 16, 32, 64, 128, 256]):
+    """Which axis batch norm and layer norm normalise, and whether an example depends on its batch.
+
+    Inputs: batches of ``batch_size`` standardised digit images (64 pixel features) from the
+    training split, plus synthetic batches (5 shapes, 4..256 examples x 100 features, float32
+    and float64) for the identity LN(x) = BN(x^T)^T. Affine off (gamma = 1, beta = 0).
+    Batch-mate test: keep example 0, replace the other examples by different images, and
+    compare example 0's output; ``trials`` batches per batch size of ``sweep``.
+    """
+    X = data.digits_split(validation_fraction=0.2, standardize=True, dtype=np.float32).X_train
+
+    def batch(n):
+        return X[rng.choice(len(X), size=n, replace=False)]
+
+    def identity_units(x) -> float:
+        ln = nn.layernorm_forward(x, None, None)[0]
+        bn_t = nn.batchnorm_forward(x.T, None, None)[0].T
+        x64 = x.astype(np.float64)
+        inv_std = 1.0 / np.sqrt(x64.var(axis=1, keepdims=True) + _EPS)
+        d = x.shape[1]
+        bound = 4.0 * d * _roundoff(x.dtype) * (np.abs(x64).mean(axis=1, keepdims=True) * inv_std + np.abs(ln))
+        return float(np.max(np.abs(ln.astype(np.float64) - bn_t) / (bound + np.finfo(np.float64).tiny)))
+
+    rel_diff, units, row_mean, col_mean = np.inf, 0.0, 0.0, 0.0
+    for _ in range(trials):
+        x = batch(batch_size)
+        bn = nn.batchnorm_forward(x, None, None)[0]
+        ln = nn.layernorm_forward(x, None, None)[0]
+        rel_diff = min(rel_diff, float(np.linalg.norm(bn - ln) / np.linalg.norm(bn)))
+        row_mean += float(np.mean(np.abs(bn.mean(axis=1)))) / trials
+        col_mean += float(np.mean(np.abs(ln.mean(axis=0)))) / trials
+        units = max(units, identity_units(x))
+    for n in (4, 32, 256):
+        for dtype in (np.float32, np.float64):
+            for shape in data.SHAPES:
+                x = data.shaped_samples(rng, shape, n, 100, rng.normal(0, 5, (n, 1)), 10 ** rng.uniform(-2, 2, (n, 1)))
+                units = max(units, identity_units(x.astype(dtype)))
+
+    # Population statistics for the eval-mode control.
+    running_mean, running_var = X.mean(axis=0), X.var(axis=0)
+
+    def change(n):
+        """(BN mean |change|, LN mean |change|, LN units, BN-eval max |change|) of example 0."""
+        bn_c = ln_c = ln_u = ev = 0.0
+        for _ in range(trials):
+            x = batch(2 * n)
+            a, b = x[:n], np.concatenate([x[:1], x[n + 1:]])    # same example 0, new batch mates
+            bn_c += float(np.mean(np.abs(nn.batchnorm_forward(a, None, None)[0][0]
+                                         - nn.batchnorm_forward(b, None, None)[0][0]))) / trials
+            la, lb = nn.layernorm_forward(a, None, None)[0][0], nn.layernorm_forward(b, None, None)[0][0]
+            ln_c += float(np.mean(np.abs(la - lb))) / trials
+            ln_u = max(ln_u, float(np.max(np.abs(la - lb)) / (64 * _roundoff(np.float32) * np.abs(la).max())))
+            ea = nn.batchnorm_eval_forward(a, running_mean, running_var, None, None)[0][0]
+            eb = nn.batchnorm_eval_forward(b, running_mean, running_var, None, None)[0][0]
+            ev = max(ev, float(np.max(np.abs(ea - eb))))
+        return bn_c, ln_c, ln_u, ev
+
+    sweep_results = [change(n) for n in sweep]
+    bn_c, _, ln_u, ev = change(batch_size)
+    return {
+        "bn_ln_rel_diff": rel_diff,
+        "ln_is_bn_transposed_units": units,
+        "bn_row_mean_abs": row_mean,
+        "ln_col_mean_abs": col_mean,
+        "bn_batchmate_change": bn_c,
+        "ln_batchmate_change_units": max(ln_u, max(r[2] for r in sweep_results)),
+        "bn_eval_batchmate_change": max(ev, max(r[3] for r in sweep_results)),
+        "batch_size": np.array(sweep, dtype=float),
+        "bn_change_by_batch": np.array([r[0] for r in sweep_results]),
+        "ln_change_by_batch": np.array([r[1] for r in sweep_results]),
+    }
+
+
+# ============================================================================ 7. one big example in the batch
+
+
+@experiment(
+    "bn-big-example",
+    metrics={
+        "train_flip_n32_s16": "training mode, batch 32, one image x16: fraction of the other 31 images whose "
+                              "predicted class changes",
+        "train_flip_n256_s16": "training mode, batch 256, one image x16: fraction of the other 255 whose "
+                               "predicted class changes",
+        "train_flip_n4_s16": "training mode, batch 4, one image x16: fraction of the other 3 whose class changes",
+        "train_flip_n32_s1e6": "training mode, batch 32, one image x10^6: fraction of the others that change",
+        "xhat_shift_n32_s16": "training mode, batch 32, one image x16: mean |change| of the others' normalised "
+                              "hidden values",
+        "others_acc_n32": "training mode, batch 32, nothing scaled: accuracy on the 31 others",
+        "others_acc_n32_s1e6": "training mode, batch 32, one image x10^6: accuracy on the 31 others",
+        "eval_flip_max": "eval mode (running statistics): largest fraction of others whose class changes, over "
+                         "every batch size and scale",
+        "test_acc": "eval-mode test accuracy of the trained network",
+    },
+    series={
+        "scale": "factor the one big image's pixels are multiplied by",
+        "flip_n4": "training mode, batch 4: fraction of the other images whose predicted class changes",
+        "flip_n32": "training mode, batch 32: fraction of the others whose class changes",
+        "flip_n256": "training mode, batch 256: fraction of the others whose class changes",
+        "flip_eval": "eval mode, every batch size: fraction of the others whose class changes",
+    },
+)
+def big_example(rng: np.random.Generator, *, hidden: int = 64, epochs: int = 20, lr: float = 0.1,
+                batch_sizes: list[int] = [4, 32, 256],
+                scales: list[float] = [1.0, 2.0, 4.0, 16.0, 100.0, 1e3, 1e4, 1e6]):
+    """Does one large example in a batch change the predictions for the others?
+
+    Network 64 -> ``hidden`` -> BN -> ReLU -> 10, float32, trained ``epochs`` epochs with SGD
+    (momentum 0.9, ``lr``, batches of 32) on the raw digit pixels in [0, 1] (so x16 is an image
+    left as 0..16 counts). Probe: batches of each size in ``batch_sizes`` drawn from the test
+    split (512 / size batches of distinct images); image 0 of each batch is multiplied by each
+    factor in ``scales`` and the predicted classes of images 1..N-1 are compared with those of
+    the same batch unscaled, in training mode (batch statistics, as in a forward pass during
+    training or a model left in train mode) and in eval mode (running statistics).
+    """
+    missing = sorted({4, 32, 256} - set(batch_sizes)) + sorted({1.0, 16.0, 1e6} - set(scales))
+    if missing:
+        raise ValueError(f"batch_sizes must include 4, 32, 256 and scales 1, 16, 1e6 (the metrics); missing {missing}")
+    split = data.digits_split(validation_fraction=0.2, standardize=False, dtype=np.float32)
+    p, _, _ = _train_stack(rng, split.X_train, split.y_train, ["vector"], [lr], hidden=hidden, epochs=epochs)
+    test_acc = float(_stack_accuracy(p, split.X_test, split.y_test)[0])
+    n_test = len(split.X_test)
+    flips = {(mode, n): [] for mode in ("train", "eval") for n in batch_sizes}
+    extra = {}
+    with np.errstate(all="ignore"):
+        for n in batch_sizes:
+            k = max(1, 512 // n)
+            index = np.stack([rng.choice(n_test, size=n, replace=False) for _ in range(k)])
+            xb, yb = split.X_test[index], split.y_test[index]                   # (k, n, 64), (k, n)
+            for mode in ("train", "eval"):
+                base = np.argmax(_stack_logits(p, xb, train=mode == "train"), axis=2)
+                for s in scales:
+                    xs = xb.copy()
+                    xs[:, 0] *= np.float32(s)
+                    pred = np.argmax(_stack_logits(p, xs, train=mode == "train"), axis=2)
+                    flips[mode, n].append(float(np.mean(pred[:, 1:] != base[:, 1:])))
+                    if mode == "train" and n == 32 and s in (1.0, 1e6):
+                        extra[s] = float(np.mean(pred[:, 1:] == yb[:, 1:]))
+            if n == 32:
+                def xhat(x):
+                    z = np.matmul(x, p["W1"][0])
+                    return (z - z.mean(axis=1, keepdims=True)) / np.sqrt(z.var(axis=1, keepdims=True) + _EPS)
+                xs = xb.copy()
+                xs[:, 0] *= np.float32(16.0)
+                extra["shift"] = float(np.mean(np.abs(xhat(xs)[:, 1:] - xhat(xb)[:, 1:])))
+    at = lambda mode, n, s: flips[mode, n][scales.index(s)]  # noqa: E731
+    return {
+        "train_flip_n32_s16": at("train", 32, 16.0),
+        "train_flip_n256_s16": at("train", 256, 16.0),
+        "train_flip_n4_s16": at("train", 4, 16.0),
+        "train_flip_n32_s1e6": at("train", 32, 1e6),
+        "xhat_shift_n32_s16": extra["shift"],
+        "others_acc_n32": extra[1.0],
+        "others_acc_n32_s1e6": extra[1e6],
+        "eval_flip_max": max(max(v) for (mode, _), v in flips.items() if mode == "eval"),
+        "test_acc": test_acc,
+        "scale": np.asarray(scales, dtype=float),
+        "flip_n4": np.array(flips["train", 4]),
+        "flip_n32": np.array(flips["train", 32]),
+        "flip_n256": np.array(flips["train", 256]),
+        "flip_eval": np.max([flips["eval", n] for n in batch_sizes], axis=0),
+    }

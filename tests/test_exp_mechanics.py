@@ -1,0 +1,196 @@
+"""Fast checks of bnclaims.experiments.mechanics: the experiments run, return what they declare,
+are deterministic, and the identities and gradients they rely on hold."""
+
+
+import numpy as np
+import pytest
+
+from bnclaims import experiments, model, nn
+from bnclaims.experiments import mechanics
+
+# Tiny parameters per experiment: enough to exercise every code path in well under a second.
+TINY = {
+    "batchnorm-moments": {"batch_sizes": [2, 8], "features": 12, "repeats": 1},
+    "bn-output-moments-vs-affine": {"stat_epochs": 1, "eval_batch_sizes": [4, 32]},
+    "bn-mean-set-by-beta": {"width": 16, "changes": 1, "probe_size": 64, "sweep": [0.01, 0.1]},
+    "bn-scalar-vs-per-feature-affine": {"hidden": 8, "epochs": 1, "lrs": [0.03, 0.1]},
+    "bn-affine-fold-next-layer": {"hidden": 8, "epochs": 1, "lrs": [0.03, 0.1], "draws": 2},
+    "bn-vs-layernorm": {"trials": 2, "sweep": [2, 8]},
+    "bn-big-example": {"hidden": 8, "epochs": 1, "scales": [1.0, 16.0, 1e6]},
+}
+
+
+def _run(name, seed=0):
+    exp = experiments.get(name)
+    return experiments.run_experiment(exp, seed, TINY[name])  # validates names, finiteness, shapes
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_experiment_returns_declared_finite_and_is_deterministic(name):
+    exp = experiments.get(name)
+    assert exp.module == "bnclaims.experiments.mechanics" and exp.doc
+    first = _run(name)
+    assert set(first["metrics"]) == set(exp.metrics) and set(first["series"]) == set(exp.series)
+    assert all(np.isfinite(v) for v in first["metrics"].values())
+    assert first == _run(name)  # same seed, same numbers
+
+
+def test_tiny_overrides_name_real_parameters():
+    for name, params in TINY.items():
+        assert set(params) <= set(experiments.get(name).params), name
+
+
+def test_batchnorm_moments_first_metric_is_positive_so_the_scaffold_rule_passes():
+    exp = experiments.get("batchnorm-moments")
+    first = next(iter(exp.metrics))
+    assert first == "configs_checked"
+    assert _run("batchnorm-moments")["metrics"][first] == 2 * 2 * 5 * 1  # sizes x dtypes x shapes x repeats
+
+
+def test_batchnorm_moments_sweep_follows_the_epsilon_formula():
+    out = _run("batchnorm-moments")
+    ratio = np.array(out["series"]["variance_over_eps"])
+    std = np.array(out["series"]["output_std"])
+    np.testing.assert_allclose(std, np.sqrt(ratio / (ratio + 1.0)), rtol=1e-9)
+    assert out["metrics"]["std_gap_tiny_var"] > 0.29   # var <= eps gives std <= 1/sqrt(2)
+    assert out["metrics"]["std_gap_large_var"] < 0.01
+
+
+def test_mean_error_bound_flags_a_real_error():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((32, 5)).astype(np.float32)
+    out, cache = nn.batchnorm_forward(x, None, None)
+    bound = mechanics._column_mean_error_bound(x, np.abs(out).max(0), cache.inv_std, 1.0, 0.0,
+                                               mechanics._roundoff(np.float32))
+    assert np.all(np.abs(out.astype(np.float64).mean(0)) < bound)
+    assert np.all(1e-3 > bound)                        # the bound is tight enough to catch a 1e-3 error
+    assert np.all(np.abs((out + 1e-3).astype(np.float64).mean(0)) > bound)
+
+
+# ----------------------------------------------------------------------------- stacked trainer
+
+
+def _stack_params(rng, S=3, d=5, hidden=4, classes=3):
+    p = mechanics._init_stack(rng, S, d, hidden, classes, np.float64)
+    p["gamma"] = rng.uniform(0.5, 2.0, p["gamma"].shape)
+    p["beta"] = rng.normal(0, 0.5, p["beta"].shape)
+    p["b2"] = rng.normal(0, 0.5, p["b2"].shape)
+    for kind_index in range(S):
+        p["W1"][kind_index] += 0.1 * rng.standard_normal(p["W1"][kind_index].shape)
+    return p
+
+
+@pytest.mark.parametrize("kinds", [["vector", "scalar", "none"]])
+def test_stack_gradients_match_finite_differences(kinds):
+    rng = np.random.default_rng(0)
+    p = _stack_params(rng)
+    # a scalar copy has all-equal gamma, beta; a none copy has gamma = 1, beta = 0
+    p["gamma"][1] = 1.3
+    p["beta"][1] = -0.2
+    p["gamma"][2], p["beta"][2] = 1.0, 0.0
+    x, y = rng.standard_normal((8, 5)), rng.integers(0, 3, 8)
+    per_feature, shared = mechanics._affine_masks(kinds, np.float64)
+
+    def loss(q):
+        return mechanics._stack_loss_and_grads({k: v.copy() for k, v in q.items()}, x, y, per_feature, shared)[0] / 8
+
+    _, grads, _, _ = mechanics._stack_loss_and_grads({k: v.copy() for k, v in p.items()}, x, y, per_feature, shared)
+    h = 1e-6
+    for name in ("W1", "W2", "b2", "gamma", "beta"):
+        for s, kind in enumerate(kinds):
+            if name in ("gamma", "beta") and kind != "vector":
+                # shared parameter: move every entry together; none: the gradient must be 0
+                plus, minus = dict(p), dict(p)
+                plus[name], minus[name] = p[name].copy(), p[name].copy()
+                plus[name][s] += h
+                minus[name][s] -= h
+                numeric = (loss(plus)[s] - loss(minus)[s]) / (2 * h)
+                expected = numeric if kind == "scalar" else 0.0
+                assert np.allclose(grads[name][s], expected, rtol=1e-6, atol=1e-8), (name, kind)
+                continue
+            flat = p[name][s].ravel()
+            for j in range(flat.size):
+                plus, minus = dict(p), dict(p)
+                plus[name], minus[name] = p[name].copy(), p[name].copy()
+                plus[name][s].flat[j] += h
+                minus[name][s].flat[j] -= h
+                numeric = (loss(plus)[s] - loss(minus)[s]) / (2 * h)
+                analytic = grads[name][s].flat[j]
+                assert abs(numeric - analytic) <= 1e-6 * max(1.0, abs(numeric)), (name, kind, j)
+
+
+def test_stack_step_agrees_with_the_model_module():
+    """One copy of the stacked trainer computes the same loss and gradients as bnclaims.model."""
+    rng = np.random.default_rng(3)
+    p = _stack_params(rng, S=1)
+    x, y = rng.standard_normal((16, 5)), rng.integers(0, 3, 16)
+    config = model.MLPConfig(sizes=(5, 4, 3), norm="batch", dtype="float64")
+    params = {"W0": p["W1"][0], "b0": np.zeros(4), "gamma0": p["gamma"][0, 0], "beta0": p["beta"][0, 0],
+              "W1": p["W2"][0], "b1": p["b2"][0, 0]}
+    loss, grads, _, _ = model.loss_and_grads(params, model.init_state(config), x, y, config)
+    masks = mechanics._affine_masks(["vector"], np.float64)
+    loss_sum, g, _, _ = mechanics._stack_loss_and_grads(p, x, y, *masks)
+    assert loss_sum[0] / 16 == pytest.approx(loss, rel=1e-12)
+    for ours, theirs in (("W1", "W0"), ("gamma", "gamma0"), ("beta", "beta0"), ("W2", "W1"), ("b2", "b1")):
+        np.testing.assert_allclose(g[ours][0].reshape(grads[theirs].shape), grads[theirs], rtol=1e-10, atol=1e-12)
+
+
+def test_scalar_copy_keeps_one_gamma_and_none_copy_keeps_identity():
+    from bnclaims import data
+
+    split = data.digits_split(validation_fraction=0.2, standardize=True, dtype=np.float32)
+    p, losses, diverged = mechanics._train_stack(np.random.default_rng(0), split.X_train[:256], split.y_train[:256],
+                                                 ["vector", "scalar", "none"], [0.1] * 3, hidden=8, epochs=2)
+    assert not diverged.any() and np.all(np.isfinite(losses))
+    assert np.ptp(p["gamma"][0]) > 0                  # per feature: the entries move apart
+    assert np.ptp(p["gamma"][1]) == 0 and np.ptp(p["beta"][1]) == 0 and p["gamma"][1, 0, 0] != 1
+    assert np.all(p["gamma"][2] == 1) and np.all(p["beta"][2] == 0)
+
+
+# ----------------------------------------------------------------------------- identities used by the rules
+
+
+def test_fold_is_exact_without_relu_and_breaks_with_a_shift_behind_relu():
+    rng = np.random.default_rng(0)
+    x_hat = nn.batchnorm_forward(rng.standard_normal((32, 6)), None, None)[0]
+    W, b = rng.standard_normal((6, 3)), rng.standard_normal(3)
+    gamma, beta = rng.uniform(-2, 2, 6), rng.standard_normal(6)
+    assert mechanics._fold_error_units(x_hat, gamma, beta, W, b, relu=False) < 1
+    assert mechanics._fold_error_units(x_hat, np.abs(gamma) + 0.1, np.zeros(6), W, b, relu=True) < 1
+    assert mechanics._fold_error_units(x_hat, gamma, beta, W, b, relu=True) > 1e6
+
+
+def test_refit_residual_is_zero_for_a_linear_target_and_not_for_a_thresholded_one():
+    rng = np.random.default_rng(0)
+    h = rng.standard_normal((200, 5))
+    y = h @ rng.standard_normal((5, 2)) + 1.0
+    assert mechanics._refit_residual(h[:150], y[:150], h[150:], y[150:])[0] < 1e-10
+    y2 = np.maximum(h + 0.7, 0) @ rng.standard_normal((5, 2))
+    assert mechanics._refit_residual(np.maximum(h[:150], 0), y2[:150], np.maximum(h[150:], 0), y2[150:])[0] > 0.05
+
+
+def test_big_example_scale_one_changes_nothing_and_eval_mode_never_does():
+    out = _run("bn-big-example")
+    assert out["series"]["flip_n4"][0] == 0 and out["series"]["flip_n32"][0] == 0
+    assert out["metrics"]["eval_flip_max"] == 0
+    assert out["series"]["flip_n32"][-1] > 0.5        # x 10^6 collapses the others in training mode
+
+
+def test_layernorm_ignores_batch_mates_exactly_and_batchnorm_does_not():
+    out = _run("bn-vs-layernorm")
+    assert out["metrics"]["ln_batchmate_change_units"] == 0
+    assert out["metrics"]["bn_batchmate_change"] > 0.01
+    assert out["metrics"]["ln_is_bn_transposed_units"] < 1
+
+
+def test_mean_set_by_beta_control_is_exact_in_eval_mode():
+    out = _run("bn-mean-set-by-beta")
+    assert out["metrics"]["eval_control_gap"] < 1e-4     # nothing changed: eval mean = beta
+    assert out["metrics"]["train_mean_error_units"] < 1
+    assert out["metrics"]["eval_gap_params"] > 0.01      # a 10% change moves it
+
+
+def test_output_moments_training_mode_equals_beta_gamma_for_the_thread_numbers():
+    out = _run("bn-output-moments-vs-affine")
+    assert out["metrics"]["train_mean_gap"] < 1e-5 and out["metrics"]["train_std_gap"] < 1e-3
+    assert out["metrics"]["thread_std_gap"] == pytest.approx(2.68 / 2.33 - 1)
