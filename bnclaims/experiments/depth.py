@@ -1,0 +1,216 @@
+"""Signal propagation in deep MLPs at initialisation: activation scale and gradient norm per layer.
+
+One family: build a deep, narrow MLP on a batch of real digits, run one forward and one backward
+pass, and record per hidden layer the size of the pre-activations and of the gradient reaching
+them. Arms share the same random weight directions (only the scale differs) and nested input
+batches, so every comparison is paired.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from bnclaims import data, nn
+from bnclaims.experiments import experiment
+
+
+def relu_bn_rate_large_batch() -> float:
+    """Per-layer growth of the squared gradient norm in a wide ReLU batch-norm MLP, batch -> inf.
+
+    BN output z ~ N(0, 1) per feature; a = relu(z) has variance (pi - 1) / (2 pi); the next
+    pre-activation h = a W (W ~ N(0, 1/width)) has that variance, so the next BN divides the
+    gradient by it, relu keeps half of it: (1/2) * 2 pi / (pi - 1) = pi / (pi - 1) ~ 1.467
+    (Yang et al. 2019, arXiv:1902.08129, large-batch ReLU limit).
+    """
+    return math.pi / (math.pi - 1.0)
+
+
+def linear_bn_rate(batch_size: int) -> float:
+    """Per-layer growth of the squared gradient norm in a wide linear batch-norm MLP with batch B.
+
+    At the forward fixed point the centred batch vectors are isotropic in B - 1 dimensions, so a
+    feature's batch variance is chi^2_{B-1} / (B - 1) and E[1 / var] = (B - 1) / (B - 3); the BN
+    backward projection removes the batch mean and x_hat directions, keeping (B - 2) / (B - 1) of
+    an isotropic gradient: (B - 2) / (B - 3) per layer (infinite for B <= 3).
+    """
+    if batch_size <= 3:
+        return math.inf
+    return (batch_size - 2) / (batch_size - 3)
+
+
+def propagate(x: np.ndarray, y: np.ndarray, weights: list[np.ndarray], readout: np.ndarray,
+              activation: str, batchnorm: bool, eps: float = 1e-5) -> tuple[np.ndarray, np.ndarray]:
+    """One forward and backward pass; per hidden layer, rms of the pre-activation and gradient norm.
+
+    x: (B, 64) inputs, y: (B,) labels; weights[l]: (fan_in, width) for hidden layer l (the
+    first maps the input); readout: (width, 10). Hidden layer l: h_l = a_{l-1} @ weights[l],
+    z_l = BN(h_l) (training mode, no affine) or h_l, a_l = activation(z_l). Loss: mean softmax
+    cross-entropy of a_L @ readout.
+    Returns (act_rms (L,) = rms of h_l, grad_norm (L,) = Frobenius norm of dLoss/dh_l).
+    """
+    depth = len(weights)
+    a = x
+    act_rms = np.empty(depth)
+    caches = []
+    for l, W in enumerate(weights):
+        h, lin_cache = nn.linear_forward(a, W, None)
+        act_rms[l] = math.sqrt(float(np.mean(np.square(h, dtype=np.float64))))
+        bn_cache = None
+        if batchnorm:
+            h, bn_cache = nn.batchnorm_forward(h, None, None, eps)
+        if activation == "relu":
+            a, act_cache = nn.relu_forward(h)
+        else:
+            a, act_cache = h, None
+        caches.append((lin_cache, bn_cache, act_cache))
+    logits, top_cache = nn.linear_forward(a, readout, None)
+    _, dlogits = nn.softmax_cross_entropy(logits, y)
+    da, _, _ = nn.linear_backward(dlogits, top_cache)
+    grad_norm = np.empty(depth)
+    for l in range(depth - 1, -1, -1):
+        lin_cache, bn_cache, act_cache = caches[l]
+        dh = da if act_cache is None else nn.relu_backward(da, act_cache)
+        if bn_cache is not None:
+            dh, _, _ = nn.batchnorm_backward(dh, bn_cache)
+        grad_norm[l] = math.sqrt(float(np.sum(np.square(dh, dtype=np.float64))))
+        da, _, _ = nn.linear_backward(dh, lin_cache)
+    return act_rms, grad_norm
+
+
+def _fitted_rate(grad_norm: np.ndarray, skip: int) -> float:
+    """Per-layer factor of the SQUARED gradient norm, going from the top layer towards the input:
+    exp of minus the least-squares slope of log(grad_norm^2) against the layer index, ignoring
+    `skip` layers at each end (boundary effects of the input and readout layers)."""
+    layers = np.arange(len(grad_norm))[skip:len(grad_norm) - skip]
+    slope = np.polyfit(layers, 2.0 * np.log(grad_norm[skip:len(grad_norm) - skip]), 1)[0]
+    return float(math.exp(-slope))
+
+
+@experiment(
+    "depth-signal-propagation",
+    metrics={
+        "act_ratio_bn_relu_poor": "rms pre-activation, last / first hidden layer: BN, ReLU, poor init, batch `batch_size`",
+        "act_ratio_plain_relu_poor": "same without normalization (poor init)",
+        "act_ratio_plain_relu_he": "same without normalization, He init",
+        "grad_ratio_bn_relu_he": "gradient norm, first / last hidden layer: BN, ReLU, He init, batch `batch_size`",
+        "grad_ratio_bn_relu_poor": "same, BN, ReLU, poor init",
+        "grad_ratio_plain_relu_he": "same without normalization, ReLU, He init",
+        "grad_ratio_plain_relu_poor": "same without normalization, ReLU, poor init",
+        "grad_ratio_bn_linear_small": "gradient norm first / last: BN, linear, the smallest batch size of the sweep",
+        "grad_ratio_bn_linear_large": "gradient norm first / last: BN, linear, the largest batch size of the sweep",
+        "grad_ratio_plain_linear": "gradient norm first / last: no norm, linear, LeCun init",
+        "rate_bn_relu_large": "fitted per-layer growth of the squared gradient norm: BN, ReLU, largest batch",
+        "rate_theory_relu_large": "Yang et al. large-batch ReLU rate pi/(pi-1)",
+        "rate_bn_linear_small": "fitted per-layer squared-gradient growth: BN, linear, smallest batch",
+        "rate_theory_linear_small": "(B-2)/(B-3) at the smallest batch",
+    },
+    series={
+        "layer": "hidden layer index 1..depth (x axis)",
+        "grad_bn_relu_he": "gradient norm per layer, BN, ReLU, He init",
+        "grad_bn_relu_poor": "gradient norm per layer, BN, ReLU, poor init",
+        "grad_plain_relu_he": "gradient norm per layer, no norm, ReLU, He init",
+        "grad_plain_relu_poor": "gradient norm per layer, no norm, ReLU, poor init",
+        "act_bn_relu_poor": "rms pre-activation per layer, BN, ReLU, poor init",
+        "act_plain_relu_he": "rms pre-activation per layer, no norm, ReLU, He init",
+        "act_plain_relu_poor": "rms pre-activation per layer, no norm, ReLU, poor init",
+        "sweep_batch_size": "batch sizes of the sweep (x axis)",
+        "rate_bn_relu": "fitted per-layer squared-gradient growth, BN ReLU, per batch size",
+        "rate_bn_linear": "fitted per-layer squared-gradient growth, BN linear, per batch size",
+        "rate_theory_linear": "(B-2)/(B-3) per batch size",
+        "rate_theory_relu": "pi/(pi-1) (large-batch limit) at every batch size",
+    },
+)
+def depth_signal_propagation(
+    rng: np.random.Generator,
+    *,
+    depth: int = 50,
+    width: int = 256,
+    batch_size: int = 32,
+    batch_sizes: list[int] = [4, 8, 16, 32, 64, 128, 256],  # noqa: B006 - never mutated
+    poor_scale: float = 0.5,
+    skip: int = 5,
+) -> dict:
+    """Activation scale and gradient norm per layer of a deep MLP at initialisation, BN vs none.
+
+    Network: digits input (64) -> `depth` hidden layers of `width` units -> 10 logits, loss the
+    softmax cross-entropy on the true labels of a batch of real (standardized) training digits.
+    Hidden layer: linear (no bias) -> [batch norm, training mode, no affine] -> ReLU or identity.
+    Inits: "He" std sqrt(2/fan_in) for ReLU, "LeCun" sqrt(1/fan_in) for linear (the correct
+    ones), and "poor" = `poor_scale` x the correct std. All arms of a seed share the same
+    Gaussian weight directions and nested input batches (the first B of one permutation).
+    Measures, per hidden layer, the rms of the pre-activation and the norm of dLoss/d(pre-act),
+    the first/last-layer ratios, and the fitted per-layer growth rate of the squared gradient
+    norm over a batch-size sweep, beside the mean-field predictions (Yang et al. 2019).
+    """
+    if min(batch_sizes) < 4 or batch_size < 2:
+        raise ValueError("the sweep needs batch sizes >= 4 (the linear-BN rate (B-2)/(B-3) is infinite below)")
+    split = data.digits_split(0.25, 0.0, standardize=True, dtype=np.float32)
+    n_max = max(max(batch_sizes), batch_size)
+    order = rng.permutation(len(split.y_train))[:n_max]
+    X_all, y_all = split.X_train[order], split.y_train[order]
+    fan_ins = [64] + [width] * (depth - 1)
+    directions = [rng.standard_normal((f, width), dtype=np.float32) for f in fan_ins]
+    readout_dir = rng.standard_normal((width, 10), dtype=np.float32)
+
+    def net(activation: str, scale: float):
+        gain = 2.0 if activation == "relu" else 1.0
+        weights = [np.float32(scale * math.sqrt(gain / f)) * z for f, z in zip(fan_ins, directions)]
+        return weights, readout_dir * np.float32(math.sqrt(1.0 / width))
+
+    def run(activation: str, batchnorm: bool, scale: float, b: int):
+        weights, readout = net(activation, scale)
+        return propagate(X_all[:b], y_all[:b], weights, readout, activation, batchnorm)
+
+    def ratio_grad(g):
+        return float(g[0] / g[-1])
+
+    def ratio_act(a):
+        return float(a[-1] / a[0])
+
+    act_bn_poor, grad_bn_poor = run("relu", True, poor_scale, batch_size)
+    _, grad_bn_he = run("relu", True, 1.0, batch_size)
+    act_plain_he, grad_plain_he = run("relu", False, 1.0, batch_size)
+    act_plain_poor, grad_plain_poor = run("relu", False, poor_scale, batch_size)
+    _, grad_plain_linear = run("linear", False, 1.0, batch_size)
+
+    rates_relu, rates_linear, ratios_linear = [], [], []
+    for b in batch_sizes:
+        _, g_relu = run("relu", True, 1.0, b)
+        _, g_lin = run("linear", True, 1.0, b)
+        rates_relu.append(_fitted_rate(g_relu, skip))
+        rates_linear.append(_fitted_rate(g_lin, skip))
+        ratios_linear.append(ratio_grad(g_lin))
+    small, large = int(np.argmin(batch_sizes)), int(np.argmax(batch_sizes))
+    theory_linear = np.array([linear_bn_rate(b) for b in batch_sizes])
+
+    return {
+        "act_ratio_bn_relu_poor": ratio_act(act_bn_poor),
+        "act_ratio_plain_relu_poor": ratio_act(act_plain_poor),
+        "act_ratio_plain_relu_he": ratio_act(act_plain_he),
+        "grad_ratio_bn_relu_he": ratio_grad(grad_bn_he),
+        "grad_ratio_bn_relu_poor": ratio_grad(grad_bn_poor),
+        "grad_ratio_plain_relu_he": ratio_grad(grad_plain_he),
+        "grad_ratio_plain_relu_poor": ratio_grad(grad_plain_poor),
+        "grad_ratio_bn_linear_small": ratios_linear[small],
+        "grad_ratio_bn_linear_large": ratios_linear[large],
+        "grad_ratio_plain_linear": ratio_grad(grad_plain_linear),
+        "rate_bn_relu_large": rates_relu[large],
+        "rate_theory_relu_large": relu_bn_rate_large_batch(),
+        "rate_bn_linear_small": rates_linear[small],
+        "rate_theory_linear_small": float(theory_linear[small]),
+        "layer": np.arange(1, depth + 1, dtype=float),
+        "grad_bn_relu_he": grad_bn_he,
+        "grad_bn_relu_poor": grad_bn_poor,
+        "grad_plain_relu_he": grad_plain_he,
+        "grad_plain_relu_poor": grad_plain_poor,
+        "act_bn_relu_poor": act_bn_poor,
+        "act_plain_relu_he": act_plain_he,
+        "act_plain_relu_poor": act_plain_poor,
+        "sweep_batch_size": np.array(batch_sizes, dtype=float),
+        "rate_bn_relu": np.array(rates_relu),
+        "rate_bn_linear": np.array(rates_linear),
+        "rate_theory_linear": np.where(np.isfinite(theory_linear), theory_linear, np.nan),
+        "rate_theory_relu": np.full(len(batch_sizes), relu_bn_rate_large_batch()),
+    }

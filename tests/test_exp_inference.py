@@ -1,0 +1,90 @@
+"""Tests for bnclaims.experiments.inference (outliers, single examples, covariate shift)."""
+
+import numpy as np
+import pytest
+
+from bnclaims import experiments, model, nn
+from bnclaims.experiments import inference as inf
+
+
+@pytest.fixture(scope="module")
+def trained():
+    result = inf.train_digits(np.random.default_rng(0), "batch", 0.03, 2)
+    return result.params, result.state, result.config
+
+
+def test_running_bank_matches_nn_update_running_stats():
+    rng = np.random.default_rng(0)
+    momenta = [0.01, 0.1, 1.0]
+    bank = inf.RunningBank(momenta, (5, 3))
+    expected = [[(np.zeros(5), np.ones(5)), (np.zeros(3), np.ones(3))] for _ in momenta]
+    for _ in range(4):
+        record = {"pre0": rng.standard_normal((8, 5)), "pre1": rng.standard_normal((8, 3))}
+        bank.update(record, 8)
+        for k, m in enumerate(momenta):
+            for i in range(2):
+                pre = record[f"pre{i}"]
+                expected[k][i] = nn.update_running_stats(*expected[k][i], pre.mean(0), pre.var(0), 8, m)
+    for k in range(len(momenta)):
+        for i in range(2):
+            np.testing.assert_allclose(bank.mean[i][k], expected[k][i][0], rtol=1e-12)
+            np.testing.assert_allclose(bank.var[i][k], expected[k][i][1], rtol=1e-12)
+
+
+def test_single_example_batch_statistics_give_one_constant_prediction(trained):
+    params, _, cfg = trained
+    logits = inf.single_example_batch_stats_logits(params, inf.digits().X_test[:20], cfg)
+    assert np.all(logits == logits[0])
+
+
+def test_population_state_is_the_training_mode_statistics_of_the_set(trained):
+    params, _, cfg = trained
+    X = inf.digits().X_val
+    population = inf.population_state(params, X, cfg)
+    train_mode = model.forward(params, model.init_state(cfg), X, cfg, train=True)[0]
+    eval_mode = model.forward(params, population, X, cfg, train=False)[0]
+    np.testing.assert_allclose(eval_mode, train_mode, rtol=1e-4, atol=1e-4)
+
+
+def test_adabn_undoes_an_affine_shift_exactly(trained):
+    # x' = a x + b per pixel makes every first-layer pre-activation a * h + c: re-estimated BN removes it
+    params, _, cfg = trained
+    split = inf.digits()
+    raw = inf._raw(split, split.X_val)
+    shifted = inf._standardize(split, inf.shift_images(raw, "affine", contrast=0.5, brightness=0.3))
+    clean_logits = model.forward(params, inf.population_state(params, split.X_val, cfg), split.X_val, cfg, False)[0]
+    shifted_logits = model.forward(params, inf.population_state(params, shifted, cfg), shifted, cfg, False)[0]
+    np.testing.assert_allclose(shifted_logits, clean_logits, rtol=1e-3, atol=1e-3)
+
+
+def test_shift_images():
+    raw = np.random.default_rng(0).uniform(size=(3, 64))
+    np.testing.assert_allclose(inf.shift_images(raw, "affine", contrast=0.5, brightness=0.3), 0.5 * raw + 0.3)
+    moved = inf.shift_images(raw, "translate").reshape(3, 8, 8)
+    assert np.all(moved[:, :, 0] == 0) and np.array_equal(moved[:, :, 1:], raw.reshape(3, 8, 8)[:, :, :-1])
+    assert np.array_equal(inf.shift_images(raw, "clean"), raw)
+
+
+@pytest.mark.parametrize("name, params", [
+    ("bn-outlier-in-batch", dict(epochs=1, magnitudes=[1.0, 2.0, 16.0])),
+    ("bn-single-example-inference", dict(epochs=1, warmup_steps=5, test_batches=[4, 450])),
+    ("bn-covariate-shift-adabn", dict(epochs=1, severities=[0.0, 1.0])),
+])
+def test_experiments_return_declared_names_and_are_deterministic(name, params):
+    exp = experiments.get(name)
+    a = experiments.run_experiment(exp, 11, params)
+    assert a == experiments.run_experiment(exp, 11, params)
+    assert set(a["metrics"]) == set(exp.metrics) and set(a["series"]) == set(exp.series)
+
+
+def test_eval_mode_ignores_the_outlier_and_single_examples_match_the_batch():
+    out = inf.outlier_in_batch(np.random.default_rng(2), epochs=1, magnitudes=[1.0, 2.0, 16.0])
+    assert out["eval_max_change"] < 1e-5
+    single = inf.single_example_inference(np.random.default_rng(2), epochs=1, warmup_steps=3, test_batches=[450])
+    assert single["max_rel_logit_diff"] < 1e-5
+    assert single["acc_single_batchstats"] < 0.2
+
+
+def test_outlier_magnitudes_must_include_mild_and_extreme():
+    with pytest.raises(ValueError):
+        inf.outlier_in_batch(np.random.default_rng(0), epochs=1, magnitudes=[1.0, 4.0])
