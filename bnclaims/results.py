@@ -17,8 +17,9 @@ class SeedRun:
     seed: int
     metrics: dict[str, float]
     series: dict[str, list[float | None]]
-    seconds: float
+    seconds: float  # wall-clock time of the seed in its worker
     cached: bool
+    cpu_seconds: float = 0.0  # CPU time of the seed in its worker
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,7 @@ class ClaimResult:
             "conditions": [c.to_json() for c in self.verdict.conditions] if self.verdict else [],
             "seeds": list(self.seeds),
             "seconds": round(self.seconds, 3),
+            "cpu_seconds": round(sum(r.cpu_seconds for r in self.runs), 3),
             "cached": self.cached,
             "error": self.error,
             "input_hash": self.input_hash,

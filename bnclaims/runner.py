@@ -169,10 +169,12 @@ def run_claims(
         for seed, key in zip(p.seeds, p.keys):
             if seed in p.cached:
                 entry = p.cached[seed]
-                runs.append(SeedRun(seed, entry["metrics"], entry["series"], entry["seconds"], True))
+                runs.append(SeedRun(seed, entry["metrics"], entry["series"], entry["seconds"], True,
+                                    entry.get("cpu_seconds", entry["seconds"])))
             elif seed in fresh[id(p)]:
                 entry = fresh[id(p)][seed]
-                runs.append(SeedRun(seed, entry["metrics"], entry["series"], entry["seconds"], False))
+                runs.append(SeedRun(seed, entry["metrics"], entry["series"], entry["seconds"], False,
+                                    entry["cpu_seconds"]))
         result = build_result(p.claim, p.seeds, runs, errors[id(p)], p.input_hash, p.components, p.reasons)
         cache.put_claim(p.claim.id, result.summary_record())
         results[id(p)] = result

@@ -17,11 +17,13 @@ def run_job(experiment: str, seed: int, params: dict, modules: tuple[str, ...]) 
     from bnclaims import experiments
 
     start = time.perf_counter()
+    cpu_start = time.process_time()
     try:
         for module in modules:
             importlib.import_module(module)
         exp = experiments.get(experiment)
         payload = experiments.run_experiment(exp, seed, params)
+        payload["cpu_seconds"] = time.process_time() - cpu_start  # unlike wall time, not inflated by load
         return "ok", payload, time.perf_counter() - start
     except experiments.ExperimentError as e:
         return "error", f"seed {seed}: {e}", time.perf_counter() - start
