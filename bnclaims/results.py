@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -118,7 +119,8 @@ def summarize_series(runs: list[list[float | None]]) -> SeriesSummary:
     for i, r in enumerate(runs):
         table[i, : len(r)] = [np.nan if v is None else v for v in r]
     n = np.sum(~np.isnan(table), axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a point missing in every seed is a gap, not a problem
         mean = np.nanmean(table, axis=0) if len(runs) else np.zeros(length)
         sd = np.nanstd(table, axis=0, ddof=1) if len(runs) > 1 else np.zeros(length)
     tcrit = np.array([stats.t.ppf(0.5 + CONFIDENCE / 2, k - 1) if k > 1 else np.nan for k in n])

@@ -149,15 +149,19 @@ def run_claims(
     cache = Cache(options.cache_dir or _default_cache())
     plans = plan(claims, options, cache)
     jobs: list[Job] = []
-    owner: dict[int, Plan] = {}
+    owners: dict[int, list[Plan]] = {}  # claims with the same experiment, params and seed share one job
+    job_of_key: dict[str, Job] = {}
     for p in plans:
         timeout = options.timeout or p.claim.timeout
         params = p.components["params"]
         for seed, key in zip(p.seeds, p.keys):
-            if seed not in p.cached:
-                job = Job(len(jobs), p.claim.experiment, seed, params, timeout)
-                owner[job.id] = p
-                jobs.append(job)
+            if seed in p.cached:
+                continue
+            if key not in job_of_key:
+                job_of_key[key] = Job(len(jobs), p.claim.experiment, seed, params, timeout)
+                jobs.append(job_of_key[key])
+                owners[job_of_key[key].id] = []
+            owners[job_of_key[key].id].append(p)
     fresh: dict[int, dict[int, dict]] = {id(p): {} for p in plans}
     errors: dict[int, dict[int, str]] = {id(p): {} for p in plans}
     left = {id(p): len(p.seeds) - len(p.cached) for p in plans}
@@ -186,17 +190,19 @@ def run_claims(
             finish(p)
 
     def on_done(job: Job, outcome: Outcome) -> None:
-        p = owner[job.id]
+        sharing = owners[job.id]
         if outcome.status == "ok":
             entry = {**outcome.payload, "seconds": outcome.seconds}
-            cache.put_run(p.keys[p.seeds.index(job.seed)], entry)
-            fresh[id(p)][job.seed] = entry
-        else:
-            errors[id(p)][job.seed] = str(outcome.payload)
-        tracker.update(f"{p.claim.id} seed {job.seed}", outcome.status == "ok")
-        left[id(p)] -= 1
-        if left[id(p)] == 0:
-            finish(p)
+            cache.put_run(sharing[0].keys[sharing[0].seeds.index(job.seed)], entry)
+        tracker.update(f"{sharing[0].claim.id} seed {job.seed}", outcome.status == "ok")
+        for p in sharing:
+            if outcome.status == "ok":
+                fresh[id(p)][job.seed] = entry
+            else:
+                errors[id(p)][job.seed] = str(outcome.payload)
+            left[id(p)] -= 1
+            if left[id(p)] == 0:
+                finish(p)
 
     try:
         if jobs:

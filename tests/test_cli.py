@@ -225,3 +225,34 @@ def test_schema_command(project):
     out = bnclaims(project, "schema")
     assert out.returncode == 0
     assert json.loads(out.stdout)["title"] == "bnclaims claim file"
+
+
+
+def test_identical_jobs_of_two_claims_run_once(project):
+    """Two claims with the same experiment, params and seeds share one job per seed."""
+    import toy_experiments  # noqa: F401
+    from bnclaims.claims import load_claims
+    from bnclaims.executor import Outcome
+    from bnclaims.runner import RunOptions, run_claims
+    from bnclaims.worker import run_job
+
+    add(project, "twin-a")
+    add(project, "twin-b", holds="mean(x) > -1")
+    claims, problems = load_claims([project / "claims"])
+    assert not problems
+
+    class Counting:
+        def __init__(self):
+            self.jobs = []
+
+        def run(self, jobs, on_done):
+            for job in jobs:
+                self.jobs.append(job)
+                status, payload, seconds = run_job(job.experiment, job.seed, job.params, ())
+                on_done(job, Outcome(status, payload, seconds))
+
+    executor = Counting()
+    results = run_claims(claims, RunOptions(cache_dir=project / "cache"), executor=executor, progress=False)
+    assert len(executor.jobs) == 6
+    assert [r.status for r in results] == ["supported", "supported"]
+    assert results[0].runs == results[1].runs
