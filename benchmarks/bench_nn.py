@@ -1,0 +1,142 @@
+"""Forward + backward time of the layers in bnclaims.nn, side by side with references.
+
+Run:  python benchmarks/bench_nn.py
+
+Columns: bnclaims.nn, a plain NumPy reference written below (the textbook formulas, one
+expression per step), and PyTorch CPU when it is importable; then the ratios. Everything runs
+on one thread so the comparison is fair. Rows are added by functions named bench_<what>();
+`main()` prints them all.
+"""
+
+import os
+
+# one BLAS / OpenMP thread for numpy and torch alike; must be set before numpy is imported
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = "1"
+
+import sys
+import timeit
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+from bnclaims import nn  # noqa: E402
+
+try:
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(1)
+except ImportError:  # the torch column is skipped
+    torch = None
+
+SHAPES = [(32, 256), (256, 256), (1024, 1024)]
+REPEAT = 15
+
+
+def time_side_by_side(fns: dict, repeat: int = REPEAT) -> dict:
+    """{name: (min, median) seconds per call}, timeit-style, with the runs interleaved.
+
+    Each function gets its own autoranged loop count; then `repeat` rounds time every function
+    once per round, so a burst of load from elsewhere hits all columns alike.
+    """
+    timers, numbers, runs = {}, {}, {name: [] for name in fns}
+    for name, fn in fns.items():
+        fn()  # warm up caches and lazy initialisation
+        timers[name] = timeit.Timer(fn)
+        numbers[name] = timers[name].autorange()[0]
+    for _ in range(repeat):
+        for name in fns:
+            runs[name].append(timers[name].timeit(numbers[name]) / numbers[name])
+    return {name: (min(r), float(np.median(r))) for name, r in runs.items()}
+
+
+# ----------------------------------------------------------------------------- references
+
+def reference_batchnorm_forward(x, gamma, beta, eps=1e-5):
+    """The straightforward NumPy batch norm: every textbook step as its own expression."""
+    mean = x.mean(axis=0)
+    var = x.var(axis=0)
+    x_hat = (x - mean) / np.sqrt(var + eps)
+    out = gamma * x_hat + beta
+    return out, (x_hat, var, gamma, eps)
+
+
+def reference_batchnorm_backward(dout, cache):
+    x_hat, var, gamma, eps = cache
+    n = dout.shape[0]
+    dbeta = dout.sum(axis=0)
+    dgamma = (dout * x_hat).sum(axis=0)
+    dx_hat = dout * gamma
+    dx = (n * dx_hat - dx_hat.sum(axis=0) - x_hat * (dx_hat * x_hat).sum(axis=0)) / (n * np.sqrt(var + eps))
+    return dx, dgamma, dbeta
+
+
+# ----------------------------------------------------------------------------- rows
+
+def bench_batchnorm(shapes=SHAPES, dtype=np.float32):
+    """Rows (name, {column: (min, median) seconds}) for batchnorm forward + backward."""
+    rows = []
+    rng = np.random.default_rng(0)
+    for n, d in shapes:
+        x = rng.standard_normal((n, d)).astype(dtype)
+        dout = rng.standard_normal((n, d)).astype(dtype)
+        gamma = rng.uniform(0.5, 1.5, d).astype(dtype)
+        beta = rng.standard_normal(d).astype(dtype)
+
+        def ours():
+            out, cache = nn.batchnorm_forward(x, gamma, beta)
+            return nn.batchnorm_backward(dout, cache)
+
+        def reference():
+            out, cache = reference_batchnorm_forward(x, gamma, beta)
+            return reference_batchnorm_backward(dout, cache)
+
+        fns = {"bnclaims.nn": ours, "numpy ref": reference}
+        if torch is not None:
+            tx = torch.from_numpy(x).requires_grad_()
+            tg = torch.from_numpy(gamma).requires_grad_()
+            tb = torch.from_numpy(beta).requires_grad_()
+            tdout = torch.from_numpy(dout)
+
+            def torch_step():
+                out = F.batch_norm(tx, None, None, tg, tb, training=True, eps=1e-5)
+                return torch.autograd.grad(out, (tx, tg, tb), tdout)
+
+            fns["torch"] = torch_step
+        times = time_side_by_side(fns)
+        rows.append((f"batchnorm fwd+bwd {n}x{d} {np.dtype(dtype).name}", times))
+    return rows
+
+
+# ----------------------------------------------------------------------------- printing
+
+def format_table(rows) -> str:
+    """Times in microseconds (min / median) and the ratios of bnclaims.nn to each other column."""
+    columns = []
+    for _, times in rows:
+        columns += [c for c in times if c not in columns]
+    others = [c for c in columns if c != "bnclaims.nn"]
+    header = f"{'case':<36}" + "".join(f"{c + ' us min/med':>26}" for c in columns)
+    header += "".join(f"{'ours/' + c:>18}" for c in others)
+    lines = [header, "-" * len(header)]
+    for name, times in rows:
+        line = f"{name:<36}"
+        for c in columns:
+            line += f"{'%.1f / %.1f' % (times[c][0] * 1e6, times[c][1] * 1e6):>26}" if c in times else f"{'-':>26}"
+        for c in others:
+            line += f"{times['bnclaims.nn'][0] / times[c][0]:>17.2f}x" if c in times else f"{'-':>18}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def main() -> None:
+    print(f"numpy {np.__version__}, torch {torch.__version__ if torch else 'not importable (column skipped)'}, "
+          f"1 thread; ratios use the min times (< 1 means bnclaims.nn is faster)")
+    rows = bench_batchnorm()
+    print(format_table(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,717 @@
+"""NumPy layers as pure forward/backward pairs (in the style of cs231n ``layers.py``).
+
+Every layer is two functions::
+
+    out, cache = <layer>_forward(x, ...)
+    grads      = <layer>_backward(dout, cache)
+
+Rules every function here keeps:
+
+* Pure: inputs are never mutated; outputs are fresh arrays.
+* The result dtype is the dtype of ``x`` (float32 stays float32, float64 stays float64);
+  parameters are cast to it and scalars such as ``eps`` stay Python floats.
+* Shapes: ``x`` is ``(N, D)`` -- N examples, D features. Per-feature parameters are ``(D,)``.
+* A training-mode layer that needs batch statistics refuses a batch of one example.
+
+Performance notes (these run in the inner loop of every experiment):
+
+* Column sums are BLAS matrix-vector products, ``ones @ x``: about twice as fast as
+  ``x.sum(axis=0)`` and no float64 temporaries.
+* Batch norm keeps ``xc = x - mean`` and the per-feature ``inv_std`` in its cache and never
+  materialises ``x_hat``: the per-feature factors are folded into (D,) vectors first, so each
+  pass over (N, D) is one in-place ufunc with ``out=``; forward and backward each allocate only
+  the arrays they return or cache.
+* Per-feature broadcasts over many rows go through `_per_feature`, which works on wide rows
+  (NumPy's per-row overhead otherwise doubles the cost of ``x * v`` at 256 x 256).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import NamedTuple
+
+import numpy as np
+
+__all__ = [
+    "linear_forward", "linear_backward",
+    "relu_forward", "relu_backward",
+    "softmax_cross_entropy",
+    "batchnorm_forward", "batchnorm_backward", "batch_stats", "update_running_stats",
+    "batchnorm_eval_forward", "batchnorm_eval_backward",
+    "layernorm_forward", "layernorm_backward",
+    "groupnorm_forward", "groupnorm_backward",
+    "ghost_batchnorm_forward", "ghost_batchnorm_backward",
+    "batchrenorm_forward", "batchrenorm_backward",
+    "running_batchnorm_forward", "running_batchnorm_backward", "running_stats",
+    "noisy_batchnorm_forward", "noisy_batchnorm_backward", "sample_covariate_noise",
+]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _as_float_2d(x, name: str = "x") -> np.ndarray:
+    """`x` as a floating (N, D) array; integer input becomes float64."""
+    x = np.asarray(x)
+    if x.dtype.kind != "f":
+        x = x.astype(np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"{name} must have shape (N, D); got shape {x.shape}")
+    return x
+
+
+def _param(p, d: int, dtype, name: str):
+    """A per-feature parameter as a (d,) array of `dtype`, or None."""
+    if p is None:
+        return None
+    p = np.asarray(p, dtype=dtype)  # no copy when the dtype already matches
+    if p.shape != (d,):
+        raise ValueError(f"{name} must have shape ({d},) to match x with {d} features; got shape {p.shape}")
+    return p
+
+
+def _affine(gamma, beta, d: int, dtype):
+    """Validate (gamma, beta): both arrays of shape (d,) or both None (affine off)."""
+    if (gamma is None) != (beta is None):
+        raise ValueError("gamma and beta must both be arrays or both be None (affine off)")
+    return _param(gamma, d, dtype, "gamma"), _param(beta, d, dtype, "beta")
+
+
+def _need_two(n: int, layer: str) -> None:
+    if n < 2:
+        raise ValueError(
+            f"batch norm in training mode needs more than one example per batch "
+            f"({layer} got {n}): the variance of one example is 0 and x - mean is 0; "
+            f"use a larger batch, eval mode, or layer/group norm"
+        )
+
+
+def _check_eps(eps: float) -> None:
+    if not eps >= 0:
+        raise ValueError(f"eps must be >= 0; got {eps}")
+
+
+@lru_cache(maxsize=64)
+def _mean_weights(n: int, dtype: np.dtype) -> np.ndarray:
+    """A read-only (n,) vector of 1/n: `_mean_weights(N, dt) @ x` is the column mean of x."""
+    w = np.full(n, 1.0 / n, dtype=dtype)
+    w.flags.writeable = False
+    return w
+
+
+@lru_cache(maxsize=64)
+def _ones(n: int, dtype: np.dtype) -> np.ndarray:
+    """A read-only (n,) vector of ones: `_ones(N, dt) @ x` is the column sum of x (BLAS gemv)."""
+    w = np.ones(n, dtype=dtype)
+    w.flags.writeable = False
+    return w
+
+
+@lru_cache(maxsize=256)
+def _rows_per_wide_row(n: int, d: int) -> int:
+    """How many rows of an (n, d) array `_per_feature` treats as one wide row (1 = plain broadcast).
+
+    Measured here (NumPy 2.4, AVX-512): a broadcast ``x * v`` runs at the speed of a same-shape
+    product only once its rows reach ~8192 elements, and is ~1.6x slower below. The smallest
+    divisor k of n with k * d >= 8192 keeps the tiled copy of v small; worth it only with many
+    rows, since tiling and reshaping cost 1-2 microseconds.
+    """
+    if n < 128:
+        return 1
+    for k in range(-(-8192 // d), n):
+        if n % k == 0:
+            return k
+    return n  # no divisor is wide enough: the whole array as one row
+
+
+def _per_feature(op, a: np.ndarray, v: np.ndarray, out=None) -> np.ndarray:
+    """op(a, v) for a: (N, D) and a per-feature v: (D,), like broadcasting and bit-identical to it.
+
+    Computed on the C-contiguous view (N / k, k * D) of a against v tiled k times, so that
+    NumPy's per-row overhead is paid N / k times instead of N times.
+    """
+    n, d = a.shape
+    k = _rows_per_wide_row(n, d)
+    if k == 1 or not a.flags.c_contiguous or (out is not None and not out.flags.c_contiguous):
+        return op(a, v, out=out)
+    tiled = np.empty((k, d), dtype=v.dtype)
+    tiled[...] = v
+    wide_out = None if out is None else out.reshape(n // k, k * d)
+    return op(a.reshape(n // k, k * d), tiled.reshape(k * d), out=wide_out).reshape(n, d)
+
+
+def _batch_moments(x: np.ndarray):
+    """Column mean, centred x and biased column variance of x: (N, D) -> (D,), (N, D), (D,)."""
+    n = x.shape[0]
+    weights = _mean_weights(n, x.dtype)
+    mean = weights @ x                      # (D,)
+    xc = _per_feature(np.subtract, x, mean)  # (N, D) x - mean, kept in the cache
+    square = np.multiply(xc, xc)            # (N, D) scratch; becomes `out` in the caller
+    var = weights @ square                  # (D,) biased: divides by N, as every BN does in training
+    return mean, xc, var, square
+
+
+def _bn_dx(dy: np.ndarray, xc: np.ndarray, inv_std: np.ndarray, scale):
+    """Backward through x_hat = (x - mean_B) * inv_std with dL/dx_hat = dy * scale.
+
+    dy: (N, D); xc = x - mean_B: (N, D); inv_std: (D,); scale: (D,) per-feature factor or None.
+    Returns dx (N, D), sum_n dy (D,), sum_n dy * xc (D,).
+
+    dx = scale * inv_std * (dy - mean_n(dy) - x_hat * mean_n(dy * x_hat)), written with xc:
+    dx = scale * inv_std * (dy - mean_n(dy) - xc * inv_std^2 * mean_n(dy * xc)).
+    """
+    n = dy.shape[0]
+    ones = _ones(n, dy.dtype)
+    sum_dy = ones @ dy                              # (D,)
+    dx = np.multiply(dy, xc)                        # (N, D) scratch for sum dy*xc, then becomes dx
+    sum_dy_xc = ones @ dx                           # (D,)
+    _per_feature(np.multiply, xc, inv_std * inv_std * sum_dy_xc * (-1.0 / n), out=dx)
+    _per_feature(np.add, dx, sum_dy * (-1.0 / n), out=dx)
+    dx += dy
+    _per_feature(np.multiply, dx, inv_std if scale is None else scale * inv_std, out=dx)
+    return dx, sum_dy, sum_dy_xc
+
+
+def _standardize(xv: np.ndarray, axis: int, eps: float):
+    """Normalise any view over `axis` (keepdims), for layer, group and ghost norm.
+
+    Returns mean, biased var, x_hat = (xv - mean) / sqrt(var + eps) and inv_std.
+    """
+    mean = xv.mean(axis=axis, keepdims=True)
+    xhat = xv - mean
+    var = np.multiply(xhat, xhat).mean(axis=axis, keepdims=True)
+    inv_std = 1.0 / np.sqrt(var + eps)
+    xhat *= inv_std                                 # our own array: normalise in place
+    return mean, var, xhat, inv_std
+
+
+def _standardize_backward(dxhat: np.ndarray, xhat: np.ndarray, inv_std: np.ndarray, axis: int) -> np.ndarray:
+    """dx for x_hat = (x - mean) * inv_std with statistics over `axis`:
+    dx = inv_std * (dxhat - mean(dxhat) - x_hat * mean(dxhat * x_hat))."""
+    proj = np.multiply(dxhat, xhat).mean(axis=axis, keepdims=True)
+    dx = dxhat - dxhat.mean(axis=axis, keepdims=True)
+    dx -= xhat * proj
+    dx *= inv_std
+    return dx
+
+
+# ----------------------------------------------------------------------------- linear, relu, loss
+
+class LinearCache(NamedTuple):
+    x: np.ndarray          # (N, D)
+    W: np.ndarray          # (D, M)
+    has_bias: bool
+
+
+def linear_forward(x, W, b):
+    """out = x @ W + b.  x: (N, D), W: (D, M), b: (M,) or None  ->  out: (N, M)."""
+    x = _as_float_2d(x)
+    W = np.asarray(W, dtype=x.dtype)
+    if W.ndim != 2 or W.shape[0] != x.shape[1]:
+        raise ValueError(f"W must have shape ({x.shape[1]}, M) for x of shape {x.shape}; got {W.shape}")
+    out = x @ W
+    if b is not None:
+        b = _param(b, W.shape[1], x.dtype, "b")
+        out += b
+    return out, LinearCache(x, W, b is not None)
+
+
+def linear_backward(dout, cache: LinearCache):
+    """dout: (N, M) -> dx (N, D), dW (D, M), db (M,) or None when the layer has no bias."""
+    x, W, has_bias = cache
+    dout = np.asarray(dout, dtype=x.dtype)
+    dx = dout @ W.T
+    dW = x.T @ dout
+    db = _ones(dout.shape[0], dout.dtype) @ dout if has_bias else None
+    return dx, dW, db
+
+
+def relu_forward(x):
+    """out = max(x, 0), elementwise.  x: (N, D)."""
+    x = np.asarray(x)
+    # the cache is a bool mask (1 byte per entry), not `out`, so a caller may modify `out`
+    return np.maximum(x, 0), x > 0
+
+
+def relu_backward(dout, cache):
+    """dx = dout where the unit was active (x > 0), else 0.  dout: like x."""
+    return np.multiply(dout, cache)
+
+
+def softmax_cross_entropy(logits, y):
+    """Mean cross-entropy of softmax(logits) against integer labels.
+
+    logits: (N, C) float; y: (N,) ints in [0, C).
+    Returns loss (python float, mean over N) and dlogits (N, C), same dtype as logits.
+    """
+    logits = _as_float_2d(logits, "logits")
+    n, c = logits.shape
+    y = np.asarray(y)
+    if y.shape != (n,) or y.dtype.kind not in "iu":
+        raise ValueError(f"y must be ({n},) integer labels; got shape {y.shape}, dtype {y.dtype}")
+    if n and (y.min() < 0 or y.max() >= c):
+        raise ValueError(f"labels must be in [0, {c}); got range [{y.min()}, {y.max()}]")
+    rows = np.arange(n)
+    shifted = logits - logits.max(axis=1, keepdims=True)  # exp never overflows
+    exp = np.exp(shifted)
+    sum_exp = exp @ _ones(c, exp.dtype)                    # (N,)
+    loss = float(np.mean(np.log(sum_exp) - shifted[rows, y]))
+    exp *= (1.0 / n) / sum_exp[:, None]                    # softmax / N, in place on our temporary
+    exp[rows, y] -= 1.0 / n
+    return loss, exp
+
+
+# ----------------------------------------------------------------------------- batch norm (training)
+
+class BatchNormCache(NamedTuple):
+    xc: np.ndarray                # (N, D) x - batch_mean
+    inv_std: np.ndarray           # (D,) 1 / sqrt(batch_var + eps)
+    gamma: np.ndarray | None      # (D,) or None (affine off)
+    batch_mean: np.ndarray        # (D,)
+    batch_var: np.ndarray         # (D,) biased
+
+
+def batchnorm_forward(x, gamma, beta, eps: float = 1e-5):
+    """Batch norm in training mode: statistics of this batch over axis 0.
+
+    x: (N, D), N >= 2; gamma, beta: (D,) arrays, or both None (affine off).
+    out = gamma * (x - mean_B) / sqrt(var_B + eps) + beta, var_B biased (divides by N).
+    """
+    x = _as_float_2d(x)
+    n, d = x.shape
+    _need_two(n, "batchnorm_forward")
+    _check_eps(eps)
+    gamma, beta = _affine(gamma, beta, d, x.dtype)
+    mean, xc, var, out = _batch_moments(x)
+    inv_std = 1.0 / np.sqrt(var + eps)
+    if gamma is None:
+        _per_feature(np.multiply, xc, inv_std, out=out)
+    else:
+        _per_feature(np.multiply, xc, gamma * inv_std, out=out)   # x_hat never materialised
+        _per_feature(np.add, out, beta, out=out)
+    return out, BatchNormCache(xc, inv_std, gamma, mean, var)
+
+
+def batchnorm_backward(dout, cache: BatchNormCache):
+    """dout: (N, D) -> dx (N, D), dgamma (D,), dbeta (D,); dgamma, dbeta None when affine off."""
+    xc, inv_std, gamma, _, _ = cache
+    dout = np.asarray(dout, dtype=xc.dtype)
+    dx, sum_dout, sum_dout_xc = _bn_dx(dout, xc, inv_std, gamma)
+    if gamma is None:
+        return dx, None, None
+    return dx, sum_dout_xc * inv_std, sum_dout
+
+
+def batch_stats(cache):
+    """(mean, biased var), each (D,), of the batch a training-mode batch-norm cache normalised.
+
+    Works for the caches of batchnorm, ghost, renorm, running and noisy batch norm; feed the
+    result to `update_running_stats`.
+    """
+    try:
+        return cache.batch_mean, cache.batch_var
+    except AttributeError:
+        raise ValueError(f"{type(cache).__name__} has no batch statistics (not a training-mode batch norm cache)") from None
+
+
+def update_running_stats(running_mean, running_var, batch_mean, batch_var, n: int,
+                         momentum: float = 0.1, unbiased: bool = True):
+    """Exponential moving averages of the batch statistics, PyTorch convention.
+
+        new_mean = (1 - momentum) * running_mean + momentum * batch_mean
+        new_var  = (1 - momentum) * running_var  + momentum * batch_var * n / (n - 1)   (unbiased=True)
+        new_var  = (1 - momentum) * running_var  + momentum * batch_var                 (unbiased=False)
+
+    running_*, batch_*: (D,); batch_var is the BIASED batch variance (what `batch_stats`
+    returns, and what batch norm normalises with in training); n is the batch size.
+
+    Conventions differ between frameworks:
+
+    * PyTorch (``nn.BatchNorm1d(momentum=0.1)``): ``momentum`` is the weight of the NEW batch
+      value, default 0.1. Training normalises with the biased batch variance, but the running
+      variance is updated with the UNBIASED one (n / (n - 1) correction): ``unbiased=True``.
+    * Keras / TensorFlow (``BatchNormalization(momentum=0.99)``): ``momentum`` is the weight of
+      the OLD running value, so ``keras_momentum = 1 - torch_momentum`` (0.99 there is 0.01
+      here). Which variance enters the moving average depends on the code path: the plain path
+      (``tf.nn.moments``) uses the biased batch variance (``unbiased=False``); TensorFlow's fused
+      kernel reports the Bessel-corrected one. Keras's default eps is 1e-3, PyTorch's 1e-5.
+    * Both normalise in training with the biased batch variance, and both start from
+      running_mean = 0, running_var = 1.
+    """
+    if unbiased:
+        if n < 2:
+            raise ValueError(f"the unbiased batch variance needs n >= 2 examples; got n={n}")
+        batch_var = batch_var * (n / (n - 1))
+    keep = 1.0 - momentum
+    new_mean = keep * np.asarray(running_mean) + momentum * np.asarray(batch_mean)
+    new_var = keep * np.asarray(running_var) + momentum * np.asarray(batch_var)
+    return new_mean, new_var
+
+
+# ----------------------------------------------------------------------------- batch norm (inference)
+
+class BatchNormEvalCache(NamedTuple):
+    xhat: np.ndarray | None       # (N, D), None when affine off (only dgamma needs it)
+    inv_std: np.ndarray           # (D,) 1 / sqrt(running_var + eps)
+    gamma: np.ndarray | None
+
+
+def batchnorm_eval_forward(x, running_mean, running_var, gamma, beta, eps: float = 1e-5):
+    """Batch norm in inference mode: a fixed per-feature affine map.
+
+    x: (N, D); running_mean, running_var: (D,); gamma, beta: (D,) or both None.
+    out = gamma * (x - running_mean) / sqrt(running_var + eps) + beta.
+    """
+    x = _as_float_2d(x)
+    d = x.shape[1]
+    _check_eps(eps)
+    gamma, beta = _affine(gamma, beta, d, x.dtype)
+    running_mean = _param(running_mean, d, x.dtype, "running_mean")
+    running_var = _param(running_var, d, x.dtype, "running_var")
+    inv_std = 1.0 / np.sqrt(running_var + eps)
+    xhat = x - running_mean
+    xhat *= inv_std
+    if gamma is None:
+        return xhat, BatchNormEvalCache(None, inv_std, None)
+    return xhat * gamma + beta, BatchNormEvalCache(xhat, inv_std, gamma)
+
+
+def batchnorm_eval_backward(dout, cache: BatchNormEvalCache):
+    """dout: (N, D) -> dx, dgamma, dbeta (the statistics are constants in eval mode)."""
+    xhat, inv_std, gamma = cache
+    dout = np.asarray(dout, dtype=inv_std.dtype)
+    if gamma is None:
+        return dout * inv_std, None, None
+    ones = _ones(dout.shape[0], dout.dtype)
+    dx = dout * (gamma * inv_std)
+    return dx, ones @ (dout * xhat), ones @ dout
+
+
+# ----------------------------------------------------------------------------- layer norm, group norm
+
+class GroupNormCache(NamedTuple):
+    xhat: np.ndarray              # (N, G, D // G) normalised x
+    inv_std: np.ndarray           # (N, G, 1)
+    gamma: np.ndarray | None      # (D,)
+
+
+def groupnorm_forward(x, gamma, beta, groups: int, eps: float = 1e-5):
+    """Group norm: features split into `groups` contiguous groups; statistics per example per group.
+
+    x: (N, D) with D % groups == 0; gamma, beta: (D,) or both None.
+    groups=1 is layer norm; groups=D normalises each feature of each example alone (output 0).
+    """
+    x = _as_float_2d(x)
+    n, d = x.shape
+    _check_eps(eps)
+    if not isinstance(groups, (int, np.integer)) or groups < 1 or d % groups:
+        raise ValueError(f"groups must be a positive divisor of the {d} features; got {groups}")
+    gamma, beta = _affine(gamma, beta, d, x.dtype)
+    _, _, xhat, inv_std = _standardize(x.reshape(n, groups, d // groups), axis=2, eps=eps)
+    flat = xhat.reshape(n, d)
+    out = flat.copy() if gamma is None else flat * gamma + beta  # never alias the cache
+    return out, GroupNormCache(xhat, inv_std, gamma)
+
+
+def groupnorm_backward(dout, cache: GroupNormCache):
+    """dout: (N, D) -> dx (N, D), dgamma (D,), dbeta (D,) (None, None when affine off)."""
+    xhat, inv_std, gamma = cache
+    n, groups, size = xhat.shape
+    dout = np.asarray(dout, dtype=xhat.dtype)
+    dxhat = dout if gamma is None else dout * gamma
+    dx = _standardize_backward(dxhat.reshape(n, groups, size), xhat, inv_std, axis=2).reshape(n, -1)
+    if gamma is None:
+        return dx, None, None
+    ones = _ones(n, dout.dtype)
+    return dx, ones @ (dout * xhat.reshape(n, -1)), ones @ dout
+
+
+def layernorm_forward(x, gamma, beta, eps: float = 1e-5):
+    """Layer norm: statistics over the D features of each example (axis 1).
+
+    x: (N, D); gamma, beta: (D,) or both None. Equal to groupnorm with groups=1, and to
+    batchnorm of x.T, transposed back (without the affine part).
+    """
+    return groupnorm_forward(x, gamma, beta, 1, eps)
+
+
+def layernorm_backward(dout, cache: GroupNormCache):
+    """dout: (N, D) -> dx (N, D), dgamma (D,), dbeta (D,) (None, None when affine off)."""
+    return groupnorm_backward(dout, cache)
+
+
+# ----------------------------------------------------------------------------- ghost batch norm
+
+class GhostBatchNormCache(NamedTuple):
+    xhat: np.ndarray              # (B, G, D): B ghost batches of G examples, normalised
+    inv_std: np.ndarray           # (B, 1, D)
+    gamma: np.ndarray | None
+    batch_mean: np.ndarray        # (D,) mean over ghost batches of their means
+    batch_var: np.ndarray         # (D,) mean over ghost batches of their biased variances
+
+
+def ghost_batchnorm_forward(x, gamma, beta, ghost_batch_size: int, eps: float = 1e-5):
+    """Ghost batch norm (Hoffer et al. 2017): batch norm over consecutive virtual sub-batches.
+
+    x: (N, D) with N % ghost_batch_size == 0 and ghost_batch_size >= 2; gamma, beta: (D,) or None.
+    Examples 0..G-1 form the first ghost batch, G..2G-1 the second, and so on.
+    """
+    x = _as_float_2d(x)
+    n, d = x.shape
+    _check_eps(eps)
+    g = ghost_batch_size
+    if not isinstance(g, (int, np.integer)) or g < 1 or n % g:
+        raise ValueError(f"ghost_batch_size must be a positive divisor of the batch size {n}; got {g}")
+    _need_two(g, "ghost_batchnorm_forward (ghost batch size)")
+    gamma, beta = _affine(gamma, beta, d, x.dtype)
+    mean, var, xhat, inv_std = _standardize(x.reshape(n // g, g, d), axis=1, eps=eps)
+    flat = xhat.reshape(n, d)
+    out = flat.copy() if gamma is None else flat * gamma + beta  # never alias the cache
+    return out, GhostBatchNormCache(xhat, inv_std, gamma, mean.mean(axis=(0, 1)), var.mean(axis=(0, 1)))
+
+
+def ghost_batchnorm_backward(dout, cache: GhostBatchNormCache):
+    """dout: (N, D) -> dx (N, D), dgamma (D,), dbeta (D,) (None, None when affine off)."""
+    xhat, inv_std, gamma, _, _ = cache
+    blocks, g, d = xhat.shape
+    dout = np.asarray(dout, dtype=xhat.dtype)
+    dxhat = dout if gamma is None else dout * gamma
+    dx = _standardize_backward(dxhat.reshape(blocks, g, d), xhat, inv_std, axis=1).reshape(-1, d)
+    if gamma is None:
+        return dx, None, None
+    ones = _ones(blocks * g, dout.dtype)
+    return dx, ones @ (dout * xhat.reshape(-1, d)), ones @ dout
+
+
+# ----------------------------------------------------------------------------- batch renormalization
+
+class BatchRenormCache(NamedTuple):
+    xc: np.ndarray                # (N, D) x - batch_mean
+    inv_std: np.ndarray           # (D,) 1 / sigma_B
+    r: np.ndarray                 # (D,) clipped sigma_B / sigma_running, a constant
+    d: np.ndarray                 # (D,) clipped (mu_B - mu_running) / sigma_running, a constant
+    gamma: np.ndarray | None
+    batch_mean: np.ndarray
+    batch_var: np.ndarray
+
+
+def batchrenorm_forward(x, gamma, beta, running_mean, running_var,
+                        r_max: float = 3.0, d_max: float = 5.0, eps: float = 1e-5):
+    """Batch renormalization (Ioffe 2017, arXiv:1702.03275), training mode.
+
+    x: (N, D); gamma, beta: (D,) or None; running_mean, running_var: (D,).
+    sigma_B = sqrt(var_B + eps), sigma = sqrt(running_var + eps),
+    r = clip(sigma_B / sigma, 1/r_max, r_max), d = clip((mu_B - running_mean) / sigma, -d_max, d_max),
+    x_hat = (x - mu_B) / sigma_B * r + d, out = gamma * x_hat + beta.
+    r and d are constants for the gradient (the paper's stop_gradient). r_max=1, d_max=0 is batch norm.
+    Update the running statistics afterwards with `batch_stats(cache)` and `update_running_stats`.
+    """
+    x = _as_float_2d(x)
+    n, dim = x.shape
+    _need_two(n, "batchrenorm_forward")
+    _check_eps(eps)
+    gamma, beta = _affine(gamma, beta, dim, x.dtype)
+    running_mean = _param(running_mean, dim, x.dtype, "running_mean")
+    running_var = _param(running_var, dim, x.dtype, "running_var")
+    mean, xc, var, out = _batch_moments(x)
+    sigma_batch = np.sqrt(var + eps)
+    inv_std = 1.0 / sigma_batch
+    sigma_running = np.sqrt(running_var + eps)
+    # divisions, not products with a reciprocal: equal statistics must give r == 1, d == 0 exactly
+    r = np.clip(sigma_batch / sigma_running, 1.0 / r_max, r_max)
+    d = np.clip((mean - running_mean) / sigma_running, -d_max, d_max)
+    scale, shift = inv_std * r, d                      # x_hat = xc * scale + shift
+    if gamma is not None:
+        scale, shift = gamma * scale, gamma * d + beta
+    _per_feature(np.multiply, xc, scale, out=out)
+    _per_feature(np.add, out, shift, out=out)
+    return out, BatchRenormCache(xc, inv_std, r, d, gamma, mean, var)
+
+
+def batchrenorm_backward(dout, cache: BatchRenormCache):
+    """dout: (N, D) -> dx (N, D), dgamma (D,), dbeta (D,) (None, None when affine off)."""
+    xc, inv_std, r, d, gamma, _, _ = cache
+    dout = np.asarray(dout, dtype=xc.dtype)
+    scale = r if gamma is None else gamma * r          # dL/d(batch-normalised x) = dout * gamma * r
+    dx, sum_dout, sum_dout_xc = _bn_dx(dout, xc, inv_std, scale)
+    if gamma is None:
+        return dx, None, None
+    return dx, sum_dout_xc * (inv_std * r) + d * sum_dout, sum_dout
+
+
+# ----------------------------------------------------------------------------- batch norm with running statistics in training
+
+class RunningBatchNormCache(NamedTuple):
+    xc: np.ndarray                # (N, D) x - batch_mean
+    shift: np.ndarray             # (D,) batch_mean - mean: x - mean = xc + shift
+    inv_std: np.ndarray           # (D,) 1 / sqrt(var + eps), var the updated running variance
+    gamma: np.ndarray | None
+    momentum: float
+    grad_through_stats: bool
+    batch_mean: np.ndarray
+    batch_var: np.ndarray         # biased
+    new_running_mean: np.ndarray
+    new_running_var: np.ndarray
+
+
+def running_batchnorm_forward(x, gamma, beta, running_mean, running_var, momentum: float = 0.1,
+                              grad_through_stats: bool = True, eps: float = 1e-5):
+    """Normalise by running averages during training (instead of by the batch statistics).
+
+    x: (N, D); gamma, beta: (D,) or None; running_mean, running_var: (D,).
+    First update   mean = (1 - m) * running_mean + m * batch_mean,
+                   var  = (1 - m) * running_var  + m * batch_var       (biased batch variance),
+    then           out  = gamma * (x - mean) / sqrt(var + eps) + beta.
+    grad_through_stats=True: the gradient flows through m * batch_mean and m * batch_var (the old
+    running values are constants); False: mean and var are constants.
+    momentum=1 is batch norm. Carry `running_stats(cache)` to the next step.
+    """
+    x = _as_float_2d(x)
+    n, d = x.shape
+    if grad_through_stats:
+        _need_two(n, "running_batchnorm_forward with grad_through_stats=True")
+    _check_eps(eps)
+    gamma, beta = _affine(gamma, beta, d, x.dtype)
+    running_mean = _param(running_mean, d, x.dtype, "running_mean")
+    running_var = _param(running_var, d, x.dtype, "running_var")
+    batch_mean, xc, batch_var, out = _batch_moments(x)
+    keep = 1.0 - momentum
+    mean = keep * running_mean + momentum * batch_mean
+    var = keep * running_var + momentum * batch_var
+    inv_std = 1.0 / np.sqrt(var + eps)
+    shift = batch_mean - mean
+    scale = inv_std if gamma is None else gamma * inv_std
+    offset = shift * scale if gamma is None else shift * scale + beta
+    _per_feature(np.multiply, xc, scale, out=out)      # out = (xc + shift) * scale (+ beta)
+    _per_feature(np.add, out, offset, out=out)
+    cache = RunningBatchNormCache(xc, shift, inv_std, gamma, float(momentum), bool(grad_through_stats),
+                                  batch_mean, batch_var, mean, var)
+    return out, cache
+
+
+def running_batchnorm_backward(dout, cache: RunningBatchNormCache):
+    """dout: (N, D) -> dx (N, D), dgamma (D,), dbeta (D,) (None, None when affine off).
+
+    With x_hat = (x - mean) * s, s = 1 / sqrt(var + eps), dxh = dout * gamma:
+      dL/dmean = -s * sum(dxh),  dL/dvar = -s^2 / 2 * sum(dxh * x_hat),
+      dx = dxh * s + m / N * dL/dmean + 2 m / N * (x - batch_mean) * dL/dvar   (grad_through_stats)
+    """
+    xc, shift, inv_std, gamma, momentum, through, *_ = cache
+    n = xc.shape[0]
+    dout = np.asarray(dout, dtype=xc.dtype)
+    ones = _ones(n, dout.dtype)
+    sum_dout = ones @ dout
+    dx = np.multiply(dout, xc)                         # scratch for sum dout * xc, then becomes dx
+    sum_dout_xc = ones @ dx
+    sum_dout_xhat = inv_std * (sum_dout_xc + shift * sum_dout)    # sum dout * x_hat, (D,)
+    if through:
+        # the formula above with the common factor gamma * s pulled out:
+        # dx = gamma * s * (dout - m / N * sum(dout) - m / N * s * sum(dout * x_hat) * (x - batch_mean))
+        _per_feature(np.multiply, xc, inv_std * sum_dout_xhat * (-momentum / n), out=dx)
+        _per_feature(np.add, dx, sum_dout * (-momentum / n), out=dx)
+        dx += dout
+    else:
+        np.copyto(dx, dout)
+    _per_feature(np.multiply, dx, inv_std if gamma is None else gamma * inv_std, out=dx)
+    if gamma is None:
+        return dx, None, None
+    return dx, sum_dout_xhat, sum_dout
+
+
+def running_stats(cache: RunningBatchNormCache):
+    """(new_running_mean, new_running_var), each (D,): the statistics a running batch norm used."""
+    return cache.new_running_mean, cache.new_running_var
+
+
+# ----------------------------------------------------------------------------- noisy batch norm
+
+class NoisyBatchNormCache(NamedTuple):
+    xc: np.ndarray                # (N, D) x - batch_mean
+    inv_std: np.ndarray           # (D,)
+    noise_scale: np.ndarray       # broadcastable to (N, D)
+    noise_shift: np.ndarray       # broadcastable to (N, D)
+    gamma: np.ndarray | None
+    batch_mean: np.ndarray
+    batch_var: np.ndarray
+
+
+def noisy_batchnorm_forward(x, gamma, beta, noise_scale, noise_shift, eps: float = 1e-5):
+    """"Noisy" batch norm of Santurkar et al. 2018 (arXiv:1805.11604), section 2.1.
+
+    x: (N, D); gamma, beta: (D,) or None; noise_scale, noise_shift: broadcastable to (N, D)
+    (draw them with `sample_covariate_noise`, fresh at every step).
+    x_hat = batch-normalised x;  x_noisy = x_hat * noise_scale + noise_shift;
+    out = gamma * x_noisy + beta. No gradient flows into the noise.
+    """
+    x = _as_float_2d(x)
+    n, d = x.shape
+    _need_two(n, "noisy_batchnorm_forward")
+    _check_eps(eps)
+    gamma, beta = _affine(gamma, beta, d, x.dtype)
+    noise_scale = np.asarray(noise_scale, dtype=x.dtype)
+    noise_shift = np.asarray(noise_shift, dtype=x.dtype)
+    for name, noise in (("noise_scale", noise_scale), ("noise_shift", noise_shift)):
+        try:
+            fits = np.broadcast_shapes(noise.shape, x.shape) == x.shape
+        except ValueError:
+            fits = False
+        if not fits:
+            raise ValueError(f"{name} must broadcast to x's shape {x.shape}; got shape {noise.shape}")
+    mean, xc, var, out = _batch_moments(x)
+    inv_std = 1.0 / np.sqrt(var + eps)
+    _per_feature(np.multiply, xc, inv_std, out=out)
+    out *= noise_scale
+    out += noise_shift
+    if gamma is not None:
+        out *= gamma
+        out += beta
+    return out, NoisyBatchNormCache(xc, inv_std, noise_scale, noise_shift, gamma, mean, var)
+
+
+def noisy_batchnorm_backward(dout, cache: NoisyBatchNormCache):
+    """dout: (N, D) -> dx (N, D), dgamma (D,), dbeta (D,) (None, None when affine off)."""
+    xc, inv_std, noise_scale, noise_shift, gamma, _, _ = cache
+    dout = np.asarray(dout, dtype=xc.dtype)
+    dy = dout * noise_scale                            # dL/dx_hat / gamma
+    dx, _, _ = _bn_dx(dy, xc, inv_std, gamma)
+    if gamma is None:
+        return dx, None, None
+    ones = _ones(dout.shape[0], dout.dtype)
+    x_noisy = xc * inv_std
+    x_noisy *= noise_scale
+    x_noisy += noise_shift
+    return dx, ones @ (dout * x_noisy), ones @ dout
+
+
+def sample_covariate_noise(rng: np.random.Generator, n: int, d: int, mean_shift: float = 0.5,
+                           scale_spread: float = 1.25, dtype=np.float64):
+    """Noise for `noisy_batchnorm_forward`: time-varying, non-zero mean, non-unit variance.
+
+    Santurkar et al. 2018 perturb every batch-normalised activation of every example with
+    i.i.d. noise whose distribution has a non-zero mean and a non-unit variance and is redrawn
+    at every training step, so that the layer's input distribution keeps shifting
+    ("internal covariate shift" on purpose). Call this once per layer per step. It draws:
+
+    * per feature j, the distribution of this step:
+        m_j ~ Uniform(-mean_shift, mean_shift),   s_j ~ Uniform(1, scale_spread)
+    * per activation (i, j), i.i.d. given (m_j, s_j):
+        noise_shift[i, j] ~ Normal(mean=m_j, std=s_j)
+      and noise_scale[i, j] = s_j (same for every example of this step).
+
+    Then x_noisy = x_hat * s_j + noise_shift has, for feature j at this step, mean m_j and
+    variance 2 s_j^2 instead of 0 and 1: each activation is scaled by the step's s_j and shifted
+    by an i.i.d. draw from N(m_j, s_j^2).
+
+    The exact per-activation distribution and the values of the two ranges in the paper's
+    appendix could not be checked here (written from memory of the paper): the defaults
+    mean_shift=0.5 and scale_spread=1.25 are a moderate choice; pass the values an experiment
+    needs and report them.
+
+    rng: numpy Generator; returns (noise_scale, noise_shift), each (n, d) of `dtype`.
+    """
+    if mean_shift < 0 or scale_spread < 1:
+        raise ValueError(f"need mean_shift >= 0 and scale_spread >= 1; got {mean_shift}, {scale_spread}")
+    m = rng.uniform(-mean_shift, mean_shift, size=d)
+    s = rng.uniform(1.0, scale_spread, size=d)
+    noise_shift = rng.normal(m, s, size=(n, d)).astype(dtype, copy=False)
+    noise_scale = np.broadcast_to(s.astype(dtype), (n, d)).copy()
+    return noise_scale, noise_shift
