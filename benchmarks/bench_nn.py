@@ -136,6 +136,11 @@ def main() -> None:
           f"1 thread; ratios use the min times (< 1 means bnclaims.nn is faster)")
     rows = bench_batchnorm()
     print(format_table(rows))
+    print()
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import bench_model  # the MLP SGD step rows (64-256x4-10 with BN at batch 32/128/512)
+
+    bench_model.main()
 
 
 if __name__ == "__main__":
