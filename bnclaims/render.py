@@ -1,0 +1,652 @@
+"""The static site: results -> HTML pages (Jinja2), written atomically into ``out``.
+
+``build_site`` renders every page in memory (``render_site``, a pure function of the
+results and the thread files), then writes them into a fresh directory beside ``out`` and
+swaps it in under an exclusive lock, so readers and concurrent builds only ever see a
+whole site. Pages::
+
+    index.html              every claim: verdict, reason, thread, tags; by verdict and by thread
+    claims/<id>.html        one claim: quote, verdict and its statistics, plots, metrics, params, provenance
+    threads/<stem>.html     a source thread, each quoted passage marked with its claim's verdict
+    experiments/<name>.html an experiment's module source, its function highlighted
+    about.html              how claims, rules and verdicts work; the claim file JSON Schema
+    claim.schema.json, style.css
+
+Links are relative, so the site works from ``file://`` and from any sub-path; nothing needs
+JavaScript (the index has a small optional filter). Output is byte-for-byte deterministic.
+"""
+
+from __future__ import annotations
+
+import ast
+import fcntl
+import hashlib
+import inspect
+import json
+import math
+import os
+import re
+import secrets
+import shutil
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote as urlquote
+
+from jinja2 import Environment, PackageLoader, StrictUndefined
+from markupsafe import Markup, escape
+
+import bnclaims
+from bnclaims import experiments as registry
+from bnclaims import mathtext, svg
+from bnclaims.claims import Claim, schema_json, threads_dir_for
+from bnclaims.errors import UserError
+from bnclaims.results import ClaimResult
+from bnclaims.verdict import operand_values
+
+VERDICT_ORDER = ("supported", "refuted", "mixed", "inconclusive", "error")
+VERDICT_SYMBOL = {"supported": "✓", "refuted": "✗", "mixed": "±", "inconclusive": "?", "error": "!"}
+VERDICT_MEANING = {
+    "supported": "every condition held: its whole 95% interval lies on the side the claim says",
+    "refuted": "every condition failed: its whole 95% interval lies on the wrong side",
+    "mixed": "the claim holds in some conditions and fails in others",
+    "inconclusive": "the evidence cannot tell at this number of seeds: an interval straddles the threshold",
+    "error": "the experiment failed, so there is no verdict; the message says why",
+}
+CONDITION_MEANING = {
+    "supported": "the whole interval satisfies the rule",
+    "refuted": "the whole interval violates the rule",
+    "inconclusive": "the interval straddles the threshold",
+}
+MARKER = ".bnclaims-site"  # marks a directory as a site this module built (and may replace)
+
+
+# --------------------------------------------------------------------------- formatting
+
+def fmt(value, digits: int = 3) -> str:
+    """A number for people: compact, Unicode minus, ∞ for unbounded intervals, — for None."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return svg._minus(str(value))
+    return svg.format_number(float(value), digits)
+
+
+def fmt_p(p: float | None) -> str:
+    if p is None:
+        return "—"
+    if p < 1e-4:
+        return "< 0.0001"
+    return f"{p:.2g}" if p < 0.01 else f"{p:.2f}"
+
+
+def fmt_seconds(seconds: float) -> str:
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    return f"{seconds / 60:.1f} min"
+
+
+def fmt_value(value) -> str:
+    """A parameter value as it would be written in the claim file."""
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+def fmt_seeds(seeds: tuple[int, ...]) -> str:
+    if not seeds:
+        return "none"
+    if list(seeds) == list(range(seeds[0], seeds[-1] + 1)):
+        return f"{seeds[0]}–{seeds[-1]}" if len(seeds) > 1 else str(seeds[0])
+    return ", ".join(str(s) for s in seeds)
+
+
+def one_line(text: str, limit: int = 220) -> str:
+    """``text`` on one line, cut at a word boundary to at most ``limit`` characters."""
+    text = " ".join((text or "").split())
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    if " " in cut[limit // 2:]:
+        cut = cut[: cut.rindex(" ")]
+    return cut.rstrip(" ,;:.-—") + "…"
+
+
+_CODE = re.compile(r"`([^`\n]+)`")
+_URL = re.compile(r"https?://[^\s<>\"'`]+[^\s<>\"'`.,;:!?)\]]")
+
+
+def inline(text: str) -> Markup:
+    """Escape ``text``; render `code`, $math$ and bare https:// links in it."""
+    out = []
+    for seg in mathtext.segments(text):
+        piece = text[seg.start:seg.end]
+        if seg.kind == "drop":
+            continue
+        if seg.kind != "text":
+            out.append(str(seg.html))
+            continue
+        position = 0
+        for match in re.finditer(f"{_CODE.pattern}|(?P<url>{_URL.pattern})", piece):
+            out.append(str(escape(piece[position:match.start()])))
+            if match.group("url"):
+                url = match.group("url")
+                out.append(f'<a href="{escape(url)}">{escape(url)}</a>')
+            else:
+                out.append(f"<code>{escape(match.group(1))}</code>")
+            position = match.end()
+        out.append(str(escape(piece[position:])))
+    return Markup("".join(out))
+
+
+def prose(text: str) -> Markup:
+    """Paragraphs of ``inline`` text: split at blank lines, or at single line breaks when the text
+    has no blank line (a YAML folded ``>`` block turns a blank line into one line break)."""
+    text = (text or "").strip()
+    separator = r"\n\s*\n" if re.search(r"\n\s*\n", text) else r"\n"
+    paragraphs = [" ".join(p.split()) for p in re.split(separator, text) if p.strip()]
+    return Markup("\n".join(f"<p>{inline(p)}</p>" for p in paragraphs))
+
+
+def slug(name: str) -> str:
+    """A file/anchor-safe name (experiment and metric names may hold anything)."""
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-.") or "x"
+    if cleaned != name:
+        cleaned += "-" + hashlib.sha256(name.encode()).hexdigest()[:6]
+    return cleaned
+
+
+# --------------------------------------------------------------------------- threads
+
+@dataclass
+class Thread:
+    name: str  # file name, with .txt
+    text: str
+    results: list[ClaimResult] = field(default_factory=list)
+
+    @property
+    def stem(self) -> str:
+        return self.name[:-4] if self.name.endswith(".txt") else self.name
+
+    @property
+    def href(self) -> str:
+        return f"threads/{urlquote(self.stem)}.html"
+
+    @property
+    def label(self) -> str:
+        match = re.match(r"^(\d+)_", self.stem)
+        return f"Thread {match.group(1)}" if match else self.stem
+
+    @property
+    def title(self) -> str:
+        """The thread's first line of at least three words, as plain text (math converted)."""
+        for line in mathtext.prose_to_text(self.text).splitlines():
+            words = line.split()
+            if len(words) >= 3:
+                return one_line(line, 90)
+        return self.stem
+
+
+# Forum scrape debris on a line of its own: vote counts, "1 Answer 1", "• 2".
+_META_LINE = re.compile(r"^[\W\d_]*(\d+\s+Answers?\s+\d+)?[\W\d_]*$")
+
+
+@dataclass(frozen=True)
+class QuoteMark:
+    claim_id: str
+    start: int
+    end: int
+    verdict: str
+    title: str
+    href: str
+    summary: str = ""  # the key number behind the verdict, shown in the margin note
+
+
+def thread_html(text: str, quotes: list[QuoteMark]) -> Markup:
+    """The thread as paragraphs (one per line), math converted, every quote a ``<mark>``.
+
+    Quotes may overlap: marks are split so the HTML nests (each fragment of a quote gets the
+    same colour; its first fragment carries the ``q-<claim id>`` anchor) and a verdict badge,
+    linking to the claim, follows the quote's last fragment. Quote ends falling inside a
+    piece of math are widened to the whole piece, so math is never cut.
+    """
+    segs = mathtext.segments(text)
+    seg_starts = [s.start for s in segs]
+
+    def seg_at(offset: int) -> mathtext.Segment:
+        lo, hi = 0, len(segs) - 1
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if seg_starts[mid] <= offset:
+                lo = mid
+            else:
+                hi = mid - 1
+        return segs[lo]
+
+    marks = []
+    for q in quotes:
+        start, end = q.start, q.end
+        if not (0 <= start < end <= len(text)):
+            continue
+        first, last = seg_at(start), seg_at(end - 1)
+        if first.kind != "text":
+            start = first.start
+        if last.kind != "text":
+            end = last.end
+        marks.append(QuoteMark(q.claim_id, start, end, q.verdict, q.title, q.href, q.summary))
+    order = {m.claim_id: i for i, m in enumerate(sorted(marks, key=lambda m: (m.start, -m.end, m.claim_id)))}
+
+    bounds = {0, len(text)}
+    for s in segs:
+        bounds.update((s.start, s.end))
+        if s.kind == "text":
+            for match in re.finditer("\n", text[s.start:s.end]):
+                bounds.update((s.start + match.start(), s.start + match.end()))
+    for m in marks:
+        bounds.update((m.start, m.end))
+    cuts = sorted(bounds)
+
+    paragraphs: list[list[tuple[int, int, mathtext.Segment]]] = [[]]
+    for a, b in zip(cuts, cuts[1:]):
+        seg = seg_at(a)
+        if seg.kind == "text" and text[a:b] == "\n":
+            paragraphs.append([])
+        else:
+            paragraphs[-1].append((a, b, seg))
+
+    opened: set[str] = set()
+    out: list[str] = []
+
+    def marks_in(pieces) -> bool:
+        return any(m.start < b and a < m.end for a, b, _ in pieces for m in marks)
+
+    def open_tag(m: QuoteMark) -> str:
+        anchor = "" if m.claim_id in opened else f' id="q-{m.claim_id}"'
+        cont = " cont" if m.claim_id in opened else ""
+        opened.add(m.claim_id)
+        tip = escape(f"{m.title} — {m.verdict}")
+        return f'<mark class="q v-{m.verdict}{cont}"{anchor} title="{tip}">'
+
+    def badge(m: QuoteMark) -> str:
+        # the badge sits right after the passage; the note beside it goes to the margin on wide screens
+        summary = f'<span class="side-summary">{escape(m.summary)}</span>' if m.summary else ""
+        return (f'<a class="badge v-{m.verdict}" href="{escape(m.href)}" title="{escape(m.title)}">'
+                f'<span aria-hidden="true">{VERDICT_SYMBOL[m.verdict]}</span> {m.verdict}</a>'
+                f'<span class="side v-{m.verdict}"><span class="side-verdict">{VERDICT_SYMBOL[m.verdict]} '
+                f'{m.verdict}:</span> <a href="{escape(m.href)}">{escape(m.title)}</a>{summary}</span>')
+
+    for pieces in paragraphs:
+        visible = [(a, b, s) for a, b, s in pieces if s.kind != "drop" and (s.kind != "text" or text[a:b].strip())]
+        if not visible:
+            continue
+        only_display = all(s.kind == "display" for _, _, s in visible)
+        body: list[str] = []
+        stack: list[QuoteMark] = []
+        for a, b, seg in pieces:
+            active = sorted((m for m in marks if m.start <= a and b <= m.end), key=lambda m: order[m.claim_id])
+            keep = 0
+            while keep < len(stack) and keep < len(active) and stack[keep] is active[keep]:
+                keep += 1
+            while len(stack) > keep:
+                closing = stack.pop()
+                body.append("</mark>")
+                if closing.end <= a:
+                    body.append(badge(closing))
+            for m in active[keep:]:
+                body.append(open_tag(m))
+                stack.append(m)
+            if seg.kind == "text":
+                body.append(str(escape(text[a:b])))
+            elif seg.kind != "drop":
+                body.append(str(seg.html))
+        end = pieces[-1][1] if pieces else 0
+        while stack:
+            closing = stack.pop()
+            body.append("</mark>")
+            if closing.end <= end:
+                body.append(badge(closing))
+        plain = "".join(text[a:b] for a, b, s in visible if s.kind == "text")
+        meta = not marks_in(pieces) and not only_display and _META_LINE.match(plain.strip() or "x")
+        css = ' class="eq"' if only_display else ' class="meta"' if meta else ""
+        out.append(f"<p{css}>{''.join(body).strip()}</p>")
+    return Markup("\n".join(out))
+
+
+# --------------------------------------------------------------------------- claim page parts
+
+def _experiment(name: str) -> registry.Experiment | None:
+    return registry.load_all().get(name)
+
+
+def _display_source_path(exp: registry.Experiment) -> str:
+    path = Path(exp.source_file)
+    package = Path(bnclaims.__file__).resolve().parent
+    try:
+        return str(Path("bnclaims") / path.resolve().relative_to(package))
+    except ValueError:
+        return path.name
+
+
+def _threshold_view(condition) -> dict:
+    if condition.op == "between":
+        return {"band": (condition.low, condition.high), "threshold": None, "holds_above": None}
+    return {"band": None, "threshold": condition.threshold, "holds_above": condition.op in (">", ">=")}
+
+
+def condition_rows(result: ClaimResult) -> list[dict]:
+    if result.verdict is None:
+        return []
+    rows = []
+    per_seed = [run.metrics for run in result.runs]
+    for index, (cond_result, (_, condition)) in enumerate(zip(result.verdict.conditions, result.claim.conditions)):
+        try:
+            values = [float(v) for v in operand_values(condition, per_seed)]
+        except (ValueError, KeyError, ZeroDivisionError):
+            values = []
+        view = _threshold_view(condition)
+        strip = svg.interval_strip(
+            cond_result.estimate, cond_result.ci_low, cond_result.ci_high, values=values,
+            threshold=view["threshold"], band=view["band"], holds_above=view["holds_above"],
+            verdict=cond_result.verdict, label=f"{cond_result.name}: {cond_result.text}",
+        )
+        exact = condition.stat in ("min", "max")
+        rows.append({
+            "index": index + 1, "c": cond_result, "strip": Markup(strip), "exact": exact,
+            "stat": condition.stat, "meaning": CONDITION_MEANING.get(cond_result.verdict, ""),
+        })
+    return rows
+
+
+def metric_rows(result: ClaimResult, exp: registry.Experiment | None) -> list[dict]:
+    declared = list(exp.metrics) if exp else []
+    names = [n for n in declared if n in result.metrics] + sorted(n for n in result.metrics if n not in declared)
+    used = {m for _, c in result.claim.conditions for m in c.metric_names}
+    rows = []
+    for name in names:
+        m = result.metrics[name]
+        strip = svg.interval_strip(m.mean, m.ci_low, m.ci_high, values=list(m.values), verdict="inconclusive",
+                                   label=f"{name}: mean with 95% interval and per-seed values")
+        rows.append({"name": name, "anchor": f"m-{slug(name)}", "m": m, "used": name in used,
+                     "description": inline(exp.metrics.get(name, "")) if exp else "", "strip": Markup(strip)})
+    return rows
+
+
+def plot_views(result: ClaimResult, exp: registry.Experiment | None) -> list[dict]:
+    """SVG plots of the claim's declared plots, or one line plot per series if it declares none."""
+    n_seeds = len(result.runs)
+    descriptions = exp.series if exp else {}
+    plots = list(result.claim.plots)
+    auto = not plots and bool(result.series)
+    if auto:
+        plots = [_default_plot(name, result) for name in sorted(result.series)]
+    views = []
+    for index, plot in enumerate(plots):
+        if not all(name in result.series for name in plot.y):
+            continue
+        if plot.x is not None and plot.x in result.series:
+            xs = result.series[plot.x].mean
+        else:
+            length = max(len(result.series[name].mean) for name in plot.y)
+            xs = tuple(float(i) for i in range(length))
+        series = []
+        for name, label in zip(plot.y, plot.labels or plot.y):
+            s = result.series[name]
+            length = min(len(xs), len(s.mean))
+            series.append(svg.Series(label, tuple(xs[:length]), s.mean[:length], s.ci_low[:length], s.ci_high[:length]))
+        note = f"Mean across {n_seeds} seeds."
+        draw = svg.points_plot if plot.kind == "points" else svg.line_plot
+        text = draw(series, title=plot.title, xlabel=plot.xlabel, ylabel=plot.ylabel, xscale=plot.xscale,
+                    yscale=plot.yscale, note=note, id_prefix=f"plot{index + 1}")
+        captions = [(label, inline(descriptions.get(name, ""))) for name, label in zip(plot.y, plot.labels or plot.y)]
+        views.append({"title": plot.title, "svg": Markup(text), "kind": plot.kind, "captions": captions,
+                      "x": plot.x, "auto": auto, "id": f"plot-{index + 1}"})
+    return views
+
+
+def _default_plot(name: str, result: ClaimResult):
+    from bnclaims.claims import Plot
+
+    values = [v for v in result.series[name].mean if v is not None and v > 0]
+    spans_decades = len(values) == len(result.series[name].mean) and values and max(values) / min(values) >= 100
+    return Plot(title=name, y=(name,), labels=(name,), xlabel="index", ylabel=name,
+                yscale="log" if spans_decades else "linear")
+
+
+def param_rows(claim: Claim, exp: registry.Experiment | None) -> list[dict]:
+    try:
+        params = claim.run_params()
+    except KeyError:
+        params = dict(claim.params)
+    rows = []
+    for name in sorted(params):
+        spec = exp.params.get(name) if exp else None
+        rows.append({"name": name, "value": fmt_value(params[name]), "set": name in claim.params,
+                     "type": spec.type_name if spec else "", "default": fmt_value(spec.default) if spec else ""})
+    return rows
+
+
+def headline(result: ClaimResult) -> dict | None:
+    if result.verdict is None or result.verdict.headline is None:
+        return None
+    c = result.verdict.headline
+    return {"c": c, "name": c.name}
+
+
+# --------------------------------------------------------------------------- the site
+
+def _environment() -> Environment:
+    env = Environment(loader=PackageLoader("bnclaims", "templates"), autoescape=True, undefined=StrictUndefined,
+                      trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    env.filters.update(fmt=fmt, fmt_p=fmt_p, fmt_seconds=fmt_seconds, fmt_seeds=fmt_seeds, one_line=one_line,
+                       prose=prose, inline=inline, urlquote=urlquote)
+    env.globals.update(VERDICT_ORDER=VERDICT_ORDER, SYMBOL=VERDICT_SYMBOL, MEANING=VERDICT_MEANING,
+                       version=bnclaims.__version__)
+    return env
+
+
+def _threads(results: list[ClaimResult], claims_dir: Path) -> dict[str, Thread]:
+    threads: dict[str, Thread] = {}
+    directory = claims_dir / "threads"
+    if directory.is_dir():
+        for path in sorted(directory.glob("*.txt")):
+            threads[path.name] = Thread(path.name, path.read_text(encoding="utf-8"))
+    for r in results:
+        if r.claim.thread and r.claim.thread not in threads:
+            path = threads_dir_for(r.claim.path) / r.claim.thread
+            if path.is_file():
+                threads[r.claim.thread] = Thread(r.claim.thread, path.read_text(encoding="utf-8"))
+        if r.claim.thread in threads:
+            threads[r.claim.thread].results.append(r)
+    for t in threads.values():
+        t.results.sort(key=lambda r: (r.claim.quote_span, r.id))
+    return dict(sorted(threads.items()))
+
+
+def _summary(result: ClaimResult) -> str:
+    """The evidence in one short line: the headline condition's estimate and interval."""
+    if result.status == "error":
+        return one_line(result.error or "", 90)
+    if result.verdict is not None and len(result.verdict.conditions) > 1:
+        tally = Counter(c.verdict for c in result.verdict.conditions)
+        parts = [f"{tally[v]} {v}" for v in ("supported", "refuted", "inconclusive") if tally[v]]
+        return f"conditions: {', '.join(parts)}; {result.verdict.n_seeds} seeds"
+    c = result.verdict.headline if result.verdict else None
+    if c is None:
+        return ""
+    stat = c.reason.split(" = ")[0]
+    if c.ci_low == c.ci_high or not (math.isfinite(c.ci_low) and math.isfinite(c.ci_high)):
+        return f"{stat} = {fmt(c.estimate)}, {c.n} seeds"
+    return f"{stat} = {fmt(c.estimate)} [{fmt(c.ci_low)}, {fmt(c.ci_high)}], {c.n} seeds"
+
+
+def _quote_snippet(result: ClaimResult) -> Markup:
+    return inline(one_line(result.claim.quote, 240))
+
+
+def render_site(results: list[ClaimResult], claims_dir: Path) -> dict[str, bytes]:
+    """Every file of the site, by relative path (a pure function of the results and thread files)."""
+    env = _environment()
+    results = sorted(results, key=lambda r: r.id)
+    threads = _threads(results, claims_dir)
+    thread_of = {r.id: threads.get(r.claim.thread) for r in results}
+    files: dict[str, str | bytes] = {}
+    counts = Counter(r.status for r in results)
+
+    used_experiments: dict[str, list[ClaimResult]] = {}
+    for r in results:
+        used_experiments.setdefault(r.claim.experiment, []).append(r)
+    experiment_href = {name: f"experiments/{urlquote(slug(name))}.html" for name in used_experiments}
+
+    common = {"counts": counts, "n_claims": len(results)}
+    by_verdict = {v: [r for r in results if r.status == v] for v in VERDICT_ORDER}
+    files["index.html"] = env.get_template("index.html").render(
+        root="", page="index", results=results, by_verdict=by_verdict, threads=list(threads.values()),
+        thread_of=thread_of, snippet=_quote_snippet, **common)
+
+    claim_template = env.get_template("claim.html")
+    for r in results:
+        exp = _experiment(r.claim.experiment)
+        thread = thread_of[r.id]
+        files[f"claims/{r.id}.html"] = claim_template.render(
+            root="../", page="claim", r=r, claim=r.claim, thread=thread, exp=exp,
+            experiment_href=experiment_href[r.claim.experiment],
+            experiment_path=_display_source_path(exp) if exp else "",
+            quote=inline(r.claim.quote), conditions=condition_rows(r), headline=headline(r),
+            metrics=metric_rows(r, exp), plots=plot_views(r, exp), params=param_rows(r.claim, exp),
+            versions=r.components.get("versions", {}) if isinstance(r.components, dict) else {},
+            **common)
+
+    thread_template = env.get_template("thread.html")
+    for t in threads.values():
+        marks = [QuoteMark(r.id, r.claim.quote_span[0], r.claim.quote_span[1], r.status, r.claim.title,
+                           f"../claims/{r.id}.html", _summary(r)) for r in t.results]
+        files[f"threads/{t.stem}.html"] = thread_template.render(
+            root="../", page="thread", thread=t, body=thread_html(t.text, marks),
+            thread_counts=Counter(r.status for r in t.results), **common)
+
+    experiment_template = env.get_template("experiment.html")
+    sources: dict[str, tuple[list[str], dict[int, int]]] = {}
+    for name, users in sorted(used_experiments.items()):
+        exp = _experiment(name)
+        code, first, last = Markup(""), 0, 0
+        if exp is not None:
+            if exp.source_file not in sources:
+                sources[exp.source_file] = _read_source(Path(exp.source_file))
+            lines, ends = sources[exp.source_file]
+            first = exp.first_line
+            last = ends.get(first, first)
+            code = _code_html(lines, first, last)
+        files[f"experiments/{slug(name)}.html"] = experiment_template.render(
+            root="../", page="experiment", name=name, exp=exp, users=users, code=code,
+            first=first, last=last, path=_display_source_path(exp) if exp else "",
+            params=[{"name": p.name, "type": p.type_name, "default": fmt_value(p.default)}
+                    for p in exp.params.values()] if exp else [], **common)
+
+    files["about.html"] = env.get_template("about.html").render(
+        root="", page="about", schema=schema_json(), rules_doc=_doc("rules"), verdict_doc=_doc("verdict"),
+        experiments=[{"name": name, "href": experiment_href[name], "claims": len(used_experiments[name]),
+                      "summary": _first_line(_experiment(name))} for name in sorted(used_experiments)],
+        **common)
+    files["claim.schema.json"] = schema_json()
+    files["style.css"] = env.loader.get_source(env, "style.css")[0]
+    files[MARKER] = "A site built by bnclaims; `bnclaims build` replaces this directory as a whole.\n"
+    return {path: (data.encode("utf-8") if isinstance(data, str) else data) for path, data in sorted(files.items())}
+
+
+def _read_source(path: Path) -> tuple[list[str], dict[int, int]]:
+    """A module's lines (escaped) and, for every function, {first line incl. decorators: last line}."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return [], {}
+    ends: dict[int, int] = {}
+    try:
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                start = min([node.lineno] + [d.lineno for d in node.decorator_list])
+                ends[start] = node.end_lineno or node.lineno
+    except SyntaxError:
+        pass
+    return [str(escape(line)) for line in text.splitlines()], ends
+
+
+def _code_html(lines: list[str], first: int, last: int) -> Markup:
+    """Source lines with numbers and ``L<n>`` anchors; lines first..last highlighted."""
+    out = []
+    for number, line in enumerate(lines, 1):
+        css = "line hl" if first <= number <= last else "line"
+        out.append(f'<span class="{css}" id="L{number}"><a class="ln" href="#L{number}" aria-hidden="true">'
+                   f'{number}</a>{line}\n</span>')
+    return Markup("".join(out))
+
+
+def _doc(module: str) -> str:
+    import importlib
+
+    return inspect.cleandoc(importlib.import_module(f"bnclaims.{module}").__doc__ or "").replace("``", "")
+
+
+def _first_line(exp: registry.Experiment | None) -> str:
+    return one_line(exp.doc.split("\n\n")[0], 160) if exp and exp.doc else ""
+
+
+# --------------------------------------------------------------------------- writing
+
+def _write_tree(root: Path, files: dict[str, bytes]) -> None:
+    for relative, data in files.items():
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(data)
+
+
+def _replaceable(out: Path) -> bool:
+    """Only a site this module built (or an empty directory) is ever replaced."""
+    if not out.exists() and not out.is_symlink():
+        return True
+    if out.is_symlink() or not out.is_dir():
+        return False
+    return (out / MARKER).is_file() or not any(out.iterdir())
+
+
+def write_site(files: dict[str, bytes], out: Path) -> None:
+    """Write ``files`` as the directory ``out``, atomically: a new directory, swapped in under a lock."""
+    out = Path(os.path.abspath(out))
+    parent = out.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    lock_path = parent / f".{out.name}.lock"
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent builds take turns; each leaves a whole site
+        if not _replaceable(out):
+            raise UserError(f"{out} exists and is not a site built by bnclaims; refusing to replace it "
+                            f"(remove it or choose another --out)")
+        for stale in parent.glob(f".{out.name}.new-*"):  # left by a build that was killed
+            shutil.rmtree(stale, ignore_errors=True)
+        for stale in parent.glob(f".{out.name}.old-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        fresh = parent / f".{out.name}.new-{secrets.token_hex(6)}"
+        fresh.mkdir()
+        old = None
+        try:
+            _write_tree(fresh, files)
+            if out.exists():
+                old = parent / f".{out.name}.old-{secrets.token_hex(6)}"
+                os.rename(out, old)
+            os.rename(fresh, out)
+        except BaseException:
+            if old is not None and not out.exists():
+                os.rename(old, out)  # put the previous site back
+                old = None
+            shutil.rmtree(fresh, ignore_errors=True)
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def build_site(results: list[ClaimResult], out: Path, claims_dir: Path) -> int:
+    """Render the site for ``results`` into ``out``; return the number of HTML pages written."""
+    files = render_site(results, Path(claims_dir))
+    write_site(files, Path(out))
+    return sum(1 for path in files if path.endswith(".html"))
