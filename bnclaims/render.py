@@ -550,6 +550,11 @@ def render_site(results: list[ClaimResult], claims_dir: Path) -> dict[str, bytes
                       "summary": _first_line(_experiment(name))} for name in sorted(used_experiments)],
         **common)
     files["claim.schema.json"] = schema_json()
+    # what each page was built from: `tests/test_site_current.py` compares it with the claims as they are now
+    files["manifest.json"] = json.dumps({
+        "bnclaims": bnclaims.__version__,
+        "claims": {r.id: {"input_hash": r.input_hash, "verdict": r.status} for r in sorted(results, key=lambda r: r.id)},
+    }, indent=1, sort_keys=True) + "\n"
     files["style.css"] = env.loader.get_source(env, "style.css")[0]
     files[MARKER] = "A site built by bnclaims; `bnclaims build` replaces this directory as a whole.\n"
     return {path: (data.encode("utf-8") if isinstance(data, str) else data) for path, data in sorted(files.items())}

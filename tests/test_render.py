@@ -506,7 +506,7 @@ def test_claim_page_shows_statistics_and_provenance(site, inputs):
     page = check_page(out / "claims" / "gamma-redundant.html")
     text = page_text(page)
     for needle in ("95% CI", "p-value", "effect size", "mean(x) > 0", r.input_hash, "Seeds", "0–7",
-                   "numpy", "Expected verdict", "a normal draw with mean", "arXiv:1502.03167", "From cache"):
+                   "numpy", "Expected verdict", "a normal draw with mean", "arXiv:1502.03167", "Compute time"):
         assert needle in text, needle
     assert "https://arxiv.org/abs/1502.03167" in page.links
     assert any(tag == "svg" and attrs.get("class") == "plot" for tag, attrs in page.tags)
@@ -678,4 +678,4 @@ def test_replaced_result_fields_are_rendered(inputs, tmp_path):
     r = dataclasses.replace(results[0], cached=True, seconds=12.5)
     files = render.render_site([r], claims_dir)
     page = files[f"claims/{r.id}.html"].decode()
-    assert "12.5 s" in page and "yes: every seed came from the cache" in page
+    assert "12.5 s" in page
