@@ -7,10 +7,12 @@ A claim file is one YAML mapping (see ``bnclaims schema`` / README "Claim files"
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
 import json
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from bnclaims import experiments as registry
 from bnclaims.errors import Problem
 from bnclaims.rules import Condition, RuleSyntaxError, parse_condition
 from bnclaims.verdict import VERDICTS
-from bnclaims.yamlpos import Located, YamlProblem, load
+from bnclaims.yamlpos import MAX_BYTES, Located, YamlProblem, load
 
 ID_PATTERN = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 TAG_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -28,6 +30,7 @@ ARXIV_PATTERN = re.compile(r"^(\d{4}\.\d{4,5}|[a-z-]+(\.[A-Z]{2})?/\d{7})(v\d+)?
 DOI_PATTERN = re.compile(r"^10\.\d{4,9}/\S+$")
 MAX_SEEDS = 10_000
 DEFAULT_TIMEOUT = 600.0
+MAX_RULE_LENGTH = 500  # a rule is one short line; longer text is refused before it is parsed
 
 
 # --------------------------------------------------------------------------- schema
@@ -119,7 +122,8 @@ CLAIM_SCHEMA = {
                         "properties": {
                             "name": _str("The setting this condition tests", minLength=1),
                             "holds": _str("STAT(metric | a - b | a / b) OP number, or ... between a and b; "
-                                          "STAT: mean, median, geomean, min, max; OP: <, <=, >, >="),
+                                          "STAT: mean, median, geomean, min, max; OP: <, <=, >, >=",
+                                          maxLength=MAX_RULE_LENGTH),
                         },
                     },
                 },
@@ -355,14 +359,30 @@ def _key(node: Located, key: str) -> Located | None:
 
 # --------------------------------------------------------------------------- loading
 
+_OUTSIDE = object()  # a thread file that resolves (through a symlink) to outside the threads directory
+
+
+def _read_thread(threads_dir: Path, thread_path: Path):
+    """The thread's text; None if there is no such readable file; _OUTSIDE if it links out of threads_dir."""
+    try:
+        if not thread_path.resolve().is_relative_to(threads_dir.resolve()):
+            return _OUTSIDE
+        return thread_path.read_text(encoding="utf-8") if thread_path.is_file() else None
+    except (OSError, RuntimeError, UnicodeDecodeError):  # RuntimeError: a symlink loop
+        return None
+
+
 def _load_one(path: Path, threads_dir: Path, thread_cache: dict) -> tuple[Claim | None, list[Problem]]:
     shown = display_path(path)
     checker = _Checker(shown)
     try:
-        size = path.stat().st_size
-        if size > 1024 * 1024:
-            return None, [Problem(shown, f"file is larger than 1 MiB (found {size} bytes)")]
-        data = path.read_bytes()
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):  # a FIFO or a device would block or never end
+            return None, [Problem(shown, "not a regular file (expected a YAML claim file)")]
+        if info.st_size > MAX_BYTES:
+            return None, [Problem(shown, f"file is larger than 1 MiB (found {info.st_size} bytes)")]
+        with open(path, "rb") as f:
+            data = f.read(MAX_BYTES + 1)  # the size can lie (/proc) or grow while we read
     except OSError as e:
         return None, [Problem(shown, f"cannot read file ({e.strerror})")]
     try:
@@ -422,12 +442,12 @@ def _load_one(path: Path, threads_dir: Path, thread_cache: dict) -> tuple[Claim 
             thread_name = thread_node.value if thread_node.value.endswith(".txt") else thread_node.value + ".txt"
             thread_path = threads_dir / thread_name
             if thread_name not in thread_cache:
-                try:
-                    thread_cache[thread_name] = thread_path.read_text(encoding="utf-8") if thread_path.is_file() else None
-                except (OSError, UnicodeDecodeError):
-                    thread_cache[thread_name] = None
+                thread_cache[thread_name] = _read_thread(threads_dir, thread_path)
             thread_text = thread_cache[thread_name]
-            if thread_text is None:
+            if thread_text is _OUTSIDE:
+                checker.add(thread_node, f"thread must be a file under {display_path(threads_dir)}/ (found "
+                            f"'{thread_node.value}', a link to a file outside it)")
+            elif thread_text is None:
                 available = sorted(p.stem for p in threads_dir.glob("*.txt")) if threads_dir.is_dir() else []
                 checker.add(thread_node, f"no such thread in {display_path(threads_dir)} (found "
                             f"'{thread_node.value}'{did_you_mean(Path(thread_name).stem, available)})")
@@ -451,7 +471,7 @@ def _load_one(path: Path, threads_dir: Path, thread_cache: dict) -> tuple[Claim 
                 continue
             name_node, holds_node = _get(item, "name"), _get(item, "holds")
             if name_node is None or holds_node is None or not isinstance(holds_node.value, str) \
-                    or not isinstance(name_node.value, str):
+                    or not isinstance(name_node.value, str) or len(holds_node.value) > MAX_RULE_LENGTH:
                 continue
             if name_node.value in names_seen:
                 checker.add(name_node, f"condition name used twice (found '{name_node.value}')")
@@ -564,6 +584,18 @@ def threads_dir_for(path: Path) -> Path:
     return path.parent / "threads"
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _printable(problem: Problem) -> Problem:
+    """The problem with control characters escaped: it quotes the file, and a line break or a terminal
+    escape sequence from there would break its one line (or drive the terminal)."""
+    def clean(text: str) -> str:
+        return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
+    return dataclasses.replace(problem, path=clean(problem.path), message=clean(problem.message))
+
+
 def load_claims(paths: list[Path], threads_dir: Path | None = None) -> tuple[list[Claim], list[Problem]]:
     """Load every claim file under ``paths``; return (valid claims, problems of every invalid file)."""
     claims: list[Claim] = []
@@ -577,7 +609,7 @@ def load_claims(paths: list[Path], threads_dir: Path | None = None) -> tuple[lis
             found = [Problem(display_path(path), f"claim id already used by {display_path(seen_ids[claim.id])} "
                              f"(found '{claim.id}')", claim.line, 1)]
             claim = None
-        problems.extend(found)
+        problems.extend(_printable(p) for p in found)
         if claim is not None:
             seen_ids[claim.id] = path
             claims.append(claim)

@@ -52,6 +52,9 @@ def _describe_exit(code: int | None) -> str:
     return f"worker process exited with code {code}"
 
 
+MAX_STARTUP_DEATHS = 3
+
+
 class _Worker:
     def __init__(self, ctx, modules: tuple[str, ...], memory_limit: int | None):
         self.conn, child = ctx.Pipe()
@@ -100,6 +103,7 @@ class LocalExecutor:
         pending = deque(jobs)
         workers = [_Worker(ctx, self.modules, self.memory_limit) for _ in range(min(self.n_workers, len(jobs)))]
         remaining = len(jobs)
+        startup_deaths = 0  # workers in a row that died before they were ready
         try:
             while remaining:
                 for w in workers:
@@ -122,10 +126,19 @@ class LocalExecutor:
                             remaining -= 1
                             on_done(job, Outcome("error", f"seed {job.seed}: {_describe_exit(w.process.exitcode)}",
                                                  time.perf_counter() - w.started))
+                        elif not w.ready:
+                            startup_deaths += 1
+                            if startup_deaths >= MAX_STARTUP_DEATHS:  # a new worker would die the same way
+                                reason = (f"worker could not start: {_describe_exit(w.process.exitcode)} before it "
+                                          f"was ready ({startup_deaths} times in a row)")
+                                while pending:
+                                    remaining -= 1
+                                    on_done(pending.popleft(), Outcome("error", reason, 0.0))
                         workers[i] = _Worker(ctx, self.modules, self.memory_limit) if pending else None
                         continue
                     if job_id == "ready":
                         w.ready = True
+                        startup_deaths = 0
                         continue
                     if job_id == "startup-error":
                         # every worker would fail the same way: fail the jobs instead of respawning forever

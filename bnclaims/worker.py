@@ -41,18 +41,23 @@ def run_job(experiment: str, seed: int, params: dict, modules: tuple[str, ...]) 
 
 def main(conn, modules: tuple[str, ...], memory_limit: int | None) -> None:
     """Worker loop: receive (job_id, experiment, seed, params), send (job_id, status, payload, seconds)."""
-    if memory_limit:
-        import resource
-
-        resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
     try:
+        if memory_limit:
+            import resource
+
+            _, hard = resource.getrlimit(resource.RLIMIT_AS)
+            if hard != resource.RLIM_INFINITY:  # never above a limit this process was started under
+                memory_limit = min(memory_limit, hard)
+            resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
         from bnclaims import experiments
 
         experiments.load_all()
         for module in modules:
             importlib.import_module(module)
     except Exception as e:  # noqa: BLE001 - reported to the parent, which fails the jobs
-        conn.send(("startup-error", f"{type(e).__name__}: {e}", None, None))
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        detail = lines[0] if str(e)[:1].strip() else (lines[-1] if lines else "")  # numpy's ImportError: last line
+        conn.send(("startup-error", f"{type(e).__name__}: {detail}", None, None))
         return
     conn.send(("ready", None, None, None))
     while True:

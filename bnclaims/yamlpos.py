@@ -11,6 +11,7 @@ loader) and converted to plain data by hand, so that:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,10 @@ from bnclaims.errors import Problem
 
 MAX_BYTES = 1024 * 1024
 MAX_DEPTH = 32
+
+# What YAML refuses to see raw, still reachable through "\e", "\x00", "\ud800" escapes: it would drive a
+# terminal, break a one-line message, or fail to encode when the site is written. Tab and newline are text.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 
 _STANDARD_TAGS = {
     "tag:yaml.org,2002:str",
@@ -89,7 +94,8 @@ def _convert(node: yaml.Node, loader: _Loader) -> Located:
         for key_node, value_node in node.value:
             key = _convert(key_node, loader)
             if key.kind != "scalar" or not isinstance(key.value, str):
-                raise YamlProblem(f"keys must be strings (found {key.value!r})", key.line, key.column)
+                found = {"map": "a mapping", "seq": "a list"}.get(key.kind) or repr(key.value)[:60]
+                raise YamlProblem(f"keys must be strings (found {found})", key.line, key.column)
             if key.value in out:
                 first = out[key.value][0]
                 raise YamlProblem(
@@ -99,7 +105,10 @@ def _convert(node: yaml.Node, loader: _Loader) -> Located:
         return Located(out, line, column, "map")
     if isinstance(node, yaml.SequenceNode):
         return Located([_convert(item, loader) for item in node.value], line, column, "seq")
-    return Located(loader.construct_object(node, deep=False), line, column, "scalar")
+    value = loader.construct_object(node, deep=False)
+    if isinstance(value, str) and (control := _CONTROL.search(value)):
+        raise YamlProblem(f"text holds an unprintable character (found {control.group()!r})", line, column)
+    return Located(value, line, column, "scalar")
 
 
 def load(data: bytes) -> Located:

@@ -3,67 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
-THREADS = ROOT / "claims" / "threads"
-
-CLAIM = """\
-id: {id}
-title: Toy claim {id}
-claim: x is positive on average
-source:
-  thread: 000_9d0fa3abc03cef76
-  quote: "With fluctuating beta and gamma, the distribution also fluctuates."
-tags: [{tags}]
-experiment: {experiment}
-params: {params}
-seeds: {seeds}
-rule:
-  conditions:
-    - name: positive
-      holds: {holds}
-{expected}explanation: A toy.
-"""
-
-
-def claim_text(id, *, experiment="toy-normal", params="{mu: 1.0}", seeds=6, holds="mean(x) > 0",
-               expected="supported", tags="toy"):
-    return CLAIM.format(id=id, experiment=experiment, params=params, seeds=seeds, holds=holds, tags=tags,
-                        expected=f"expected: {expected}\n" if expected else "")
+from helpers import add, bnclaims, make_project, read_json
 
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
-    (tmp_path / "claims").mkdir()
-    shutil.copytree(THREADS, tmp_path / "claims" / "threads")
-    return tmp_path
-
-
-def add(project: Path, id: str, **kw) -> Path:
-    path = project / "claims" / f"{id}.yaml"
-    path.write_text(claim_text(id, **kw), encoding="utf-8")
-    return path
-
-
-def bnclaims(project: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(FIXTURES), str(ROOT), env.get("PYTHONPATH", "")])
-    env["BNCLAIMS_EXPERIMENTS"] = "toy_experiments"
-    env.pop("XDG_CACHE_HOME", None)
-    return subprocess.run([sys.executable, "-m", "bnclaims", *args], cwd=project, env=env, capture_output=True,
-                          text=True, timeout=timeout)
-
-
-def read_json(path: Path) -> dict:
-    return json.loads(path.read_text())
+    return make_project(tmp_path)
 
 
 def test_version_and_help(project):
