@@ -1,13 +1,27 @@
 """Runner benchmark: cold and warm runs of every claim, side by side in one run.
 
-    python benchmarks/bench_runner.py [--claims claims] [--skip-serial]
+    python benchmarks/bench_runner.py [--claims claims] [--skip-serial] [--dask]
 
 Prints, for the claims under --claims:
   * cold run (empty cache) with --jobs 2 and with --jobs 1, and the speed-up;
   * warm run (everything cached) of the whole `bnclaims run` command, and per claim;
   * in-process overhead of a fully cached claim (load + plan + judge), per claim.
+  * with --dask (needs bnclaims[dask]): cold run on a Dask LocalCluster of 2 workers next to
+    the local pool (--jobs 2), and each executor's start-up and per-job overhead, measured with
+    trivial toy jobs (time for 1020 jobs minus time for 20, over 1000).
 Goals (issue 4): warm run of all claims <= 2 s; cached per-claim overhead <= 20 ms;
 cold speed-up of --jobs 2 over --jobs 1 >= 1.7x.
+
+Dask (issue 11). On one machine it cannot beat the local pool: the same worker processes, plus
+a scheduler and a round trip through it for every job. Measured here (2 cores, shared, one run):
+start-up ~2 s for either executor; overhead per job 9.4 ms for Dask vs 0.19 ms for the pool;
+full suite (32 claims, 330 seed jobs, mean ~0.9 s of work each) cold on 2 workers: pool 147 s,
+Dask LocalCluster 159 s (1.08x; the per-job overhead explains ~3 s of the 12, the rest is
+start-up and a shared machine's noise). So per-job overhead is ~1 % of a seed here and only
+matters for jobs under ~0.1 s. On a cluster of W worker threads a run takes about start-up +
+(Dask time on 2 workers) x 2 / W, so Dask pays off as soon as the cluster has more worker threads
+than this machine has cores and the run outlasts its start-up (a few seconds): thousands of
+seeds, wide sweeps, bigger networks. The last line prints that break-even from this run.
 """
 
 from __future__ import annotations
@@ -48,15 +62,52 @@ def in_process_overhead(claims_dir: Path, cache: Path, repeats: int = 5) -> tupl
     return best, n
 
 
+def executor_overhead(kind: str, small: int = 20, large: int = 1020, repeats: int = 2) -> tuple[float, float]:
+    """(start-up seconds, seconds per job) of an executor with 2 workers, from trivial toy jobs."""
+    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
+    import toy_experiments  # noqa: F401 - registers toy-normal (workers import it too)
+
+    from bnclaims.executor import Job, LocalExecutor
+
+    def make():
+        if kind == "local":
+            return LocalExecutor(2, ("toy_experiments",))
+        from bnclaims.dask_executor import DaskExecutor
+
+        return DaskExecutor(None, 2, ("toy_experiments",))
+
+    def best(n: int) -> float:
+        times = []
+        for _ in range(repeats):
+            jobs = [Job(i, "toy-normal", i, {}, 60.0) for i in range(n)]
+            done = []
+            start = time.perf_counter()
+            make().run(jobs, lambda job, outcome: done.append(outcome.status))
+            times.append(time.perf_counter() - start)
+            assert done.count("ok") == n, f"{kind}: {done.count('ok')} of {n} trivial jobs succeeded"
+        return min(times)
+
+    t_small, t_large = best(small), best(large)
+    per_job = max(0.0, (t_large - t_small) / (large - small))
+    return t_small - small * per_job, per_job
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--claims", type=Path, default=ROOT / "claims")
     parser.add_argument("--skip-serial", action="store_true", help="skip the --jobs 1 cold run")
+    parser.add_argument("--dask", action="store_true",
+                        help="also a cold run on a Dask LocalCluster (2 workers) and each executor's overheads")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         cache2, cache1 = Path(tmp) / "c2", Path(tmp) / "c1"
         cold2 = cli(["--claims", str(args.claims), "--jobs", "2"], cache2)
         cold1 = None if args.skip_serial else cli(["--claims", str(args.claims), "--jobs", "1"], cache1)
+        if args.dask:
+            cold_dask = cli(["--claims", str(args.claims), "--executor", "dask", "--jobs", "2"], Path(tmp) / "cd")
+            local_start, local_per_job = executor_overhead("local")
+            dask_start, dask_per_job = executor_overhead("dask")
         warm = min(cli(["--claims", str(args.claims)], cache2) for _ in range(3))
         overhead, n = in_process_overhead(args.claims, cache2)
     print(f"claims: {n}   machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}")
@@ -68,6 +119,15 @@ def main() -> None:
     print(f"{'warm run, whole command (best of 3)':<44} {warm:>9.2f} {'<= 2 s':>12}")
     print(f"{'warm run per claim, whole command':<44} {warm / max(n, 1) * 1000:>8.1f}ms")
     print(f"{'cached per-claim overhead, in process':<44} {overhead / max(n, 1) * 1000:>8.1f}ms {'<= 20 ms':>12}")
+    if args.dask:
+        print(f"{'':<44} {'local pool':>12} {'Dask local':>12}")
+        print(f"{'cold run, 2 workers':<44} {cold2:>11.2f}s {cold_dask:>11.2f}s   ({cold_dask / cold2:.2f}x)")
+        print(f"{'executor start-up (2 workers)':<44} {local_start:>11.2f}s {dask_start:>11.2f}s")
+        print(f"{'overhead per job (trivial jobs)':<44} {local_per_job * 1000:>10.2f}ms {dask_per_job * 1000:>10.2f}ms")
+        # run time on W worker threads ~ dask_start + (cold_dask - dask_start) * 2 / W; beats cold2 when W > ...
+        threads = 2 * (cold_dask - dask_start) / max(cold2 - dask_start, 1e-9)
+        print(f"Dask pays off for this suite on a cluster of more than {threads:.1f} worker threads "
+              f"(the pool here: 2)")
 
 
 if __name__ == "__main__":

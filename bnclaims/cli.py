@@ -48,6 +48,12 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memory-limit", type=_positive_int, default=4096, metavar="MIB",
                         help="address-space limit per worker process in MiB (default 4096); "
                              "an experiment that exceeds it is reported as an error")
+    parser.add_argument("--executor", choices=("local", "dask"),
+                        help="where seeds run: worker processes on this machine (local, the default) or a Dask "
+                             "cluster (dask: needs bnclaims[dask]; a LocalCluster of --jobs workers unless "
+                             "--scheduler)")
+    parser.add_argument("--scheduler", metavar="ADDRESS",
+                        help="address of a running Dask scheduler, e.g. tcp://10.0.0.5:8786 (implies --executor dask)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write results as JSON to FILE")
     parser.add_argument("--explain", action="store_true", help="say why each claim is (or is not) re-run")
 
@@ -258,6 +264,17 @@ def _options(args, modules):
                       memory_limit=args.memory_limit * 1024 * 1024)
 
 
+def _executor(args, options):
+    """The Dask executor when asked for; None for the local pool (the runner makes it)."""
+    if args.scheduler and args.executor == "local":
+        raise UserError(f"--scheduler {args.scheduler} needs --executor dask (found --executor local)")
+    if (args.executor or ("dask" if args.scheduler else "local")) == "local":
+        return None
+    from bnclaims.dask_executor import DaskExecutor
+
+    return DaskExecutor(args.scheduler, options.n_jobs(), options.modules, options.memory_limit)
+
+
 def _table(results, quiet: bool) -> None:
     if quiet or not results:
         return
@@ -318,7 +335,7 @@ def cmd_run(args, build: bool = False) -> int:
     if args.explain:
         for p in plan(claims, options, Cache(options.cache_dir or default_cache_dir())):
             print(f"{p.claim.id}: " + "; ".join(p.reasons))
-    results = run_claims(claims, options, progress=not args.quiet)
+    results = run_claims(claims, options, executor=_executor(args, options), progress=not args.quiet)
     _table(results, args.quiet)
     if args.json:
         _write_json(args.json, results, problems)
