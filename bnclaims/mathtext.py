@@ -212,11 +212,27 @@ class _Parser:
         return f'<span class="tex">\\{escape(name)}</span>'
 
 
+MAX_NESTING = 24  # deeper TeX (never seen in real text) is shown as written, not parsed
+
+
+def _nesting(tex: str) -> int:
+    depth = deepest = 0
+    for char in tex:
+        if char == "{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char == "}":
+            depth = max(0, depth - 1)
+    return max(deepest, tex.count("^") + tex.count("_"))
+
+
 def tex_to_html(tex: str, display: bool = False) -> Markup:
     """One piece of TeX (without its ``$`` delimiters) as an HTML span."""
+    css = "math display" if display else "math"
+    if _nesting(tex) > MAX_NESTING:
+        return Markup(f'<span class="{css} tex">{escape(tex)}</span>')
     body = _Parser(tex).sequence()
     body = re.sub(r"  +", " ", body.replace("</i><i>", "")).strip()
-    css = "math display" if display else "math"
     return Markup(f'<span class="{css}">{body}</span>')
 
 

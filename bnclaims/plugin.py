@@ -151,6 +151,14 @@ def pytest_runtestloop(session: pytest.Session) -> None:
         session.config.option.continue_on_collection_errors = True
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """An invalid claim file makes the run exit 2, as ``bnclaims check/run/build`` do."""
+    runner = session.config.stash.get(_RUNNER, None)
+    if runner is not None and runner.invalid_files and exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
+        session.exitstatus = pytest.ExitCode.INTERRUPTED  # == 2
+
+
 class ClaimRunner:
     """Runs claims for the session and keeps their results by node id."""
 

@@ -446,17 +446,31 @@ def _environment() -> Environment:
     return env
 
 
+def _read_thread(path: Path, directory: Path) -> str | None:
+    """A thread's text, or None unless it is a regular UTF-8 file inside ``directory`` (no symlink escapes)."""
+    try:
+        resolved = path.resolve(strict=True)
+        if not resolved.is_relative_to(directory.resolve()) or not resolved.is_file():
+            return None
+        return resolved.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError, RuntimeError):
+        return None
+
+
 def _threads(results: list[ClaimResult], claims_dir: Path) -> dict[str, Thread]:
     threads: dict[str, Thread] = {}
     directory = claims_dir / "threads"
     if directory.is_dir():
         for path in sorted(directory.glob("*.txt")):
-            threads[path.name] = Thread(path.name, path.read_text(encoding="utf-8"))
+            text = _read_thread(path, directory)
+            if text is not None:
+                threads[path.name] = Thread(path.name, text)
     for r in results:
         if r.claim.thread and r.claim.thread not in threads:
             path = threads_dir_for(r.claim.path) / r.claim.thread
-            if path.is_file():
-                threads[r.claim.thread] = Thread(r.claim.thread, path.read_text(encoding="utf-8"))
+            text = _read_thread(path, threads_dir_for(r.claim.path))
+            if text is not None:
+                threads[r.claim.thread] = Thread(r.claim.thread, text)
         if r.claim.thread in threads:
             threads[r.claim.thread].results.append(r)
     for t in threads.values():

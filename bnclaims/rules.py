@@ -60,13 +60,11 @@ class Condition:
 
 
 def _tokens(text: str) -> list[tuple[str, str, int]]:
-    out, pos = [], 0
-    while pos < len(text):
-        if text[pos:].strip() == "":
-            break
+    out, pos, end = [], 0, len(text.rstrip())
+    while pos < end:
         match = _TOKEN.match(text, pos)
         if not match or match.end() == pos:
-            raise RuleSyntaxError(f"unexpected character {text[pos:].lstrip()[:1]!r}", pos)
+            raise RuleSyntaxError(f"unexpected character {text[pos:pos + 64].lstrip()[:1]!r}", pos)
         kind = match.lastgroup
         value = match.group(kind)
         out.append((kind, value, match.start(kind)))
