@@ -62,7 +62,8 @@ def _module_file(module: str) -> Path | None:
     return None
 
 
-def _imports(path: Path, module: str) -> set[str]:
+@functools.cache  # each file is parsed once however many experiments import it
+def _imports(path: Path, module: str) -> frozenset[str]:
     tree = ast.parse(path.read_text(encoding="utf-8"))
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found: set[str] = set()
@@ -78,7 +79,7 @@ def _imports(path: Path, module: str) -> set[str]:
                 prefix = node.module or ""
             found.add(prefix)
             found.update(f"{prefix}.{alias.name}" for alias in node.names)
-    return found
+    return frozenset(found)
 
 
 @functools.cache

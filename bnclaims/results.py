@@ -123,7 +123,7 @@ def summarize_series(runs: list[list[float | None]]) -> SeriesSummary:
         warnings.simplefilter("ignore", RuntimeWarning)  # a point missing in every seed is a gap, not a problem
         mean = np.nanmean(table, axis=0) if len(runs) else np.zeros(length)
         sd = np.nanstd(table, axis=0, ddof=1) if len(runs) > 1 else np.zeros(length)
-    tcrit = np.array([stats.t.ppf(0.5 + CONFIDENCE / 2, k - 1) if k > 1 else np.nan for k in n])
+    tcrit = np.where(n > 1, stats.t.ppf(0.5 + CONFIDENCE / 2, np.maximum(n - 1, 1)), np.nan)  # one vectorized call
     half = np.where(n > 1, tcrit * sd / np.sqrt(np.maximum(n, 1)), 0.0)
 
     def clean(a: np.ndarray) -> tuple[float | None, ...]:
