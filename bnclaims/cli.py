@@ -200,8 +200,7 @@ def _import_experiments(args) -> tuple[str, ...]:
 
     from bnclaims import experiments
 
-    modules = tuple(args.experiments_module) + tuple(
-        m.strip() for m in os.environ.get("BNCLAIMS_EXPERIMENTS", "").split(",") if m.strip())
+    modules = tuple(args.experiments_module) + experiments.env_modules()
     experiments.load_all()
     for module in modules:
         try:

@@ -62,7 +62,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def experiment_modules(config: pytest.Config) -> tuple[str, ...]:
     names = list(config.getini("bnclaims_experiments")) + list(config.getoption("bnclaims_experiments"))
-    names += [m.strip() for m in os.environ.get("BNCLAIMS_EXPERIMENTS", "").split(",") if m.strip()]
+    from bnclaims.experiments import env_modules
+
+    names += env_modules()
     return tuple(dict.fromkeys(names))  # unique, in order
 
 

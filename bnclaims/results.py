@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass
 
@@ -10,7 +9,7 @@ import numpy as np
 from scipy import stats
 
 from bnclaims.claims import Claim
-from bnclaims.verdict import CONFIDENCE, Verdict, judge
+from bnclaims.verdict import CONFIDENCE, Verdict, judge, mean_interval
 
 
 @dataclass(frozen=True)
@@ -103,14 +102,8 @@ class ClaimResult:
 
 
 def summarize_metric(values: list[float]) -> MetricSummary:
-    arr = np.asarray(values, dtype=np.float64)
-    n = len(arr)
-    mean = float(arr.mean())
-    if n < 2:
-        return MetricSummary(mean, -math.inf, math.inf, 0.0, n, tuple(values))
-    sd = float(arr.std(ddof=1))
-    half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1)) * sd / math.sqrt(n)
-    return MetricSummary(mean, mean - half, mean + half, sd, n, tuple(float(v) for v in values))
+    mean, low, high, sd = mean_interval(np.asarray(values, dtype=np.float64))
+    return MetricSummary(mean, low, high, sd, len(values), tuple(float(v) for v in values))
 
 
 def summarize_series(runs: list[list[float | None]]) -> SeriesSummary:

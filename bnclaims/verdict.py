@@ -103,6 +103,12 @@ def _interval(stat: str, values: np.ndarray) -> tuple[float, float, float, float
             n_resamples=4999, random_state=np.random.default_rng(0),
         )
         return est, float(boot.confidence_interval.low), float(boot.confidence_interval.high), float(values.std(ddof=1))
+    return mean_interval(values)
+
+
+def mean_interval(values: np.ndarray) -> tuple[float, float, float, float]:
+    """(mean, 95 % t-interval low, high, sd) of ``values``; the interval is unbounded below two values."""
+    n = len(values)
     est = float(values.mean())
     if n < 2:
         return est, -math.inf, math.inf, 0.0

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import pkgutil
 import typing
 from dataclasses import dataclass, field
@@ -139,6 +140,11 @@ def load_all() -> dict[str, Experiment]:
                 importlib.import_module(f"{__name__}.{info.name}")
         _LOADED = True
     return _REGISTRY
+
+
+def env_modules() -> tuple[str, ...]:
+    """Extra experiment modules named in $BNCLAIMS_EXPERIMENTS (comma-separated)."""
+    return tuple(m.strip() for m in os.environ.get("BNCLAIMS_EXPERIMENTS", "").split(",") if m.strip())
 
 
 def get(name: str) -> Experiment:
