@@ -19,7 +19,8 @@ from typing import Any
 
 from bnclaims import experiments as registry
 from bnclaims.errors import Problem
-from bnclaims.rules import Condition, RuleSyntaxError, parse_condition
+from bnclaims import textmatch
+from bnclaims.rules import NamedCondition, RuleSyntaxError, parse_condition, same_condition
 from bnclaims.verdict import VERDICTS
 from bnclaims.yamlpos import MAX_BYTES, Located, YamlProblem, load
 
@@ -75,19 +76,36 @@ PLOT_SCHEMA = {
     },
 }
 
+CONDITION_SCHEMA = {
+    "type": "object",
+    "required": ["name", "holds"],
+    "additionalProperties": False,
+    "properties": {
+        "name": _str("The setting this condition tests", minLength=1),
+        "tests": _str("The words of the quote this condition tests (a fragment of source.quote, "
+                      "matched like the quote)", minLength=1),
+        "holds": _str("STAT(metric | a - b | a / b) OP number, or ... between a and b; "
+                      "STAT: mean, median, geomean, min, max; OP: <, <=, >, >=",
+                      maxLength=MAX_RULE_LENGTH),
+    },
+}
+
 CLAIM_SCHEMA = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "$id": "https://bnclaims.invalid/claim.schema.json",
     "title": "bnclaims claim file",
     "description": "One claim about batch normalization, quoted from a thread and tested by an experiment.",
     "type": "object",
-    "required": ["id", "title", "claim", "source", "tags", "experiment", "seeds", "rule", "explanation"],
+    "required": ["id", "title", "claim", "scope", "source", "tags", "experiment", "seeds", "rule", "explanation"],
     "additionalProperties": False,
     "properties": {
         "id": _str("Claim id: lowercase words joined by '-', equal to the file name without .yaml",
                    pattern=ID_PATTERN.pattern, maxLength=80),
         "title": _str("Short title shown in lists", minLength=1, maxLength=200),
         "claim": _str("The claim restated in plain words as a testable statement", minLength=1),
+        "scope": _str("One or two sentences: what the author asserts and in what setting (training or "
+                      "inference mode, which network, 'usually' or 'always'), read from the thread; for a "
+                      "question, the assertion it implies. Shown above the verdict", minLength=1),
         "source": {
             "type": "object",
             "description": "Where the claim was said",
@@ -109,23 +127,22 @@ CLAIM_SCHEMA = {
                     "description": f"Seconds one seed may take (default {DEFAULT_TIMEOUT:g})"},
         "rule": {
             "type": "object",
-            "description": "The verdict rule: conditions judged across seeds",
+            "description": "The verdict rule: headline conditions decide the verdict; beyond conditions are shown beside it",
             "required": ["conditions"],
             "additionalProperties": False,
             "properties": {
                 "conditions": {
                     "type": "array", "minItems": 1,
-                    "items": {
-                        "type": "object",
-                        "required": ["name", "holds"],
-                        "additionalProperties": False,
-                        "properties": {
-                            "name": _str("The setting this condition tests", minLength=1),
-                            "holds": _str("STAT(metric | a - b | a / b) OP number, or ... between a and b; "
-                                          "STAT: mean, median, geomean, min, max; OP: <, <=, >, >=",
-                                          maxLength=MAX_RULE_LENGTH),
-                        },
-                    },
+                    "description": "Headline conditions: only what the quoted sentence asserts, in its scope. "
+                                   "They share a 95% family-wise level (Bonferroni)",
+                    "items": CONDITION_SCHEMA | {"required": ["name", "tests", "holds"]},
+                },
+                "beyond": {
+                    "type": "array",
+                    "description": "Everything outside the sentence (other modes, scales, counterfactuals, "
+                                   "neighbouring sentences, diagnostic sweeps); each judged at 95%, never "
+                                   "changing the verdict",
+                    "items": CONDITION_SCHEMA,
                 },
             },
         },
@@ -140,6 +157,14 @@ CLAIM_SCHEMA = {
 
 def schema_json() -> str:
     return json.dumps(CLAIM_SCHEMA, indent=2, sort_keys=False) + "\n"
+
+
+MIGRATION = "see README, 'Migrating claim files'"
+MISSING_HINTS = {  # what to add, for keys that claim files written for the old format lack
+    "scope": f"; add scope: one or two sentences saying what the author asserts and in what setting ({MIGRATION})",
+    "tests": f"; add tests: with the words of the quote this condition tests, or move the condition "
+             f"to rule.beyond if it tests something the sentence does not say ({MIGRATION})",
+}
 
 
 # --------------------------------------------------------------------------- records
@@ -181,6 +206,7 @@ class Claim:
     line: int  # line of the `id:` key
     title: str
     claim: str
+    scope: str
     thread: str  # file name under claims/threads/, with .txt
     quote: str
     quote_span: tuple[int, int]  # character offsets of the quote in the thread text
@@ -189,7 +215,8 @@ class Claim:
     params: dict[str, Any]  # as given in the file, type-checked (defaults NOT filled in)
     seeds: int
     timeout: float
-    conditions: tuple[tuple[str, Condition], ...]
+    conditions: tuple[NamedCondition, ...]  # headline: they decide the verdict
+    beyond: tuple[NamedCondition, ...]  # shown beside the verdict, never part of it
     expected: str | None
     explanation: str
     references: tuple[Reference, ...]
@@ -208,7 +235,8 @@ class Claim:
             "experiment": self.experiment,
             "params": self.run_params(),
             "seeds": self.seeds,
-            "rule": [[name, c.text] for name, c in self.conditions],
+            "rule": [[c.name, c.text] for c in self.conditions],
+            "beyond": [[c.name, c.text] for c in self.beyond],
         }
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
@@ -225,13 +253,8 @@ def normalize_space(text: str) -> str:
 
 
 def find_quote(thread_text: str, quote: str) -> tuple[int, int] | None:
-    """Character span of ``quote`` in ``thread_text``, ignoring differences in whitespace."""
-    words = quote.split()
-    if not words:
-        return None
-    pattern = r"\s+".join(re.escape(w) for w in words)
-    match = re.search(pattern, thread_text)
-    return (match.start(), match.end()) if match else None
+    """Character span of ``quote`` in ``thread_text`` under the one matching rule (``bnclaims.textmatch``)."""
+    return textmatch.find(thread_text, quote)
 
 
 def display_path(path: Path) -> str:
@@ -327,7 +350,7 @@ class _Checker:
             missing = [k for k in schema.get("required", []) if k not in node.value]
             for key in missing:
                 self.add(node, f"missing required key '{key}'" + ("" if field == "claim" else f" in {field}")
-                         + f" (found keys: {', '.join(node.value) or 'none'})")
+                         + f" (found keys: {', '.join(node.value) or 'none'})" + MISSING_HINTS.get(key, ""))
                 ok = False
             return ok
         return True
@@ -454,47 +477,25 @@ def _load_one(path: Path, threads_dir: Path, thread_cache: dict) -> tuple[Claim 
             elif quote_node is not None and isinstance(quote_node.value, str) and quote_node.value.strip():
                 span = find_quote(thread_text, quote_node.value)
                 if span is None:
-                    checker.add(quote_node, f"quote not found in thread {thread_name} (found {_found(quote_node)})")
+                    hint = textmatch.closest(thread_text, quote_node.value)
+                    checker.add(quote_node, f"quote not found in thread {thread_name} (found {_found(quote_node)})"
+                                + (f"; {hint}" if hint else ""))
                 else:
                     quote, quote_span = quote_node.value, span
         elif thread_node is not None and isinstance(thread_node.value, str):
             checker.add(thread_node, f"thread must be a file name under claims/threads/ (found {_found(thread_node)})")
 
-    # rule conditions: grammar and metric names
-    conditions: list[tuple[str, Condition]] = []
+    # rule conditions: grammar, metric names, the words each headline condition tests, duplicates
     rule = _get(root, "rule")
-    cond_list = _get(rule, "conditions") if rule is not None and rule.kind == "map" else None
-    if cond_list is not None and cond_list.kind == "seq":
-        names_seen: set[str] = set()
-        for item in cond_list.value:
-            if item.kind != "map":
-                continue
-            name_node, holds_node = _get(item, "name"), _get(item, "holds")
-            if name_node is None or holds_node is None or not isinstance(holds_node.value, str) \
-                    or not isinstance(name_node.value, str) or len(holds_node.value) > MAX_RULE_LENGTH:
-                continue
-            if name_node.value in names_seen:
-                checker.add(name_node, f"condition name used twice (found '{name_node.value}')")
-            names_seen.add(name_node.value)
-            try:
-                condition = parse_condition(holds_node.value)
-            except RuleSyntaxError as e:
-                checker.add(holds_node, f"invalid rule: {e.message} at character {e.offset + 1} of {holds_node.value!r}")
-                continue
-            if exp is not None:
-                bad = False
-                for metric in condition.metric_names:
-                    if metric in exp.series:
-                        checker.add(holds_node, f"'{metric}' is a series (for plots), rules need a scalar metric "
-                                    f"(found '{metric}'); metrics: {', '.join(exp.metrics)}")
-                        bad = True
-                    elif metric not in exp.metrics:
-                        checker.add(holds_node, f"unknown metric for experiment '{exp.name}' (found '{metric}'"
-                                    f"{did_you_mean(metric, exp.metrics)}); metrics: {', '.join(exp.metrics)}")
-                        bad = True
-                if bad:
-                    continue
-            conditions.append((name_node.value, condition))
+    rule = rule if rule is not None and rule.kind == "map" else None
+    headline = _rule_conditions(rule and _get(rule, "conditions"), "conditions", exp, quote, checker)
+    beyond = _rule_conditions(rule and _get(rule, "beyond"), "beyond", exp, quote, checker)
+    seen_holds: list[str] = []
+    for item, holds_node in headline + beyond:
+        if any(same_condition(item.text, other) for other in seen_holds):
+            checker.add(holds_node, f"the same condition appears twice in the rule (found {item.text!r}); "
+                        "one question, one condition")
+        seen_holds.append(item.text)
 
     # plots: series names
     plots: list[Plot] = []
@@ -550,6 +551,7 @@ def _load_one(path: Path, threads_dir: Path, thread_cache: dict) -> tuple[Claim 
         line=_key(root, "id").line,
         title=data_plain["title"].strip(),
         claim=data_plain["claim"].strip(),
+        scope=data_plain["scope"].strip(),
         thread=thread_name,
         quote=quote,
         quote_span=quote_span,
@@ -558,7 +560,8 @@ def _load_one(path: Path, threads_dir: Path, thread_cache: dict) -> tuple[Claim 
         params=params,
         seeds=data_plain["seeds"],
         timeout=float(data_plain.get("timeout", DEFAULT_TIMEOUT)),
-        conditions=tuple(conditions),
+        conditions=tuple(item for item, _ in headline),
+        beyond=tuple(item for item, _ in beyond),
         expected=data_plain.get("expected"),
         explanation=data_plain["explanation"].strip(),
         references=references,
@@ -566,6 +569,52 @@ def _load_one(path: Path, threads_dir: Path, thread_cache: dict) -> tuple[Claim 
         source_text=text,
     )
     return claim, []
+
+
+def _rule_conditions(node: Located | None, key: str, exp, quote: str,
+                     checker: _Checker) -> list[tuple[NamedCondition, Located]]:
+    """The valid conditions of ``rule.<key>`` with their ``holds`` nodes; problems go to ``checker``."""
+    if node is None or node.kind != "seq":
+        return []
+    out: list[tuple[NamedCondition, Located]] = []
+    names_seen: set[str] = set()
+    for item in node.value:
+        if item.kind != "map":
+            continue
+        name_node, holds_node, tests_node = _get(item, "name"), _get(item, "holds"), _get(item, "tests")
+        if name_node is None or holds_node is None or not isinstance(holds_node.value, str) \
+                or not isinstance(name_node.value, str) or len(holds_node.value) > MAX_RULE_LENGTH:
+            continue
+        if name_node.value in names_seen:
+            checker.add(name_node, f"condition name used twice in rule.{key} (found '{name_node.value}')")
+        names_seen.add(name_node.value)
+        tests = None
+        if tests_node is not None and isinstance(tests_node.value, str) and tests_node.value.strip():
+            tests = " ".join(tests_node.value.split())
+            if quote and textmatch.find(quote, tests) is None:
+                hint = textmatch.closest(quote, tests)
+                checker.add(tests_node, f"tests: must be words of the quote (found {_found(tests_node)})"
+                            + (f"; {hint}" if hint else ""))
+        try:
+            condition = parse_condition(holds_node.value)
+        except RuleSyntaxError as e:
+            checker.add(holds_node, f"invalid rule: {e.message} at character {e.offset + 1} of {holds_node.value!r}")
+            continue
+        if exp is not None:
+            bad = False
+            for metric in condition.metric_names:
+                if metric in exp.series:
+                    checker.add(holds_node, f"'{metric}' is a series (for plots), rules need a scalar metric "
+                                f"(found '{metric}'); metrics: {', '.join(exp.metrics)}")
+                    bad = True
+                elif metric not in exp.metrics:
+                    checker.add(holds_node, f"unknown metric for experiment '{exp.name}' (found '{metric}'"
+                                f"{did_you_mean(metric, exp.metrics)}); metrics: {', '.join(exp.metrics)}")
+                    bad = True
+            if bad:
+                continue
+        out.append((NamedCondition(name_node.value, condition, tests), holds_node))
+    return out
 
 
 def claim_files(paths: list[Path]) -> list[Path]:

@@ -239,6 +239,12 @@ def _num(x: float | None) -> str:
     return f"{x:.4g}"
 
 
+def _condition_line(c, width: int) -> str:
+    p = f", p = {c.p_value:.3g}" if c.p_value is not None else ""
+    return (f"    {c.verdict:<12} {c.name:<{width}}  {c.text}: estimate {_num(c.estimate)}, "
+            f"CI [{_num(c.ci_low)}, {_num(c.ci_high)}]{p}")
+
+
 def failure_report(result, page: str) -> str:
     """What a failing claim says: the claim, expected vs got, the evidence, where to read more."""
     from bnclaims.claims import display_path
@@ -256,12 +262,14 @@ def failure_report(result, page: str) -> str:
         lines.append(f"  error:    {result.error}")
     else:
         lines.append(f"  reason:   {result.reason}")
-        lines.append(f"  conditions ({len(result.runs)} seeds, 95% CI):")
-        width = max(len(c.name) for c in result.verdict.conditions)
+        level = f"{100 * result.verdict.level:.4g}%"
+        lines.append(f"  conditions ({len(result.runs)} seeds, {level} CI each, 95% family-wise):")
+        width = max(len(c.name) for c in result.verdict.conditions + result.verdict.beyond)
         for c in result.verdict.conditions:
-            p = f", p = {c.p_value:.3g}" if c.p_value is not None else ""
-            lines.append(f"    {c.verdict:<12} {c.name:<{width}}  {c.text}: estimate {_num(c.estimate)}, "
-                         f"CI [{_num(c.ci_low)}, {_num(c.ci_high)}]{p}")
+            lines.append(_condition_line(c, width))
+        if result.verdict.beyond:
+            lines.append("  beyond the sentence (95% CI; does not change the verdict):")
+            lines.extend(_condition_line(c, width) for c in result.verdict.beyond)
     cached = sum(r.cached for r in result.runs)
     lines.append(f"  runs:     {seeds} ({len(result.seeds)} seeds, {cached} cached) of experiment {claim.experiment}")
     lines.append(f"  file:     {display_path(claim.path)}:{claim.line}")

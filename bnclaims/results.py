@@ -9,7 +9,7 @@ import numpy as np
 from scipy import stats
 
 from bnclaims.claims import Claim
-from bnclaims.verdict import CONFIDENCE, Verdict, judge, mean_interval
+from bnclaims.verdict import ANSWER, CONFIDENCE, Verdict, judge, mean_interval
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,11 @@ class ClaimResult:
             "matches_expected": self.matches_expected,
             "reason": self.reason,
             "metrics": {name: m.to_json() for name, m in self.metrics.items()},
+            "answer": ANSWER[self.status],
+            "scope": self.claim.scope,
+            "level": self.verdict.level if self.verdict else None,
             "conditions": [c.to_json() for c in self.verdict.conditions] if self.verdict else [],
+            "beyond": [c.to_json() for c in self.verdict.beyond] if self.verdict else [],
             "seeds": list(self.seeds),
             "seconds": round(self.seconds, 3),
             "cpu_seconds": round(sum(r.cpu_seconds for r in self.runs), 3),
@@ -146,7 +150,7 @@ def build_result(
         more = f" (and {len(errors) - 1} more seeds failed)" if len(errors) > 1 else ""
         return ClaimResult(status="error", verdict=None, error=errors[first] + more, **common)
     try:
-        verdict = judge(list(claim.conditions), [r.metrics for r in runs])
+        verdict = judge(claim.conditions, [r.metrics for r in runs], claim.beyond)
     except (ValueError, ZeroDivisionError, FloatingPointError) as e:
         return ClaimResult(status="error", verdict=None, error=f"rule could not be judged: {e}", **common)
     return ClaimResult(status=verdict.verdict, verdict=verdict, error=None, **common)

@@ -18,6 +18,7 @@ Grammar::
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -119,4 +120,29 @@ def parse_condition(text: str) -> Condition:
         raise RuleSyntaxError(f"unexpected text after the rule (found {peek()[1]!r})", peek()[2])
     if stat == "geomean" and combine == "-":
         raise RuleSyntaxError("geomean needs a positive operand: a metric or a ratio a / b (found a difference)", 0)
+    if stat == "geomean":  # a geometric mean is positive: a bound at or below 0 could never be judged
+        bounds = (condition.threshold,) if condition.op != "between" else (condition.low, condition.high)
+        if any(b <= 0 for b in bounds):
+            raise RuleSyntaxError("a geomean is always positive, so it needs positive thresholds (found "
+                                  + " and ".join(f"{b:g}" for b in bounds) + ")", offset)
+    if any(not math.isfinite(b) for b in (condition.threshold, condition.low, condition.high) if b is not None):
+        raise RuleSyntaxError("thresholds must be finite numbers (found one too large for a float)", offset)
     return condition
+
+
+@dataclass(frozen=True)
+class NamedCondition:
+    """A condition of a claim's rule with its name and, for a headline condition, the words it tests."""
+
+    name: str
+    condition: Condition
+    tests: str | None = None  # a fragment of the claim's quote (required for headline conditions)
+
+    @property
+    def text(self) -> str:
+        return self.condition.text
+
+
+def same_condition(a: str, b: str) -> bool:
+    """Two ``holds`` texts state the same test (they differ at most in whitespace)."""
+    return "".join(a.split()) == "".join(b.split())

@@ -19,6 +19,9 @@ id: {id}
 title: {title}
 claim: >
   State the claim in plain words, as a statement an experiment can test.
+scope: >
+  What the author asserts and in what setting (training or inference mode, which network,
+  "usually" or "always"), read from the thread. For a question, the assertion it implies.
 source:
   thread: {thread}
   quote: {quote}
@@ -27,9 +30,11 @@ experiment: {experiment}
 params: {{}}            # parameters of the experiment (see `bnclaims list --experiments`)
 seeds: 10
 rule:
-  conditions:
+  conditions:           # headline: only what the quote asserts; these decide the verdict
     - name: what must hold
+      tests: {tests}    # the words of the quote this condition tests
       holds: {holds}
+  beyond: []            # everything outside the sentence: shown beside the verdict, never part of it
 explanation: >
   What was measured, what came out, and why. Shown on the claim's page.
 references:
@@ -68,6 +73,7 @@ def scaffold(claim_id: str, claims_dir: Path, *, experiment: str | None = None, 
     quote = " ".join(words[:8]) or "?"
     title = claim_id.replace("-", " ").capitalize()
     text = TEMPLATE.format(id=claim_id, title=_yaml_string(title), thread=chosen.stem, quote=_yaml_string(quote),
-                           experiment=name, holds=f"mean({metric}) > 0")
+                           tests=_yaml_string(" ".join(words[:3]) or "?"), experiment=name,
+                           holds=f"mean({metric}) > 0")
     atomic_write(path, text.encode())
     return path
