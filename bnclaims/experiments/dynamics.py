@@ -241,8 +241,13 @@ def dead_fraction(net: Net, x: np.ndarray, layer: int) -> np.ndarray:
 
 
 def accuracy(logits: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """(A,) fraction of correct argmax; NaN logits count as wrong."""
-    return (logits.argmax(axis=2) == y[None, :]).mean(axis=1)
+    """(A,) fraction of correct argmax; an example with any non-finite logit (NaN or inf) counts as wrong.
+
+    (np.argmax over all-NaN logits returns 0, which would score a diverged arm at about 10 %.)
+    """
+    with np.errstate(invalid="ignore"):
+        correct = (logits.argmax(axis=2) == y[None, :]) & np.isfinite(logits).all(axis=2)
+    return correct.mean(axis=1)
 
 
 # ----------------------------------------------------------------------------- training
@@ -447,27 +452,52 @@ def late_fluctuation(gamma: np.ndarray, beta: np.ndarray, fraction: float = 0.25
     return 0.5 * (detrended_std(g).sum(axis=-1) + detrended_std(b).sum(axis=-1)) / size
 
 
+SETTLE_FINAL_FRACTION = 0.25   # the final value: mean over the last quarter of training's blocks
+SETTLE_WOBBLE_MULT = 2.0       # a block within 2x the late wobble of the final value counts as arrived
+
+
+def late_wobble(flat: np.ndarray, window: int) -> np.ndarray:
+    """Size of the late fluctuation of a block-averaged trajectory. flat: (K, A, P) -> (A,).
+
+    Over the last `window` blocks each coordinate's straight-line trend is removed; the wobble
+    is the root-mean-square over those blocks of the norm of what is left: how far a single block
+    sits from where the slow trend puts it, in the same units as the distance to the final value.
+    """
+    late = flat[-window:]
+    return np.sqrt((detrended_std(late) ** 2).sum(axis=-1))
+
+
 def settle_fraction(blocks: np.ndarray, init: np.ndarray, tolerance: float = 0.2,
-                    final_blocks: int = 6) -> np.ndarray:
-    """When a parameter reaches, and stays within, `tolerance` of its final value.
+                    final_fraction: float = SETTLE_FINAL_FRACTION,
+                    wobble_mult: float = SETTLE_WOBBLE_MULT) -> np.ndarray:
+    """When a parameter reaches, and stays within, `tolerance` of its final value -- up to the late wobble.
 
     blocks: (K, A, ...) block averages over training; init: (A, ...) the initial value.
-    final = mean of the last `final_blocks` blocks; d_k = ||block_k - final||, d_0 = ||init - final||
-    (norms over everything but the arm axis). Returns (A,): (k + 1) / K for the first block k from
-    which every later block has d <= tolerance * d_0 -- the fraction of training after which the
-    parameter stays settled. Non-finite (diverged) arms get 1.0 (never settled).
+    final = mean of the last `final_fraction` of the blocks (a long average, so the final value
+    itself carries little wobble); d_k = ||block_k - final||, d_0 = ||init - final|| (norms over
+    everything but the arm axis); nu = `late_wobble` over the same last blocks. The band is
+    sqrt((tolerance * d_0)^2 + (wobble_mult * nu)^2): with no wobble it is "80 % of the way
+    covered"; a parameter that keeps jittering at constant lr counts as arrived once its distance
+    to the final value is no more than its own late jitter explains (a block's distance to the
+    final value is about nu even when nothing but the wobble is left, and in many dimensions
+    that norm barely varies, so 2 nu is rarely exceeded by wobble alone). Returns (A,):
+    (k + 1) / K for the first block k from which every later block is inside the band -- the
+    fraction of training after which the parameter stays settled. Non-finite (diverged) arms
+    get 1.0 (never settled).
     """
     k_blocks, a = blocks.shape[:2]
     flat = blocks.reshape(k_blocks, a, -1).astype(np.float64)
-    final = flat[-final_blocks:].mean(axis=0)
+    window = max(int(round(final_fraction * k_blocks)), 3)
+    final = flat[-window:].mean(axis=0)
     d = np.linalg.norm(flat - final, axis=2)                         # (K, A)
     d0 = np.linalg.norm(init.reshape(a, -1).astype(np.float64) - final, axis=1)
-    outside = ~(d <= tolerance * d0)                                  # NaN counts as outside
-    # last block that is outside the tolerance; settled from the block after it
+    band = np.sqrt((tolerance * d0) ** 2 + (wobble_mult * late_wobble(flat, window)) ** 2)
+    outside = ~(d <= band)                                            # NaN counts as outside
+    # last block that is outside the band; settled from the block after it
     last_out = np.where(outside.any(axis=0), k_blocks - 1 - np.argmax(outside[::-1], axis=0), -1)
     frac = (last_out + 2) / k_blocks
     frac = np.minimum(frac, 1.0)
-    frac[~np.isfinite(d0) | ~np.isfinite(d).all(axis=0)] = 1.0
+    frac[~np.isfinite(d0) | ~np.isfinite(d).all(axis=0) | ~np.isfinite(band)] = 1.0
     return frac
 
 
@@ -554,6 +584,8 @@ def best_arm(record: Record) -> int:
         "drift_plain_l2": "no-norm net, common lr: layer 2 pre-activation",
         "drift_bn_input_l1": "BN net, common lr: the same drift for the BN layer's INPUT (before normalizing), layer 1",
         "drift_bn_input_l2": "BN net, common lr: BN input, layer 2",
+        "drift_bn_common": "BN net, common lr: drift of the normalized output, mean of layers 1 and 2",
+        "drift_plain_common": "no-norm net, common lr: drift of the pre-activation, mean of layers 1 and 2",
         "drift_bn_best": "BN net at its own best lr: drift of the normalized output, mean of layers 1 and 2",
         "drift_plain_best": "no-norm net at its own best lr: drift of the pre-activation, mean of layers 1 and 2",
         "val_acc_bn": "BN net, common lr: final validation accuracy",
@@ -600,6 +632,8 @@ def probe_drift_experiment(rng: np.random.Generator, *, lr_common: float = 0.1, 
         "drift_bn_l1": d_bn[0][:, 0].mean(), "drift_plain_l1": d_plain[0][:, 0].mean(),
         "drift_bn_l2": d_bn[1][:, 0].mean(), "drift_plain_l2": d_plain[1][:, 0].mean(),
         "drift_bn_input_l1": d_input[0][:, 0].mean(), "drift_bn_input_l2": d_input[1][:, 0].mean(),
+        "drift_bn_common": 0.5 * (d_bn[0][:, 0].mean() + d_bn[1][:, 0].mean()),
+        "drift_plain_common": 0.5 * (d_plain[0][:, 0].mean() + d_plain[1][:, 0].mean()),
         "drift_bn_best": 0.5 * (d_bn[0][:, 1].mean() + d_bn[1][:, 1].mean()),
         "drift_plain_best": 0.5 * (d_plain[0][:, 1].mean() + d_plain[1][:, 1].mean()),
         "val_acc_bn": bn.val_acc[0], "val_acc_plain": plain.val_acc[0],
@@ -626,6 +660,11 @@ def _gb_steps(record: Record) -> tuple[np.ndarray, np.ndarray]:
 @experiment(
     "gamma-beta-step-vs-lr",
     metrics={
+        "slope_gb_sgd": "SGD: slope of log(mean per-step change of gamma and beta, (|d gamma| + |d beta|) / 2) "
+                        "against log(lr) over the lr grid",
+        "slope_gb_mom": "SGD + momentum 0.9: the same slope for gamma and beta together",
+        "step_gb_sgd_lr0p01": "SGD at lr 0.01: mean per-step (|d gamma| + |d beta|) / 2",
+        "step_gb_mom_lr0p01": "momentum 0.9 at lr 0.01: mean per-step (|d gamma| + |d beta|) / 2",
         "slope_gamma_sgd": "SGD: slope of log(mean per-step |d gamma|) against log(lr) over the lr grid",
         "slope_beta_sgd": "SGD: the same for beta",
         "slope_gamma_mom": "SGD + momentum 0.9: slope for gamma",
@@ -670,7 +709,10 @@ def step_vs_lr(rng: np.random.Generator, *, momentum: float = 0.9, epochs: int =
     k = len(STEP_LRS)
     grid = np.array(STEP_LRS)
     mid = STEP_LRS.index(0.01)
+    gb = 0.5 * (dg + db)
     return {
+        "slope_gb_sgd": log_slope(grid, gb[:k]), "slope_gb_mom": log_slope(grid, gb[k:]),
+        "step_gb_sgd_lr0p01": gb[mid], "step_gb_mom_lr0p01": gb[k + mid],
         "slope_gamma_sgd": log_slope(grid, dg[:k]), "slope_beta_sgd": log_slope(grid, db[:k]),
         "slope_gamma_mom": log_slope(grid, dg[k:]), "slope_beta_mom": log_slope(grid, db[k:]),
         "step_gamma_sgd_lr0p01": dg[mid], "step_gamma_mom_lr0p01": dg[k + mid],
@@ -708,6 +750,8 @@ def _grid_metrics() -> dict:
             tag = f"{order}_{lr_name(lr)}"
             metrics[f"relstep_gamma_{tag}"] = (f"{order} batches, lr {lr:g}: mean per-step |d gamma| / mean |gamma|")
             metrics[f"relstep_beta_{tag}"] = (f"{order} batches, lr {lr:g}: mean per-step |d beta| / mean |gamma|")
+            metrics[f"relstep_gb_{tag}"] = (f"{order} batches, lr {lr:g}: mean per-step change of gamma and beta, "
+                                            f"(|d gamma| + |d beta|) / 2 / mean |gamma|")
             metrics[f"fluct_{tag}"] = (f"{order} batches, lr {lr:g}: detrended std of gamma and beta over the last "
                                        f"25 % of training / mean |gamma| ({DIVERGED_FLUCT:g} if diverged: unbounded)")
             metrics[f"val_acc_{tag}"] = f"{order} batches, lr {lr:g}: final validation accuracy (0 if diverged)"
@@ -763,6 +807,7 @@ def lr_order_grid(rng: np.random.Generator, *, epochs: int = 20, batch_size: int
             tag = f"{order}_{lr_name(lr)}"
             out[f"relstep_gamma_{tag}"] = g[a]
             out[f"relstep_beta_{tag}"] = b[a]
+            out[f"relstep_gb_{tag}"] = 0.5 * (g[a] + b[a])
             out[f"fluct_{tag}"] = DIVERGED_FLUCT if rec.diverged[a] else fl[a]
             out[f"val_acc_{tag}"] = acc[a]
         out[f"relstep_gamma_{order}"] = g[j * k:(j + 1) * k]
@@ -793,7 +838,8 @@ def _settle_metrics() -> dict:
     for lr in SETTLE_LRS:
         tag = lr_name(lr)
         metrics[f"settle_gb_{tag}"] = (f"lr {lr:g}: fraction of training after which gamma and beta stay within "
-                                       f"{SETTLE_TOLERANCE:g} of their initial distance to the final value "
+                                       f"{SETTLE_TOLERANCE:g} of their initial distance to the final value (mean "
+                                       f"of the last quarter), widened by twice their late detrended wobble "
                                        f"(mean over gamma, beta of both BN layers; 1 = never)")
         metrics[f"settle_wdir_{tag}"] = (f"lr {lr:g}: the same for the unit directions of W (columns scaled to "
                                          f"length 1), mean over both BN layers")
@@ -829,9 +875,11 @@ def settling(rng: np.random.Generator, *, epochs: int = 20, batch_size: int = 32
     Arms (one stack, paired: same initial weights, same shuffled batches): BN MLP
     64-width-width-10, plain SGD at lr 0.01, 0.03, 0.1, 0.3, 1, 3, 10 (up to rates where training
     breaks down). Parameters are averaged over blocks of `block_steps` steps (a third of an epoch);
-    the final value is the mean of the last 6 blocks (2 epochs). A parameter has settled from the
-    first block after which its distance to the final value stays within 0.2 of its initial
-    distance (it has covered 80 % of its way and does not leave again). Also the late-training
+    the final value is the mean of the blocks of the last quarter of training (5 epochs). A
+    parameter has settled from the first block after which its distance to the final value stays
+    within sqrt((0.2 d_0)^2 + (2 nu)^2), d_0 its initial distance and nu its late wobble (the
+    detrended block-to-block jitter over the last quarter): it has covered 80 % of its way, or
+    is as close as its constant-lr jitter lets it be, and does not leave again (`settle_fraction`). Also the late-training
     detrended fluctuation of gamma, beta. Scale: digits, 20 epochs (660 steps), batch 32.
     """
     data = load()
@@ -862,7 +910,7 @@ def settling(rng: np.random.Generator, *, epochs: int = 20, batch_size: int = 32
 
     def rel_dist(blocks, init):
         flat = blocks[:, mid].reshape(blocks.shape[0], -1).astype(np.float64)
-        final = flat[-6:].mean(axis=0)
+        final = flat[-max(int(round(SETTLE_FINAL_FRACTION * flat.shape[0])), 3):].mean(axis=0)
         return np.linalg.norm(flat - final, axis=1) / np.linalg.norm(init[mid].ravel() - final)
 
     dist_gb = np.mean([rel_dist(rec.block_gamma[i], rec.gamma[i][0]) for i in range(L)]
