@@ -88,3 +88,15 @@ def test_eval_mode_ignores_the_outlier_and_single_examples_match_the_batch():
 def test_outlier_magnitudes_must_include_mild_and_extreme():
     with pytest.raises(ValueError):
         inf.outlier_in_batch(np.random.default_rng(0), epochs=1, magnitudes=[1.0, 4.0])
+
+
+def test_outlier_cost_is_measured_against_training_mode_not_eval_mode():
+    # issue 14: the outlier's own cost compares training-mode arms on the same batches; with
+    # mild = 1 (the reference arm itself) it must be exactly 0, whatever eval mode gives
+    out = inf.outlier_in_batch(np.random.default_rng(3), epochs=1, magnitudes=[1.0, 2.0, 16.0], mild=1.0,
+                               extreme=16.0)
+    assert out["outlier_cost_mild"] == 0.0
+    assert out["outlier_cost_extreme"] == pytest.approx(out["acc_train_clean"] - out["acc_train_extreme"])
+    assert out["batch_stats_cost"] == pytest.approx(out["acc_eval"] - out["acc_train_clean"])
+    by_k = out["acc_train_by_magnitude"]
+    assert out["acc_train_clean"] == by_k[0] and out["acc_train_extreme"] == by_k[2]

@@ -95,6 +95,11 @@ def _logits(params, state, X, cfg, train: bool) -> np.ndarray:
         "acc_train_clean": "same examples predicted in training mode, batches of clean digits only",
         "acc_train_mild": "training mode, each batch holding one digit `mild` x brighter",
         "acc_train_extreme": "training mode, each batch holding one digit `extreme` x brighter",
+        "outlier_cost_mild": "acc_train_clean - acc_train_mild: what the `mild` x brighter digit itself costs "
+                             "(same batches, same mode; only the outlier's brightness differs)",
+        "outlier_cost_extreme": "acc_train_clean - acc_train_extreme: the cost of the `extreme` x brighter digit",
+        "batch_stats_cost": "acc_eval - acc_train_clean: the cost of ordinary training-mode statistics "
+                            "(batches of 32 ordinary digits) against running statistics, no outlier involved",
         "eval_max_change": "max |change| of a clean example's eval-mode logits when the outlier joins its "
                            "batch, relative to the largest |logit|",
     },
@@ -125,6 +130,11 @@ def outlier_in_batch(
     examples are predicted (a) in training mode, normalized with the statistics of their batch
     including the outlier, and (b) in eval mode with the running statistics. Reports the clean
     accuracy per k and the largest change of any eval-mode logit caused by the outlier.
+
+    The cost of an outlier is measured against the training-mode arm with k = 1 (the same
+    batches, the extra digit at its ordinary brightness), never against eval mode: eval minus
+    training mode also contains the cost of ordinary batch statistics (`batch_stats_cost`),
+    which has nothing to do with the outlier.
     """
     for k in (1.0, mild, extreme):
         if k not in magnitudes:
@@ -172,6 +182,9 @@ def outlier_in_batch(
         "acc_train_clean": float(acc_by_k[mags.index(1.0)]),
         "acc_train_mild": float(acc_by_k[mags.index(mild)]),
         "acc_train_extreme": float(acc_by_k[mags.index(extreme)]),
+        "outlier_cost_mild": float(acc_by_k[mags.index(1.0)] - acc_by_k[mags.index(mild)]),
+        "outlier_cost_extreme": float(acc_by_k[mags.index(1.0)] - acc_by_k[mags.index(extreme)]),
+        "batch_stats_cost": float(acc_eval - acc_by_k[mags.index(1.0)]),
         "eval_max_change": eval_change,
         "magnitude": np.array(mags, dtype=float),
         "acc_train_by_magnitude": acc_by_k,
@@ -400,10 +413,38 @@ def shift_images(raw: np.ndarray, kind: Literal["clean", "affine", "gamma", "tra
 SHIFTS = ("clean", "affine", "gamma", "translate")
 
 
+def affine_at_strength(strength: float, contrast: float, brightness: float) -> dict:
+    """The brightness/contrast shift at strength s: contrast 1 - s (1 - `contrast`), brightness
+    s * `brightness` (s = 0 is the identity, s = 1 the full `contrast` x + `brightness`)."""
+    return dict(contrast=1.0 - strength * (1.0 - contrast), brightness=strength * brightness)
+
+
+def shift_strength_validation(seed: int, strengths: list[float], *, lr_plain: float, lr_bn: float,
+                              epochs: int = 20, contrast: float = 0.5, brightness: float = 0.3) -> dict:
+    """VALIDATION accuracy of both nets (BN with running statistics) on brightness/contrast-shifted
+    validation images, per strength, for one seed; the clean value first.
+
+    Used once, by hand, on validation seeds (50000+) to choose the strength of the headline shift
+    of `bn-covariate-shift-adabn` (a strength where neither net is near chance or near 100 %);
+    the test images are not looked at.
+    """
+    split = digits()
+    plain = train_digits(np.random.default_rng(seed), "none", lr_plain, epochs)
+    bn = train_digits(np.random.default_rng(seed), "batch", lr_bn, epochs)
+    raw_val = _raw(split, split.X_val)
+    out: dict = {"strength": [0.0] + list(strengths), "plain": [], "bn": []}
+    for s in out["strength"]:
+        X_val = _standardize(split, shift_images(raw_val, "affine", **affine_at_strength(s, contrast, brightness)))
+        out["plain"].append(model.accuracy(plain.params, plain.state, X_val, split.y_val, plain.config))
+        out["bn"].append(model.accuracy(bn.params, bn.state, X_val, split.y_val, bn.config))
+    return out
+
+
 @experiment(
     "bn-covariate-shift-adabn",
     metrics={
-        **{f"acc_plain_{s}": f"test accuracy, no normalization, {s} test inputs" for s in SHIFTS},
+        **{f"acc_plain_{s}": f"test accuracy, no normalization, {s} test inputs (affine: at `affine_strength`)"
+           for s in SHIFTS},
         **{f"acc_bn_{s}": f"test accuracy, BN with its running statistics, {s} test inputs" for s in SHIFTS},
         **{f"acc_adabn_{s}": f"test accuracy, BN with statistics re-estimated on {s} validation inputs (AdaBN)"
            for s in SHIFTS},
@@ -431,14 +472,16 @@ def covariate_shift_adabn(
     contrast: float = 0.5,
     brightness: float = 0.3,
     gamma: float = 0.4,
+    affine_strength: float = 1.0,
     severities: list[float] = [0.0, 0.05, 0.1, 0.2, 0.4, 0.7, 1.0],  # noqa: B006 - never mutated
 ) -> dict:
     """Does batch norm protect a model from a train/test shift of the input distribution?
 
     Trains the module's recipe twice from the same weights and batches: without normalization
     (at `lr_plain`) and with batch norm (at `lr_bn`), each at its own validation-chosen rate.
-    Test inputs come from four domains (`shift_images`): clean, brightness/contrast
-    (`contrast` x + `brightness`), a gamma curve x ** `gamma`, a one-pixel translation. Each
+    Test inputs come from four domains (`shift_images`): clean, brightness/contrast at strength
+    `affine_strength` (`affine_at_strength`: 1 is `contrast` x + `brightness`, smaller values
+    interpolate towards the identity), a gamma curve x ** `gamma`, a one-pixel translation. Each
     domain is standardized with the TRAINING pixel statistics (the deployed preprocessing).
     The BN model is evaluated with its running statistics, and with statistics re-estimated
     on the validation images of the same domain (AdaBN, Li et al. 2016; labels not used; the
@@ -454,7 +497,7 @@ def covariate_shift_adabn(
     raw_test, raw_val = _raw(split, split.X_test), _raw(split, split.X_val)
     out: dict = {}
     for s in SHIFTS:
-        kwargs = dict(contrast=contrast, brightness=brightness, gamma=gamma)
+        kwargs = dict(affine_at_strength(affine_strength, contrast, brightness), gamma=gamma)
         X_test = _standardize(split, shift_images(raw_test, s, **kwargs))
         X_val = _standardize(split, shift_images(raw_val, s, **kwargs))
         out[f"acc_plain_{s}"] = model.accuracy(plain.params, plain.state, X_test, split.y_test, plain.config)
@@ -466,7 +509,7 @@ def covariate_shift_adabn(
         out[f"drop_bn_{s}"] = out["acc_bn_clean"] - out[f"acc_bn_{s}"]
     sweep = {"plain": [], "bn": [], "adabn": []}
     for level in severities:
-        kwargs = dict(contrast=1.0 - level * (1.0 - contrast), brightness=level * brightness)
+        kwargs = affine_at_strength(level, contrast, brightness)
         X_test = _standardize(split, shift_images(raw_test, "affine", **kwargs))
         X_val = _standardize(split, shift_images(raw_val, "affine", **kwargs))
         sweep["plain"].append(model.accuracy(plain.params, plain.state, X_test, split.y_test, plain.config))
