@@ -383,6 +383,7 @@ def _key(node: Located, key: str) -> Located | None:
 # --------------------------------------------------------------------------- loading
 
 _OUTSIDE = object()  # a thread file that resolves (through a symlink) to outside the threads directory
+_TOO_LARGE = object()  # a thread file over 1 MiB, refused unread as claim files are
 
 
 def _read_thread(threads_dir: Path, thread_path: Path):
@@ -390,6 +391,8 @@ def _read_thread(threads_dir: Path, thread_path: Path):
     try:
         if not thread_path.resolve().is_relative_to(threads_dir.resolve()):
             return _OUTSIDE
+        if thread_path.is_file() and thread_path.stat().st_size > MAX_BYTES:
+            return _TOO_LARGE
         return thread_path.read_text(encoding="utf-8") if thread_path.is_file() else None
     except (OSError, RuntimeError, UnicodeDecodeError):  # RuntimeError: a symlink loop
         return None
@@ -397,6 +400,12 @@ def _read_thread(threads_dir: Path, thread_path: Path):
 
 def _load_one(path: Path, threads_dir: Path, thread_cache: dict) -> tuple[Claim | None, list[Problem]]:
     shown = display_path(path)
+    try:  # as for threads: nothing outside the claims directory is read, and nothing read there is echoed
+        if path.is_symlink() and not path.resolve().is_relative_to(path.parent.resolve()):
+            return None, [Problem(shown, f"a link to a file outside {display_path(path.parent)}/; claim files "
+                                         "must be inside the claims directory (not read)")]
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop
+        return None, [Problem(shown, "a link that cannot be followed (not read)")]
     checker = _Checker(shown)
     try:
         info = path.stat()
@@ -467,7 +476,9 @@ def _load_one(path: Path, threads_dir: Path, thread_cache: dict) -> tuple[Claim 
             if thread_name not in thread_cache:
                 thread_cache[thread_name] = _read_thread(threads_dir, thread_path)
             thread_text = thread_cache[thread_name]
-            if thread_text is _OUTSIDE:
+            if thread_text is _TOO_LARGE:
+                checker.add(thread_node, f"thread file is larger than 1 MiB (found '{thread_node.value}')")
+            elif thread_text is _OUTSIDE:
                 checker.add(thread_node, f"thread must be a file under {display_path(threads_dir)}/ (found "
                             f"'{thread_node.value}', a link to a file outside it)")
             elif thread_text is None:
@@ -592,7 +603,7 @@ def _rule_conditions(node: Located | None, key: str, exp, quote: str,
         if tests_node is not None and isinstance(tests_node.value, str) and tests_node.value.strip():
             tests = " ".join(tests_node.value.split())
             if quote and textmatch.find(quote, tests) is None:
-                hint = textmatch.closest(quote, tests)
+                hint = textmatch.closest(quote, tests, names=("quote", "fragment"))
                 checker.add(tests_node, f"tests: must be words of the quote (found {_found(tests_node)})"
                             + (f"; {hint}" if hint else ""))
         try:
