@@ -2,7 +2,8 @@
 
 Exit codes: 0 every claim ran and every declared ``expected`` verdict held; 1 a claim
 errored or its verdict differs from ``expected``; 2 usage error or an invalid claim file
-(the valid claims still run and are reported).
+(the valid claims still run and are reported); 5 the selection (``-k``, ``--tag``) matched no
+claim (2 wins over 5); 130/143 after SIGINT/SIGTERM (finished seeds are cached).
 """
 
 from __future__ import annotations
@@ -11,13 +12,22 @@ import argparse
 import json
 import os
 import re
+import signal
+import stat
 import sys
 from pathlib import Path
 
 import bnclaims
 from bnclaims.errors import BnclaimsError, Problem, UserError
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_SELECTION = 0, 1, 2, 5
+EXIT_SIGINT, EXIT_SIGTERM = 130, 143
+
+MAX_SEEDS = 10_000  # as in claim files
+MAX_DASK_JOBS = 256
+MEMORY_LIMIT_MIB = (64, 1 << 20)  # 64 MiB .. 1 TiB per worker
+MAX_KEYWORD_DEPTH = 100  # nesting of -k parentheses and 'not'
+MAX_KEYWORD_LENGTH = 10_000
 
 VERDICT_MARK = {"supported": "✓", "refuted": "✗", "mixed": "±", "inconclusive": "?", "error": "!"}
 
@@ -34,9 +44,10 @@ def _selection(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--jobs", "-j", type=int, default=0, metavar="N",
-                        help="worker processes (default: all cores)")
-    parser.add_argument("--seeds", type=_positive_int, metavar="N", help="override every claim's number of seeds")
+    parser.add_argument("--jobs", "-j", type=int, default=None, metavar="N",
+                        help="worker processes (default: all cores; at most 4 x the cores, or 256 with --executor dask)")
+    parser.add_argument("--seeds", type=_seed_count, metavar="N",
+                        help=f"override every claim's number of seeds (1..{MAX_SEEDS})")
     parser.add_argument("--seed-base", type=_nonnegative_int, default=0, metavar="N",
                         help="first seed; seeds are N..N+count-1 (default 0). Compare --seed-base 0 with "
                              "--seed-base 10000 to check a verdict is stable on disjoint seeds")
@@ -45,7 +56,7 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
                         help="where results are cached (default: $XDG_CACHE_HOME/bnclaims or ./.bnclaims-cache)")
     parser.add_argument("--timeout", type=_positive_float, metavar="SECONDS",
                         help="time limit per seed, overriding each claim's 'timeout'")
-    parser.add_argument("--memory-limit", type=_positive_int, default=4096, metavar="MIB",
+    parser.add_argument("--memory-limit", type=_memory_limit, default=4096, metavar="MIB",
                         help="address-space limit per worker process in MiB (default 4096); "
                              "an experiment that exceeds it is reported as an error")
     parser.add_argument("--executor", choices=("local", "dask"),
@@ -54,7 +65,9 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
                              "--scheduler)")
     parser.add_argument("--scheduler", metavar="ADDRESS",
                         help="address of a running Dask scheduler, e.g. tcp://10.0.0.5:8786 (implies --executor dask)")
-    parser.add_argument("--json", type=Path, metavar="FILE", help="also write results as JSON to FILE")
+    parser.add_argument("--json", metavar="FILE",
+                        help="also write results as JSON to FILE ('-': standard output, and the table goes to "
+                             "standard error)")
     parser.add_argument("--explain", action="store_true", help="say why each claim is (or is not) re-run")
 
 
@@ -72,6 +85,21 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1 (found {value})")
+    return value
+
+
+def _seed_count(text: str) -> int:
+    value = _positive_int(text)
+    if value > MAX_SEEDS:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_SEEDS}, as in claim files (found {value})")
+    return value
+
+
+def _memory_limit(text: str) -> int:
+    value = int(text)
+    low, high = MEMORY_LIMIT_MIB
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"must be {low}..{high} MiB (found {value})")
     return value
 
 
@@ -102,7 +130,8 @@ def make_parser() -> argparse.ArgumentParser:
         epilog="Examples:\n  bnclaims check\n  bnclaims run --tag exact\n  bnclaims build --out site\n"
                "  bnclaims run bn-speeds-up-training --seed-base 10000\n\n"
                "Exit codes: 0 all claims ran and matched 'expected'; 1 an error or a verdict differs "
-               "from 'expected'; 2 usage error or invalid claim file.",
+               "from 'expected'; 2 usage error or invalid claim file; 5 -k/--tag matched no claim; "
+               "130/143 interrupted (SIGINT/SIGTERM).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"bnclaims {bnclaims.__version__}")
@@ -117,7 +146,8 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="validate claim files; runs no experiment")
     p.add_argument("targets", nargs="*", metavar="PATH", help="claim files or directories (default: --claims)")
-    p.add_argument("--json", type=Path, metavar="FILE", help="also write the valid and invalid files as JSON to FILE")
+    p.add_argument("--json", metavar="FILE",
+                   help="also write the valid and invalid files as JSON to FILE ('-': standard output)")
     _common(p)
 
     p = sub.add_parser("list", help="ids, titles, tags, thread and last verdict of every claim")
@@ -143,7 +173,12 @@ _KEYWORD_TOKEN = re.compile(r"\s*(\(|\)|[^\s()]+)")
 
 
 def keyword_matcher(expr: str):
-    """Compile a ``-k`` expression (words, and/or/not, parentheses) into a predicate on ids."""
+    """Compile a ``-k`` expression (words, and/or/not, parentheses) into a predicate on ids.
+
+    Parsed into a tree of ("or"|"and", [children]), ("not", child) and ("word", text), evaluated without
+    recursion on long and/or chains; nesting (parentheses, 'not') deeper than 100 is refused."""
+    if len(expr) > MAX_KEYWORD_LENGTH:
+        raise UserError(f"-k: expression longer than {MAX_KEYWORD_LENGTH} characters (found {len(expr)})")
     tokens = [t for t in _KEYWORD_TOKEN.findall(expr)]
     position = 0
 
@@ -155,30 +190,32 @@ def keyword_matcher(expr: str):
         position += 1
         return tokens[position - 1]
 
-    def parse_or():
-        left = parse_and()
+    def deeper(depth: int) -> int:
+        if depth >= MAX_KEYWORD_DEPTH:
+            raise UserError(f"-k: nested deeper than {MAX_KEYWORD_DEPTH} levels of parentheses or 'not'")
+        return depth + 1
+
+    def parse_or(depth: int):
+        items = [parse_and(depth)]
         while peek() == "or":
             take()
-            right = parse_and()
-            left = (lambda a, b: lambda s: a(s) or b(s))(left, right)
-        return left
+            items.append(parse_and(depth))
+        return items[0] if len(items) == 1 else ("or", items)
 
-    def parse_and():
-        left = parse_not()
+    def parse_and(depth: int):
+        items = [parse_not(depth)]
         while peek() == "and":
             take()
-            right = parse_not()
-            left = (lambda a, b: lambda s: a(s) and b(s))(left, right)
-        return left
+            items.append(parse_not(depth))
+        return items[0] if len(items) == 1 else ("and", items)
 
-    def parse_not():
+    def parse_not(depth: int):
         if peek() == "not":
             take()
-            inner = parse_not()
-            return lambda s: not inner(s)
+            return ("not", parse_not(deeper(depth)))
         if peek() == "(":
             take()
-            inner = parse_or()
+            inner = parse_or(deeper(depth))
             if take() != ")" if peek() else True:
                 raise UserError(f"-k: missing ')' in {expr!r}")
             return inner
@@ -186,12 +223,23 @@ def keyword_matcher(expr: str):
         if word is None or word in ("and", "or", ")"):
             raise UserError(f"-k: expected a word (found {word or 'end of expression'!r}) in {expr!r}")
         take()
-        return lambda s, w=word.lower(): w in s.lower()
+        return ("word", word.lower())
 
-    predicate = parse_or()
+    tree = parse_or(0)
     if position != len(tokens):
         raise UserError(f"-k: unexpected {tokens[position]!r} in {expr!r}")
-    return predicate
+
+    def evaluate(node, text: str) -> bool:  # depth <= 100 by construction
+        kind, value = node
+        if kind == "word":
+            return value in text
+        if kind == "not":
+            return not evaluate(value, text)
+        if kind == "and":
+            return all(evaluate(child, text) for child in value)
+        return any(evaluate(child, text) for child in value)
+
+    return lambda s: evaluate(tree, s.lower())
 
 
 def _import_experiments(args) -> tuple[str, ...]:
@@ -205,8 +253,13 @@ def _import_experiments(args) -> tuple[str, ...]:
     for module in modules:
         try:
             importlib.import_module(module)
+        except UserError:
+            raise  # a wrong experiment definition: its own one-line message
         except ImportError as e:
             raise UserError(f"cannot import experiments module {module!r} ({e})") from None
+        except Exception as e:  # noqa: BLE001 - the user's module failed while importing: one line
+            detail = str(e).splitlines()[0] if str(e) else ""
+            raise UserError(f"cannot import experiments module {module!r} ({type(e).__name__}: {detail})") from None
     return modules
 
 
@@ -258,9 +311,20 @@ def _print_problems(problems: list[Problem]) -> None:
 def _options(args, modules):
     from bnclaims.runner import RunOptions
 
-    return RunOptions(jobs=args.jobs, seeds=args.seeds, seed_base=args.seed_base, use_cache=not args.no_cache,
+    return RunOptions(jobs=args.jobs or 0, seeds=args.seeds, seed_base=args.seed_base, use_cache=not args.no_cache,
                       cache_dir=args.cache_dir, timeout=args.timeout, modules=modules,
-                      memory_limit=args.memory_limit * 1024 * 1024)
+                      memory_limit=args.memory_limit * 1024 * 1024, debug=args.debug)
+
+
+def _check_jobs(args) -> None:
+    """--jobs must be 1.. 4 x the cores (a local pool) or 1..256 (Dask); the default is every core."""
+    if args.jobs is None:
+        return
+    dask = (args.executor or ("dask" if args.scheduler else "local")) == "dask"
+    limit = MAX_DASK_JOBS if dask else 4 * (os.cpu_count() or 1)
+    if not 1 <= args.jobs <= limit:
+        where = "with --executor dask" if dask else f"on this machine ({os.cpu_count() or 1} cores)"
+        raise UserError(f"--jobs must be 1..{limit} {where} (found {args.jobs})")
 
 
 def _executor(args, options):
@@ -274,19 +338,21 @@ def _executor(args, options):
     return DaskExecutor(args.scheduler, options.n_jobs(), options.modules, options.memory_limit)
 
 
-def _table(results, quiet: bool) -> None:
+def _table(results, quiet: bool, out) -> None:
     if quiet or not results:
         return
     width = max(len(r.id) for r in results)
-    print(f"  {'claim':<{width}}  {'verdict':<12}  {'expected':<12}  seeds  time")
+    print(f"  {'claim':<{width}}  {'verdict':<12}  {'expected':<12}  seeds  time", file=out)
     for r in results:
         expected = r.claim.expected or "-"
         flag = " " if r.matches_expected else "≠"
         when = "cached" if r.cached else f"{r.seconds:.1f}s"
-        print(f"{VERDICT_MARK[r.status]} {r.id:<{width}}  {r.status:<12}  {expected:<12}{flag} {len(r.seeds):>5}  {when}")
+        print(f"{VERDICT_MARK[r.status]} {r.id:<{width}}  {r.status:<12}  {expected:<12}{flag} {len(r.seeds):>5}  {when}",
+              file=out)
     for r in results:
         if not r.matches_expected:
-            print(f"\n{r.id}: {r.status} (expected {r.claim.expected or 'no error'})\n  {r.reason}\n  {r.claim.path}:{r.claim.line}")
+            print(f"\n{r.id}: {r.status} (expected {r.claim.expected or 'no error'})\n  {r.reason}\n"
+                  f"  {r.claim.path}:{r.claim.line}", file=out)
 
 
 def _summary(results, problems) -> str:
@@ -303,20 +369,79 @@ def _summary(results, problems) -> str:
     return line
 
 
-def _write_json(path: Path, results, problems) -> None:
-    from bnclaims.cache import atomic_write
+# --------------------------------------------------------------------------- --json and --out
 
-    data = {
-        "bnclaims": bnclaims.__version__,
-        "claims": [r.to_json() for r in results],
-        "invalid": [p.to_json() for p in problems],
-    }
-    atomic_write(path, (json.dumps(data, indent=2, allow_nan=False, default=_json_default) + "\n").encode())
+def _json_mode(target: str | None) -> str | None:
+    """How --json will be written, decided before anything runs: 'stdout' for '-', 'replace' (a new or
+    regular file: a temporary renamed over it), 'through' (a symlink to a file, a FIFO, a character
+    device: opened and written, never replaced); anything else is a usage error."""
+    if target is None:
+        return None
+    if target == "-":
+        return "stdout"
+    path = Path(target)
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return "replace"
+    except OSError as e:
+        raise UserError(f"--json {target}: {e.strerror}") from None
+    if stat.S_ISREG(info.st_mode):
+        return "replace"
+    if stat.S_ISLNK(info.st_mode):
+        try:
+            info = os.stat(path)
+        except FileNotFoundError:
+            return "through"  # a dangling link: the file it names is created
+        except OSError as e:
+            raise UserError(f"--json {target}: {e.strerror}") from None
+        if stat.S_ISREG(info.st_mode) or stat.S_ISFIFO(info.st_mode) or stat.S_ISCHR(info.st_mode):
+            return "through"
+    elif stat.S_ISFIFO(info.st_mode) or stat.S_ISCHR(info.st_mode):
+        return "through"
+    kind = ("a directory" if stat.S_ISDIR(info.st_mode) else "a block device" if stat.S_ISBLK(info.st_mode)
+            else "a socket" if stat.S_ISSOCK(info.st_mode) else "not a file")
+    raise UserError(f"--json {target}: is {kind}; give a file name (or '-' for standard output)")
 
 
-def _json_default(value):
-    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+def _write_json(target: str, mode: str, data: dict) -> None:
+    """Strict JSON (a non-finite number is null) to --json, as ``_json_mode`` decided."""
+    from bnclaims.cache import atomic_write, dumps
 
+    text = dumps(data, indent=2) + "\n"
+    if mode == "stdout":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    elif mode == "through":
+        with open(target, "w", encoding="utf-8") as f:  # truncate and write: the link, FIFO or device stays
+            f.write(text)
+    else:
+        atomic_write(Path(target), text.encode())
+
+
+def _inside(path: Path, directory: Path) -> bool:
+    path, directory = Path(os.path.realpath(path)), Path(os.path.realpath(directory))
+    return path == directory or path.is_relative_to(directory)
+
+
+def _check_paths(args, build: bool) -> None:
+    """Everything about --out, --json and the cache that can be wrong, before any seed runs."""
+    if not build:
+        return
+    from bnclaims.cache import default_cache_dir
+    from bnclaims.render import check_out
+
+    check_out(args.out)  # also completes or rolls back a swap a killed build left
+    if args.json not in (None, "-") and _inside(Path(args.json), args.out):
+        raise UserError(f"--json {args.json} is inside --out {args.out}, which a build replaces as a whole; "
+                        "write it elsewhere")
+    cache = args.cache_dir or default_cache_dir()
+    if not args.no_cache and _inside(cache, args.out):
+        raise UserError(f"the cache {cache} is inside --out {args.out}, which a build replaces as a whole; "
+                        "use --cache-dir elsewhere")
+
+
+# --------------------------------------------------------------------------- commands
 
 def _exit_code(results, problems) -> int:
     if problems:
@@ -324,43 +449,74 @@ def _exit_code(results, problems) -> int:
     return EXIT_OK if all(r.matches_expected for r in results) else EXIT_FAILED
 
 
-def cmd_run(args, build: bool = False) -> int:
-    from bnclaims.runner import plan, run_claims
-    from bnclaims.cache import Cache, default_cache_dir
+def _no_selection(args, claims, problems) -> int | None:
+    """Exit 5 (with a message) when -k / --tag matched nothing, as pytest does; an invalid file keeps 2."""
+    if claims or not (getattr(args, "keyword", None) or getattr(args, "tag", None)):
+        return None
+    asked = " and ".join(x for x in (f"-k {args.keyword!r}" if args.keyword else "",
+                                     " ".join(f"--tag {t}" for t in args.tag)) if x)
+    print(f"bnclaims: no claim matches {asked}", file=sys.stderr)
+    return EXIT_USAGE if problems else EXIT_NO_SELECTION
 
+
+def cmd_run(args, build: bool = False) -> int:
+    from bnclaims.cache import Cache, default_cache_dir
+    from bnclaims.runner import plan, run_claims
+
+    _check_jobs(args)
+    json_mode = _json_mode(args.json)
+    human = sys.stderr if json_mode == "stdout" else sys.stdout  # '--json -': stdout is the JSON alone
+    _check_paths(args, build)
     claims, problems, modules = _load(args, args.targets)
     _print_problems(problems)
+    empty = _no_selection(args, claims, problems)
+    if empty is not None:
+        return empty
     options = _options(args, modules)
+    cache = Cache(options.cache_dir or default_cache_dir())
+    executor = _executor(args, options)
     if args.explain:
-        for p in plan(claims, options, Cache(options.cache_dir or default_cache_dir())):
-            print(f"{p.claim.id}: " + "; ".join(p.reasons))
-    results = run_claims(claims, options, executor=_executor(args, options), progress=not args.quiet)
-    _table(results, args.quiet)
-    if args.json:
-        _write_json(args.json, results, problems)
+        for p in plan(claims, options, cache):
+            print(f"{p.claim.id}: " + "; ".join(p.reasons), file=human)
+    results = run_claims(claims, options, executor=executor, progress=not args.quiet, cache=cache)
+    code = _exit_code(results, problems)
+    _table(results, args.quiet, human)
+    failed = []  # the results are never lost: a failure to write one output does not stop the others
+    if json_mode:
+        data = {"bnclaims": bnclaims.__version__, "claims": [r.to_json() for r in results],
+                "invalid": [p.to_json() for p in problems]}
+        try:
+            _write_json(args.json, json_mode, data)
+        except OSError as e:
+            failed.append(f"cannot write --json {args.json} ({e.strerror or e})")
     if build:
         from bnclaims.render import build_site
 
-        written = build_site(results, args.out, claims_dir=args.claims)
-        if not args.quiet:
-            print(f"site written to {args.out}/ ({written} pages)")
-    print(_summary(results, problems))
-    return _exit_code(results, problems)
+        try:
+            written = build_site(results, args.out, claims_dir=args.claims)
+            if not args.quiet:
+                print(f"site written to {args.out}/ ({written} pages)", file=human)
+        except OSError as e:
+            failed.append(f"cannot write the site to {args.out} ({e.strerror or e})")
+    print(_summary(results, problems), file=human)
+    for message in failed:
+        print(f"bnclaims: error: {message}", file=sys.stderr)
+    return max(code, EXIT_FAILED) if failed else code
 
 
 def cmd_check(args) -> int:
+    json_mode = _json_mode(args.json)
+    human = sys.stderr if json_mode == "stdout" else sys.stdout
     claims, problems, _ = _load(args, args.targets)
     _print_problems(problems)
     if not args.quiet:
         for c in claims:
-            print(f"ok  {c.path}")
-    print(f"{len(claims)} valid, {len({p.path for p in problems})} invalid claim file(s)")
-    if args.json:
-        from bnclaims.cache import atomic_write
-
+            print(f"ok  {c.path}", file=human)
+    print(f"{len(claims)} valid, {len({p.path for p in problems})} invalid claim file(s)", file=human)
+    if json_mode:
         data = {"claims": [{"id": c.id, "path": str(c.path), "line": c.line} for c in claims],
                 "invalid": [p.to_json() for p in problems]}
-        atomic_write(args.json, (json.dumps(data, indent=2) + "\n").encode())
+        _write_json(args.json, json_mode, data)
     return EXIT_USAGE if problems else EXIT_OK
 
 
@@ -381,6 +537,9 @@ def cmd_list(args) -> int:
         return EXIT_OK
     claims, problems, _ = _load(args, args.targets)
     _print_problems(problems)
+    empty = _no_selection(args, claims, problems)
+    if empty is not None:
+        return empty
     cache = Cache(args.cache_dir or default_cache_dir())
     width = max((len(c.id) for c in claims), default=10)
     print(f"{'id':<{width}}  {'last verdict':<12}  {'thread':<24}  tags  — title")
@@ -406,6 +565,51 @@ def cmd_schema(args) -> int:
     return EXIT_OK
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the main thread is, so it ends the run as Ctrl-C does (workers stopped,
+    finished seeds kept)."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+class _Stdout:
+    """Standard output that a reader may close early (``bnclaims run | head -1``): the rest of the output
+    is dropped, the run goes on (cache, --json, site) and the exit code is still the run's."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.closed_early = False
+
+    def write(self, text: str) -> int:
+        if not self.closed_early:
+            try:
+                return self.stream.write(text)
+            except BrokenPipeError:
+                self._drop()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.closed_early:
+            try:
+                self.stream.flush()
+            except BrokenPipeError:
+                self._drop()
+
+    def _drop(self) -> None:
+        self.closed_early = True
+        try:  # nothing more reaches the pipe, not even Python's flush at exit
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):
+            pass
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
@@ -414,6 +618,14 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     commands = {"run": cmd_run, "build": lambda a: cmd_run(a, build=True), "check": cmd_check,
                 "list": cmd_list, "new": cmd_new, "schema": cmd_schema}
+    previous_term = None
+    try:
+        previous_term = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread (called from a library): leave signals alone
+        pass
+    stdout = sys.stdout
+    if stdout is not None and not isinstance(stdout, _Stdout):
+        sys.stdout = _Stdout(stdout)
     try:
         return commands[args.command](args)
     except UserError as e:
@@ -426,17 +638,24 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"bnclaims: error: {e}", file=sys.stderr)
         return EXIT_FAILED
-    except KeyboardInterrupt:
-        print("bnclaims: interrupted; finished seeds are cached", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        return EXIT_OK
+    except KeyboardInterrupt as e:
+        terminated = isinstance(e, Terminated)
+        print(f"bnclaims: {'terminated' if terminated else 'interrupted'}; finished seeds are cached",
+              file=sys.stderr)
+        return EXIT_SIGTERM if terminated else EXIT_SIGINT
+    except BrokenPipeError:  # stderr closed too: nothing can be said, the code still says it failed
+        return EXIT_FAILED
     except Exception as e:  # noqa: BLE001 - a bug in bnclaims: one line unless --debug
         if args.debug:
             raise
         print(f"bnclaims: internal error: {type(e).__name__}: {e} (run with --debug for the traceback)",
               file=sys.stderr)
         return EXIT_FAILED
+    finally:
+        if sys.stdout is not stdout:
+            sys.stdout = stdout
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
 
 
 if __name__ == "__main__":

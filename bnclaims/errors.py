@@ -48,3 +48,10 @@ class ClaimFileError(UserError):
 
 class ExperimentError(BnclaimsError):
     """An experiment raised, timed out, died, or returned something invalid."""
+
+
+class ExperimentDefinitionError(UserError, TypeError):
+    """An experiment function is defined wrongly (its signature, annotations or declared names); raised
+    when its module is imported, named by the function and its file and line.
+
+    Also a TypeError, which registration raised before this class existed."""

@@ -34,6 +34,7 @@ class Outcome:
     status: str  # "ok" | "error"
     payload: object  # {"metrics", "series"} when ok, the message when error
     seconds: float
+    output: str = ""  # what the job printed (its tail), captured instead of reaching the terminal
 
 
 class Executor(Protocol):
@@ -60,16 +61,27 @@ class _Worker:
         self.conn, child = ctx.Pipe()
         saved = {k: os.environ.get(k) for k in worker.BLAS_ENV}
         os.environ.update({k: "1" for k in worker.BLAS_ENV})  # inherited by the child at spawn
+        # SIGINT blocked while the child starts (the mask is inherited): a Ctrl-C then cannot print a
+        # traceback from a half-started worker, and the parent receives it once it unblocks
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
-            self.process = ctx.Process(target=worker.main, args=(child, modules, memory_limit), daemon=True)
+            self.process = ctx.Process(target=worker.main, args=(child, modules, memory_limit, os.getpid()),
+                                       daemon=True)
             self.process.start()
         finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             for k, v in saved.items():
                 if v is None:
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
         child.close()
+        # readable when the process exits, even if a process it forked still holds its pipes (the
+        # multiprocessing sentinel is such a pipe); polled instead where there are no pidfds
+        try:
+            self.exit_fd: int | None = os.pidfd_open(self.process.pid)
+        except (AttributeError, OSError):
+            self.exit_fd = None
         self.ready = False
         self.job: Job | None = None
         self.deadline = float("inf")
@@ -82,10 +94,35 @@ class _Worker:
         self.conn.send((job.id, job.experiment, job.seed, job.params))
 
     def kill(self) -> None:
+        """End the worker and everything in its process group (what its jobs started)."""
         if self.process.is_alive():
             self.process.kill()
+        kill_group(self.process.pid)  # first: a stray holding the exit pipe would make join() wait
         self.process.join(5)
         self.conn.close()
+        if self.exit_fd is not None:
+            os.close(self.exit_fd)
+            self.exit_fd = None
+
+    def wait_exit(self, seconds: float) -> None:
+        """Wait (up to ``seconds``) for a worker that closed its pipe to finish exiting, for its exit code."""
+        if self.exit_fd is not None:
+            wait([self.exit_fd], timeout=seconds)
+        else:
+            self.process.join(seconds)
+
+    def exited(self, ready: list) -> bool:
+        if self.exit_fd is not None:
+            return self.exit_fd in ready
+        return not self.process.is_alive()
+
+
+def kill_group(pgid: int | None) -> None:
+    if pgid:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except OSError:  # no such group left: nothing to do
+            pass
 
 
 class LocalExecutor:
@@ -112,14 +149,20 @@ class LocalExecutor:
                 now = time.perf_counter()
                 deadline = min((w.deadline for w in workers if w.job), default=float("inf"))
                 timeout = None if deadline == float("inf") else max(0.0, deadline - now)
-                ready = wait([w.conn for w in workers], timeout=timeout)
+                if any(w.exit_fd is None for w in workers):
+                    timeout = 0.5 if timeout is None else min(timeout, 0.5)
+                # a worker's exit is seen even while a process it forked keeps the pipe open
+                ready = wait([w.conn for w in workers] + [w.exit_fd for w in workers if w.exit_fd is not None],
+                             timeout=timeout)
                 for i, w in enumerate(workers):
-                    if w is None or w.conn not in ready:
+                    if w is None or (w.conn not in ready and not w.exited(ready)):
                         continue
                     try:
-                        job_id, status, payload, seconds = w.conn.recv()
+                        if w.conn not in ready and not w.conn.poll():
+                            raise EOFError  # exited without a word
+                        job_id, status, payload, seconds, output = w.conn.recv()
                     except (EOFError, OSError):
-                        w.process.join(5)
+                        w.wait_exit(5)
                         job = w.job
                         w.kill()
                         if job is not None:
@@ -151,7 +194,7 @@ class LocalExecutor:
                         continue
                     job, w.job, w.deadline = w.job, None, float("inf")
                     remaining -= 1
-                    on_done(job, Outcome(status, payload, seconds))
+                    on_done(job, Outcome(status, payload, seconds, output))
                 workers = [w for w in workers if w is not None]
                 now = time.perf_counter()
                 for i, w in enumerate(workers):
@@ -163,11 +206,15 @@ class LocalExecutor:
                                                       "(raise 'timeout:' in the claim or --timeout)", job.timeout))
                         workers[i] = _Worker(ctx, self.modules, self.memory_limit) if pending else None
                 workers = [w for w in workers if w is not None]
+        except BaseException:  # interrupted (Ctrl-C, SIGTERM) or a bug: no worker outlives the run
+            for w in workers:
+                w.kill()
+            raise
         finally:
             for w in workers:
                 try:
                     w.conn.send(None)
-                except (OSError, BrokenPipeError):
+                except (OSError, ValueError):
                     pass
             for w in workers:
                 w.process.join(2)

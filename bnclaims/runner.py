@@ -31,6 +31,7 @@ class RunOptions:
     timeout: float | None = None  # override every claim's timeout
     modules: tuple[str, ...] = ()  # extra experiment modules to import (workers too)
     memory_limit: int | None = None  # bytes of address space per worker
+    debug: bool = False  # show what experiments print (always shown, in short, for a seed that fails)
 
     def n_jobs(self) -> int:
         return self.jobs if self.jobs > 0 else (os.cpu_count() or 1)
@@ -96,6 +97,8 @@ def _reasons(previous: dict | None, components: dict, use_cache: bool, n_missing
 def plan(claims: list[Claim], options: RunOptions, cache: Cache) -> list[Plan]:
     plans = []
     for claim in claims:
+        exp = registry.get(claim.experiment)
+        names = frozenset(exp.metrics), frozenset(exp.series)
         count = options.seeds or claim.seeds
         seeds = list(range(options.seed_base, options.seed_base + count))
         components = _components(claim, seeds)
@@ -104,7 +107,7 @@ def plan(claims: list[Claim], options: RunOptions, cache: Cache) -> list[Plan]:
         p = Plan(claim, seeds, keys, input_hash, components)
         if options.use_cache:
             for seed, key in zip(seeds, keys):
-                hit = cache.get_run(key)
+                hit = cache.get_run(key, *names)
                 if hit is not None:
                     p.cached[seed] = hit
         p.reasons = _reasons(cache.get_claim(claim.id), components, options.use_cache,
@@ -131,6 +134,10 @@ class Progress:
             sys.stderr.write(f"\r\033[K[{self.done}/{self.total}] {label}{errors} — {elapsed:.0f}s, ~{eta:.0f}s left")
             sys.stderr.flush()
 
+    def clear(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r\033[K")
+
     def close(self) -> None:
         if self.enabled:
             sys.stderr.write("\r\033[K")
@@ -144,9 +151,10 @@ def run_claims(
     executor: Executor | None = None,
     progress: bool = True,
     on_claim: Callable[[ClaimResult], None] | None = None,
+    cache: Cache | None = None,
 ) -> list[ClaimResult]:
     """Run every claim (cache first), return one ClaimResult per claim, in the given order."""
-    cache = Cache(options.cache_dir or _default_cache())
+    cache = cache or Cache(options.cache_dir or _default_cache())
     plans = plan(claims, options, cache)
     jobs: list[Job] = []
     owners: dict[int, list[Plan]] = {}  # claims with the same experiment, params and seed share one job
@@ -195,11 +203,15 @@ def run_claims(
             entry = {**outcome.payload, "seconds": outcome.seconds}
             cache.put_run(sharing[0].keys[sharing[0].seeds.index(job.seed)], entry)
         tracker.update(f"{sharing[0].claim.id} seed {job.seed}", outcome.status == "ok")
+        if outcome.output and options.debug:
+            tracker.clear()
+            sys.stderr.write(f"--- output of {sharing[0].claim.id} seed {job.seed} ---\n{outcome.output}"
+                             f"{'' if outcome.output.endswith(chr(10)) else chr(10)}")
         for p in sharing:
             if outcome.status == "ok":
                 fresh[id(p)][job.seed] = entry
             else:
-                errors[id(p)][job.seed] = str(outcome.payload)
+                errors[id(p)][job.seed] = str(outcome.payload) + _printed(outcome.output)
             left[id(p)] -= 1
             if left[id(p)] == 0:
                 finish(p)
@@ -211,6 +223,15 @@ def run_claims(
     finally:
         tracker.close()
     return [results[id(p)] for p in plans]
+
+
+def _printed(output: str) -> str:
+    """The last line a failing seed printed, as a hint (all of it is shown with --debug)."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    last = lines[-1] if len(lines[-1]) <= 160 else lines[-1][:157] + "..."
+    return f" (it printed {len(lines)} line{'s' * (len(lines) > 1)}, the last: {last!r}; see --debug)"
 
 
 def _default_cache() -> Path:

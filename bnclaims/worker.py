@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
+import sys
 import time
 import traceback
 
@@ -39,8 +41,158 @@ def run_job(experiment: str, seed: int, params: dict, modules: tuple[str, ...]) 
         return "error", f"seed {seed}: {type(e).__name__}: {message}{where}", time.perf_counter() - start
 
 
-def main(conn, modules: tuple[str, ...], memory_limit: int | None) -> None:
-    """Worker loop: receive (job_id, experiment, seed, params), send (job_id, status, payload, seconds)."""
+MAX_OUTPUT_BYTES = 64 << 20  # what one job may print; past it, writes fail (the seed then errors)
+SHOWN_OUTPUT_BYTES = 64 << 10  # the tail of it sent back to the parent
+
+
+def _isolate(parent_pid: int | None) -> None:
+    """Own process group (so Ctrl-C and ``kill -PGID`` reach the parent, which ends the run, and strays
+    can be found); die with the parent even on SIGKILL; adopt orphaned grandchildren to reap them."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        os.setpgid(0, 0)
+    except OSError:
+        pass
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+            libc.prctl(36, 1)  # PR_SET_CHILD_SUBREAPER: a double-forked grandchild becomes ours to kill
+        except (OSError, AttributeError):
+            pass
+    if parent_pid is not None and os.getppid() != parent_pid:  # the parent died before the line above
+        os._exit(1)
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                found.extend(int(x) for x in f.read().split())
+    except (OSError, ValueError):
+        pass
+    return found
+
+
+def kill_strays() -> int:
+    """SIGKILL every process a job left behind (its descendants, orphans adopted by this worker); reap them.
+    Returns how many there were."""
+    me = os.getpid()
+    victims: set[int] = set()
+
+    def kill_descendants() -> None:
+        todo = [me]
+        while todo:
+            for child in _children(todo.pop()):
+                if child not in victims:
+                    victims.add(child)
+                    todo.append(child)
+                try:
+                    os.kill(child, signal.SIGKILL)
+                except OSError:
+                    pass
+
+    kill_descendants()
+    deadline = time.monotonic() + 5
+    while True:  # reap; what a killed child had forked is adopted by this worker (subreaper): kill it too
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except (ChildProcessError, OSError):
+            break
+        if pid == 0:
+            if time.monotonic() > deadline:
+                break
+            kill_descendants()
+            time.sleep(0.001)
+    return len(victims)
+
+
+class Capture:
+    """What jobs print, at the file-descriptor level (C code and child processes too), kept out of the
+    user's terminal: read back (its tail) after each job."""
+
+    def __init__(self):
+        import tempfile
+
+        for stream in (sys.stdout, sys.stderr):
+            _flush(stream)
+        try:
+            self.file = tempfile.TemporaryFile(prefix="bnclaims-output-")  # unlinked at once: nothing is left
+        except OSError:
+            self.file = open(os.devnull, "w+b")
+        self.fd = self.file.fileno()
+        os.dup2(self.fd, 1)
+        os.dup2(self.fd, 2)
+        try:
+            import resource
+
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit a write fails instead of killing
+            _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+            limit = MAX_OUTPUT_BYTES if hard == resource.RLIM_INFINITY else min(MAX_OUTPUT_BYTES, hard)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+        except (ImportError, OSError, ValueError):
+            pass
+
+    def take(self) -> str:
+        """Everything printed since the last call (its last 64 KiB), and start afresh."""
+        for stream in (sys.stdout, sys.stderr):
+            _flush(stream)
+        try:
+            size = os.fstat(self.fd).st_size
+            if not size:
+                return ""
+            keep = min(size, SHOWN_OUTPUT_BYTES)
+            data = os.pread(self.fd, keep, size - keep)
+            os.ftruncate(self.fd, 0)
+            os.lseek(self.fd, 0, os.SEEK_SET)
+        except OSError:
+            return ""
+        text = data.decode("utf-8", errors="replace")
+        return (f"[... {size - keep} bytes not shown]\n" if size > keep else "") + text
+
+
+def _flush(stream) -> None:
+    try:
+        if stream is not None:
+            stream.flush()
+    except (OSError, ValueError):
+        pass
+
+
+class _State:
+    """Global state an experiment could change (it should not), restored before every job so that a
+    worker reused for the next job behaves as a fresh one: numpy's error handling and print options,
+    the legacy global random state, Python's ``random``, warning filters and the working directory."""
+
+    def __init__(self):
+        import numpy as np
+
+        self.np = np
+        self.errors = np.geterr()
+        self.printoptions = np.get_printoptions()
+        self.cwd = os.getcwd()
+
+    def reset(self, seed: int) -> None:
+        import random
+
+        np = self.np
+        np.seterr(**self.errors)
+        np.set_printoptions(**self.printoptions)
+        np.random.seed(seed % (1 << 32))  # legacy np.random.*: the same for a seed whichever worker runs it
+        random.seed(seed)
+        try:
+            os.chdir(self.cwd)
+        except OSError:
+            pass
+
+
+def main(conn, modules: tuple[str, ...], memory_limit: int | None, parent_pid: int | None = None) -> None:
+    """Worker loop: receive (job_id, experiment, seed, params), send (job_id, status, payload, seconds, output)."""
+    _isolate(parent_pid)
+    capture = Capture()
     try:
         if memory_limit:
             import resource
@@ -54,22 +206,29 @@ def main(conn, modules: tuple[str, ...], memory_limit: int | None) -> None:
         experiments.load_all()
         for module in modules:
             importlib.import_module(module)
+        state = _State()
     except Exception as e:  # noqa: BLE001 - reported to the parent, which fails the jobs
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         detail = lines[0] if str(e)[:1].strip() else (lines[-1] if lines else "")  # numpy's ImportError: last line
-        conn.send(("startup-error", f"{type(e).__name__}: {detail}", None, None))
+        conn.send(("startup-error", f"{type(e).__name__}: {detail}", None, None, capture.take()))
         return
-    conn.send(("ready", None, None, None))
+    capture.take()  # what importing the modules printed
+    conn.send(("ready", None, None, None, ""))
     while True:
         try:
             message = conn.recv()
-        except (EOFError, KeyboardInterrupt):
+        except (EOFError, OSError, KeyboardInterrupt):
             return
         if message is None:
             return
         job_id, experiment, seed, params = message
-        status, payload, seconds = run_job(experiment, seed, params, modules)
+        state.reset(seed)
+        import warnings
+
+        with warnings.catch_warnings():  # filters an experiment sets end with it
+            status, payload, seconds = run_job(experiment, seed, params, modules)
+        kill_strays()
         try:
-            conn.send((job_id, status, payload, seconds))
-        except (BrokenPipeError, EOFError):
+            conn.send((job_id, status, payload, seconds, capture.take()))
+        except (BrokenPipeError, EOFError, OSError):
             return

@@ -34,7 +34,9 @@ from typing import Any, Callable, Literal
 
 import numpy as np
 
-from bnclaims.errors import ExperimentError
+from bnclaims.errors import ExperimentDefinitionError, ExperimentError
+
+MAX_SERIES_POINTS = 1_000_000  # per series and seed: plots need far fewer, and the cache keeps every point
 
 _SCALARS = (int, float, bool, str)
 
@@ -84,36 +86,60 @@ def type_name(annotation: Any) -> str:
 def _check_annotation(where: str, annotation: Any) -> None:
     origin = typing.get_origin(annotation)
     if origin is list:
-        (item,) = typing.get_args(annotation)
-        _check_annotation(where, item)
+        args = typing.get_args(annotation)
+        if len(args) != 1:
+            raise ExperimentDefinitionError(f"{where}: list needs one item type, as list[float]")
+        _check_annotation(where, args[0])
     elif origin is Literal:
         if not all(isinstance(a, _SCALARS) for a in typing.get_args(annotation)):
-            raise TypeError(f"{where}: Literal values must be int, float, bool or str")
+            raise ExperimentDefinitionError(f"{where}: Literal values must be int, float, bool or str")
+    elif annotation is None:
+        raise ExperimentDefinitionError(f"{where}: has no type annotation (annotate it: int, float, bool, str, "
+                                        "Literal[...] or list[...])")
     elif annotation not in _SCALARS:
-        raise TypeError(f"{where}: unsupported parameter annotation {annotation!r}")
+        raise ExperimentDefinitionError(f"{where}: unsupported parameter annotation {type_name(annotation)!r} "
+                                        "(use int, float, bool, str, Literal[...] or list[...])")
+
+
+def _where(func: Callable) -> str:
+    """``file:line: function 'name'`` for errors in an experiment's definition."""
+    code = getattr(func, "__code__", None)
+    place = f"{code.co_filename}:{code.co_firstlineno}: " if code is not None else ""
+    return f"{place}function {getattr(func, '__qualname__', repr(func))!r}"
 
 
 def experiment(name: str, *, metrics: dict[str, str], series: dict[str, str] | None = None):
     """Register ``func`` as the experiment ``name``; see the module docstring."""
 
     def register(func: Callable[..., dict]) -> Callable[..., dict]:
+        where_func = f"{_where(func)} (experiment {name!r})"
+        if not callable(func):
+            raise ExperimentDefinitionError(f"experiment {name!r}: @experiment must decorate a function")
         if name in _REGISTRY and _REGISTRY[name].func is not func:
-            raise ValueError(f"experiment {name!r} registered twice")
-        hints = typing.get_type_hints(func)
-        signature = inspect.signature(func)
+            raise ExperimentDefinitionError(f"{where_func}: experiment {name!r} registered twice "
+                                            f"(also {_where(_REGISTRY[name].func)})")
+        try:
+            hints = typing.get_type_hints(func)
+            signature = inspect.signature(func)
+        except Exception as e:  # noqa: BLE001 - an annotation that does not evaluate, a builtin...
+            raise ExperimentDefinitionError(f"{where_func}: cannot read its signature "
+                                            f"({type(e).__name__}: {e})") from None
         parameters = list(signature.parameters.values())
         if not parameters or parameters[0].name != "rng":
-            raise TypeError(f"experiment {name!r}: first parameter must be 'rng'")
+            raise ExperimentDefinitionError(f"{where_func}: first parameter must be 'rng'")
         params = {}
         for p in parameters[1:]:
-            where = f"experiment {name!r}, parameter {p.name!r}"
+            where = f"{where_func}, parameter {p.name!r}"
             if p.kind is not inspect.Parameter.KEYWORD_ONLY or p.default is inspect.Parameter.empty:
-                raise TypeError(f"{where}: must be keyword-only with a default")
+                raise ExperimentDefinitionError(f"{where}: must be keyword-only with a default "
+                                                f"(def f(rng, *, {p.name}: float = 1.0))")
             _check_annotation(where, hints.get(p.name))
             params[p.name] = Param(p.name, hints[p.name], p.default)
+        if not isinstance(metrics, dict) or not isinstance(series or {}, dict):
+            raise ExperimentDefinitionError(f"{where_func}: metrics and series must be dicts of name: description")
         overlap = set(metrics) & set(series or {})
         if overlap:
-            raise ValueError(f"experiment {name!r}: names both metric and series: {sorted(overlap)}")
+            raise ExperimentDefinitionError(f"{where_func}: names both metric and series: {sorted(overlap)}")
         lines, first_line = inspect.getsourcelines(func)
         _REGISTRY[name] = Experiment(
             name=name,
@@ -217,6 +243,9 @@ def run_experiment(exp: Experiment, seed: int, params: dict[str, Any]) -> dict[s
         value = np.asarray(out[name], dtype=np.float64)
         if value.ndim != 1:
             raise ExperimentError(f"series {name!r} is not 1-D (shape {value.shape})")
+        if value.size > MAX_SERIES_POINTS:
+            raise ExperimentError(f"series {name!r} has {value.size} points (at most {MAX_SERIES_POINTS:,}; "
+                                  "thin it, e.g. every 10th step)")
         if np.isinf(value).any():
             raise ExperimentError(f"series {name!r} holds inf; use NaN for a missing point")
         series[name] = [None if np.isnan(v) else float(v) for v in value]
