@@ -613,12 +613,16 @@ def _first_line(exp: registry.Experiment | None) -> str:
 
 # --------------------------------------------------------------------------- writing
 
+from contextlib import contextmanager  # noqa: E402 - used by the writing section only
+
+
 def _write_tree(root: Path, files: dict[str, bytes]) -> None:
-    for relative, data in files.items():
+    # the marker last: a directory holding it is a whole site (what recovering an interrupted swap relies on)
+    for relative in sorted(files, key=lambda name: name == MARKER):
         path = root / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "wb") as f:
-            f.write(data)
+            f.write(files[relative])
 
 
 def _replaceable(out: Path) -> bool:
@@ -630,38 +634,144 @@ def _replaceable(out: Path) -> bool:
     return (out / MARKER).is_file() or not any(out.iterdir())
 
 
-def write_site(files: dict[str, bytes], out: Path) -> None:
-    """Write ``files`` as the directory ``out``, atomically: a new directory, swapped in under a lock."""
+# The swap. A build writes the new site beside --out and swaps it in with two renames; a journal file
+# written first names everything the build will create, with a token unique to the build:
+#     .<out>.swap-<token>   the journal: {"bnclaims-site-swap": 1, "out": ..., "old": ..., "new": ...}
+#     .<out>.new-<token>    the new site, its marker file written last (present = complete)
+#     .<out>.old-<token>    the previous site, between the two renames
+# If the build is killed, the next build (or any command that names the same --out) reads the journal
+# and completes or rolls back the swap, then deletes exactly the two names it lists. Nothing is ever
+# deleted by pattern, so a user's `.site.old-2023/` stays where it is.
+
+_TOKEN = re.compile(r"[0-9a-f]{16}")
+
+
+def _sibling(out: Path, kind: str, token: str) -> Path:
+    return out.parent / f".{out.name}.{kind}-{token}"
+
+
+def _journal(out: Path, token: str) -> dict:
+    return {"bnclaims-site-swap": 1, "out": out.name, "old": _sibling(out, "old", token).name,
+            "new": _sibling(out, "new", token).name}
+
+
+def _journals(out: Path) -> list[tuple[Path, str]]:
+    """This --out's swap journals left by interrupted builds (only files holding exactly a journal)."""
+    prefix = f".{out.name}.swap-"
+    try:
+        names = os.listdir(out.parent)
+    except OSError:
+        return []
+    found = []
+    for name in sorted(names):
+        token = name[len(prefix):]
+        if not name.startswith(prefix) or not _TOKEN.fullmatch(token):
+            continue
+        path = out.parent / name
+        try:
+            if path.is_symlink() or not path.is_file() or path.stat().st_size > 4096:
+                continue
+            if json.loads(path.read_bytes()) == _journal(out, token):
+                found.append((path, token))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def _exists(path: Path) -> bool:
+    return path.exists() or path.is_symlink()
+
+
+def _remove_tree(path: Path) -> None:
+    if path.is_symlink() or not path.is_dir():
+        return  # the journal names directories this build made; anything else is not ours
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _recover(out: Path) -> None:
+    """Complete or roll back every interrupted swap into ``out`` (call under the lock)."""
+    for journal, token in _journals(out):
+        old, new = _sibling(out, "old", token), _sibling(out, "new", token)
+        if not _exists(out):
+            if new.is_dir() and not new.is_symlink() and (new / MARKER).is_file():
+                os.rename(new, out)  # killed between the renames: finish the swap
+            elif old.is_dir() and not old.is_symlink():
+                os.rename(old, out)  # the new site was not whole: put the old one back
+        _remove_tree(new)
+        _remove_tree(old)
+        journal.unlink(missing_ok=True)
+
+
+@contextmanager
+def _locked(out: Path):
+    """Builds into the same directory take turns: an exclusive flock on --out's parent directory itself,
+    so no lock file is created (and none is left behind)."""
+    try:
+        fd = os.open(out.parent, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        fd = None  # a parent that cannot be opened for reading: builds there are not serialized
+    try:
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)  # releases the lock
+
+
+def check_out(out: Path) -> None:
+    """Finish any interrupted swap into ``out``, then refuse an ``out`` that a build may not replace.
+    Called before any seed runs, so a wrong --out costs nothing."""
     out = Path(os.path.abspath(out))
-    parent = out.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    lock_path = parent / f".{out.name}.lock"
-    with open(lock_path, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent builds take turns; each leaves a whole site
+    if _exists(out.parent) and not out.parent.is_dir():
+        raise UserError(f"--out {out}: {out.parent} is not a directory")
+    if out.parent.is_dir():
+        with _locked(out):
+            _recover(out)
+    if not _replaceable(out):
+        raise UserError(f"{out} exists and is not a site built by bnclaims; refusing to replace it "
+                        f"(remove it or choose another --out)")
+
+
+def recover_site(out: Path) -> None:
+    """Complete or roll back an interrupted swap into ``out``, if there is one (cheap when there is none)."""
+    out = Path(os.path.abspath(out))
+    if out.parent.is_dir() and _journals(out):
+        with _locked(out):
+            _recover(out)
+
+
+def write_site(files: dict[str, bytes], out: Path) -> None:
+    """Write ``files`` as the directory ``out``, atomically: a new directory, swapped in under a lock.
+    After any interruption ``out`` is the old site or the new one, once the next build has recovered."""
+    out = Path(os.path.abspath(out))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_hex(8)
+    journal, fresh, old = _sibling(out, "swap", token), _sibling(out, "new", token), _sibling(out, "old", token)
+    with _locked(out):
+        _recover(out)
         if not _replaceable(out):
             raise UserError(f"{out} exists and is not a site built by bnclaims; refusing to replace it "
                             f"(remove it or choose another --out)")
-        for stale in parent.glob(f".{out.name}.new-*"):  # left by a build that was killed
-            shutil.rmtree(stale, ignore_errors=True)
-        for stale in parent.glob(f".{out.name}.old-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        fresh = parent / f".{out.name}.new-{secrets.token_hex(6)}"
-        fresh.mkdir()
-        old = None
+        fd = os.open(journal, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(json.dumps(_journal(out, token)).encode())
+                f.flush()
+                os.fsync(f.fileno())
+            fresh.mkdir()
             _write_tree(fresh, files)
-            if out.exists():
-                old = parent / f".{out.name}.old-{secrets.token_hex(6)}"
+            if _exists(out):
                 os.rename(out, old)
             os.rename(fresh, out)
         except BaseException:
-            if old is not None and not out.exists():
+            if not _exists(out) and old.is_dir():
                 os.rename(old, out)  # put the previous site back
-                old = None
-            shutil.rmtree(fresh, ignore_errors=True)
+            _remove_tree(fresh)
+            journal.unlink(missing_ok=True)
             raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        _remove_tree(old)
+        journal.unlink(missing_ok=True)
 
 
 def build_site(results: list[ClaimResult], out: Path, claims_dir: Path) -> int:
