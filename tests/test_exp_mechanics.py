@@ -194,3 +194,8 @@ def test_output_moments_training_mode_equals_beta_gamma_for_the_thread_numbers()
     out = _run("bn-output-moments-vs-affine")
     assert out["metrics"]["train_mean_gap"] < 1e-5 and out["metrics"]["train_std_gap"] < 1e-3
     assert out["metrics"]["thread_std_gap"] == pytest.approx(2.68 / 2.33 - 1)
+
+
+def test_per_feature_layer_has_one_affine_pair_per_feature():
+    out = _run("bn-scalar-vs-per-feature-affine")
+    assert out["metrics"]["affine_pairs_per_layer"] == TINY["bn-scalar-vs-per-feature-affine"]["hidden"]

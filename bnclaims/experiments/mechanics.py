@@ -580,6 +580,9 @@ def mean_set_by_beta(rng: np.random.Generator, *, width: int = 100, batch_size: 
 @experiment(
     "bn-scalar-vs-per-feature-affine",
     metrics={
+        "affine_pairs_per_layer": "number of trainable (gamma, beta) pairs of one batch-norm layer as defined by "
+                                  "Ioffe & Szegedy (bnclaims.nn, PyTorch, Keras): entries of the dgamma, dbeta "
+                                  "that nn.batchnorm_backward returns for the trained net's hidden layer",
         "gamma_cv": "per-feature arm after training: std / mean |gamma| of its learned gammas (one per feature)",
         "beta_spread": "per-feature arm after training: std of its learned betas / mean |gamma|",
         "collapse_acc_drop": "test accuracy of the trained per-feature net minus the same net with its gammas "
@@ -623,8 +626,14 @@ def scalar_vs_per_feature_affine(rng: np.random.Generator, *, hidden: int = 64, 
     gamma = p["gamma"][v, 0].astype(np.float64)
     beta = p["beta"][v, 0].astype(np.float64)
     collapsed = float(_stack_accuracy(_collapse_affine(p, v), split.X_test, split.y_test)[0])
+    # The layer's own definition: how many (gamma, beta) pairs does backprop train? One training
+    # batch through the trained net's hidden layer, a random upstream gradient.
+    z = split.X_train[:batch_size] @ p["W1"][v]
+    _, cache = nn.batchnorm_forward(z, p["gamma"][v, 0], p["beta"][v, 0])
+    _, dgamma, dbeta = nn.batchnorm_backward(rng.standard_normal(z.shape).astype(z.dtype), cache)
     common = int(np.argmin(np.abs(np.log(np.asarray(lrs)) - np.log(0.1))))
     return {
+        "affine_pairs_per_layer": min(int(np.size(dgamma)), int(np.size(dbeta))),
         "gamma_cv": float(gamma.std() / np.abs(gamma).mean()),
         "beta_spread": float(beta.std() / np.abs(gamma).mean()),
         "collapse_acc_drop": float(test_acc[v]) - collapsed,
