@@ -199,3 +199,13 @@ def test_output_moments_training_mode_equals_beta_gamma_for_the_thread_numbers()
 def test_per_feature_layer_has_one_affine_pair_per_feature():
     out = _run("bn-scalar-vs-per-feature-affine")
     assert out["metrics"]["affine_pairs_per_layer"] == TINY["bn-scalar-vs-per-feature-affine"]["hidden"]
+
+
+def test_hidden_layer_batches_are_normalised_and_the_metric_can_fail():
+    out = _run("batchnorm-moments")
+    assert out["metrics"]["hidden_std_gap"] < 1e-3 and out["metrics"]["hidden_mean_abs"] < 1e-5
+    # the same measurement on a batch with a near-constant pre-activation reports the eps shortfall
+    z = np.random.default_rng(0).standard_normal((32, 3)).astype(np.float32)
+    z[:, 1] *= 1e-3                                     # batch variance ~ 1e-6 < eps
+    out_std = nn.batchnorm_forward(z, None, None)[0].astype(np.float64).std(axis=0)
+    assert abs(out_std[1] - 1.0) > 0.5 and abs(out_std[0] - 1.0) < 1e-3

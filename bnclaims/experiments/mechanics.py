@@ -67,6 +67,10 @@ def _column_mean_error_bound(x, out_abs_max, inv_std, gamma_abs, beta_abs, u):
         "std_gap_large_var": "largest |output std - 1| over features whose batch variance is >= 100 eps",
         "std_gap_tiny_var": "largest |output std - 1| over features whose batch variance is <= eps",
         "std_formula_error": "largest |output std - sqrt(v / (v + eps))| over all features (v: batch variance)",
+        "hidden_mean_abs": "hidden-layer batches (32 x 100 pre-activations of a Linear(64, 100) layer on digits): "
+                           "largest |per-feature output mean| over every feature and batch",
+        "hidden_std_gap": "hidden-layer batches (32 x 100 pre-activations of a Linear(64, 100) layer on digits): "
+                          "largest |per-feature output std - 1| over every feature and batch",
         "digits_features_off": "fraction of the 64 pixel features of a 32-image digits batch whose output std "
                                "is not within 1% of 1 (mean over 20 batches)",
         "digits_constant_features": "fraction of the 64 pixel features that are constant within a 32-image "
@@ -88,7 +92,9 @@ def batchnorm_moments(rng: np.random.Generator, *, batch_sizes: list[int] = [2, 
     ``nn.batchnorm_forward(x, None, None, eps)`` normalises it; the mean and std (ddof=0) of
     each output column are measured in float64. Features are grouped by their batch variance v:
     v >= 100 eps ("large") and v <= eps ("tiny"). Also: raw digit images (pixels in [0, 1],
-    64 pixel features) in batches of 32, and a sweep of v / eps for the plot.
+    64 pixel features) in batches of 32; the thread's setting, (32, ``features``) batches of a
+    hidden layer's pre-activations (random He Linear(64, ``features``) + bias on standardised
+    digits, float32); and a sweep of v / eps for the plot.
     """
     n_const = max(1, features // 20)
     configs = 0
@@ -135,6 +141,18 @@ def batchnorm_moments(rng: np.random.Generator, *, batch_sizes: list[int] = [2, 
         off += float(np.mean(np.abs(out.std(axis=0) - 1.0) > 0.01)) / n_batches
         const += float(np.mean(np.ptp(xb, axis=0) == 0)) / n_batches
 
+    # The thread's setting: a (32, 100) batch of a hidden layer's pre-activations Z (a random
+    # He-initialised Linear(64, 100) with bias on standardised digits), normalised in float32.
+    Xs = data.digits_split(validation_fraction=0.2, standardize=True, dtype=np.float32).X_train
+    W = (rng.standard_normal((64, features)) * np.sqrt(2.0 / 64)).astype(np.float32)
+    b = (0.1 * rng.standard_normal(features)).astype(np.float32)
+    hidden_mean = hidden_gap = 0.0
+    for _ in range(n_batches):
+        z = nn.linear_forward(Xs[rng.choice(len(Xs), size=32, replace=False)], W, b)[0]
+        out = nn.batchnorm_forward(z, None, None, eps)[0].astype(np.float64)
+        hidden_mean = max(hidden_mean, float(np.max(np.abs(out.mean(axis=0)))))
+        hidden_gap = max(hidden_gap, float(np.max(np.abs(out.std(axis=0) - 1.0))))
+
     # Sweep: features with batch variance exactly v_k (a standardised column times sqrt(v_k)).
     ratio = 10.0 ** np.linspace(-3.0, 5.0, 33)
     z = rng.standard_normal((32, ratio.size))
@@ -150,6 +168,8 @@ def batchnorm_moments(rng: np.random.Generator, *, batch_sizes: list[int] = [2, 
         "std_gap_large_var": gap_large,
         "std_gap_tiny_var": gap_tiny,
         "std_formula_error": formula_error,
+        "hidden_mean_abs": hidden_mean,
+        "hidden_std_gap": hidden_gap,
         "digits_features_off": off,
         "digits_constant_features": const,
         "variance_over_eps": ratio,
