@@ -100,3 +100,20 @@ def test_outlier_cost_is_measured_against_training_mode_not_eval_mode():
     assert out["batch_stats_cost"] == pytest.approx(out["acc_eval"] - out["acc_train_clean"])
     by_k = out["acc_train_by_magnitude"]
     assert out["acc_train_clean"] == by_k[0] and out["acc_train_extreme"] == by_k[2]
+
+
+def test_affine_strength_interpolates_between_clean_and_the_full_shift():
+    assert inf.affine_at_strength(0.0, 0.5, 0.3) == dict(contrast=1.0, brightness=0.0)
+    assert inf.affine_at_strength(1.0, 0.5, 0.3) == dict(contrast=0.5, brightness=0.3)
+    assert inf.affine_at_strength(0.1, 0.5, 0.3) == pytest.approx(dict(contrast=0.95, brightness=0.03))
+    # strength 0: the "affine" domain is the clean one (the headline shift strength is a parameter)
+    out = inf.covariate_shift_adabn(np.random.default_rng(4), epochs=1, affine_strength=0.0, severities=[0.0])
+    assert out["acc_plain_affine"] == out["acc_plain_clean"] and out["acc_bn_affine"] == out["acc_bn_clean"]
+    assert out["drop_bn_affine"] == 0.0 and out["drop_plain_affine"] == 0.0
+
+
+def test_shift_strength_validation_uses_the_validation_split():
+    out = inf.shift_strength_validation(5, [1.0], lr_plain=0.03, lr_bn=0.03, epochs=1)
+    assert out["strength"] == [0.0, 1.0] and len(out["plain"]) == len(out["bn"]) == 2
+    n_val = len(inf.digits().y_val)
+    assert all(abs(a * n_val - round(a * n_val)) < 1e-6 for a in out["plain"] + out["bn"])
