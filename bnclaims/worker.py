@@ -130,9 +130,9 @@ class Capture:
             import resource
 
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit a write fails instead of killing
-            _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-            limit = MAX_OUTPUT_BYTES if hard == resource.RLIM_INFINITY else min(MAX_OUTPUT_BYTES, hard)
-            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+            soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+            limit = min(x for x in (MAX_OUTPUT_BYTES, soft, hard) if x != resource.RLIM_INFINITY)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))  # never above what it started with
         except (ImportError, OSError, ValueError):
             pass
 
