@@ -42,21 +42,22 @@ from bnclaims import mathtext, svg
 from bnclaims.claims import Claim, schema_json, threads_dir_for
 from bnclaims.errors import UserError
 from bnclaims.results import ClaimResult
-from bnclaims.verdict import operand_values
+from bnclaims.verdict import ANSWER, operand_values
 
 VERDICT_ORDER = ("supported", "refuted", "mixed", "inconclusive", "error")
 VERDICT_SYMBOL = {"supported": "✓", "refuted": "✗", "mixed": "±", "inconclusive": "?", "error": "!"}
 VERDICT_MEANING = {
-    "supported": "every condition held: its whole 95% interval lies on the side the claim says",
-    "refuted": "every condition failed: its whole 95% interval lies on the wrong side",
-    "mixed": "the claim holds in some conditions and fails in others",
-    "inconclusive": "the evidence cannot tell at this number of seeds: an interval straddles the threshold",
+    "supported": "the sentence holds as its author meant it: every headline condition held",
+    "refuted": "the sentence does not hold: its headline conditions failed (any others could not tell)",
+    "mixed": "part of the sentence holds and part does not; the page says which",
+    "inconclusive": "the experiment cannot settle the sentence at this number of seeds",
     "error": "the experiment failed, so there is no verdict; the message says why",
 }
 CONDITION_MEANING = {
     "supported": "the whole interval satisfies the rule",
     "refuted": "the whole interval violates the rule",
     "inconclusive": "the interval straddles the threshold",
+    "error": "the condition could not be judged",
 }
 MARKER = ".bnclaims-site"  # marks a directory as a site this module built (and may replace)
 
@@ -266,16 +267,17 @@ def thread_html(text: str, quotes: list[QuoteMark]) -> Markup:
         anchor = "" if m.claim_id in opened else f' id="q-{m.claim_id}"'
         cont = " cont" if m.claim_id in opened else ""
         opened.add(m.claim_id)
-        tip = escape(f"{m.title} — {m.verdict}")
+        tip = escape(f"{m.title} — {ANSWER[m.verdict]} ({m.verdict})")
         return f'<mark class="q v-{m.verdict}{cont}"{anchor} title="{tip}">'
 
     def badge(m: QuoteMark) -> str:
         # the badge sits right after the passage; the note beside it goes to the margin on wide screens
         summary = f'<span class="side-summary">{escape(m.summary)}</span>' if m.summary else ""
         return (f'<a class="badge v-{m.verdict}" href="{escape(m.href)}" title="{escape(m.title)}">'
-                f'<span aria-hidden="true">{VERDICT_SYMBOL[m.verdict]}</span> {m.verdict}</a>'
+                f'<span aria-hidden="true">{VERDICT_SYMBOL[m.verdict]}</span> {ANSWER[m.verdict]} '
+                f'<span class="vword">{m.verdict}</span></a>'
                 f'<span class="side v-{m.verdict}"><span class="side-verdict">{VERDICT_SYMBOL[m.verdict]} '
-                f'{m.verdict}:</span> <a href="{escape(m.href)}">{escape(m.title)}</a>{summary}</span>')
+                f'{ANSWER[m.verdict]}:</span> <a href="{escape(m.href)}">{escape(m.title)}</a>{summary}</span>')
 
     for pieces in paragraphs:
         visible = [(a, b, s) for a, b, s in pieces if s.kind != "drop" and (s.kind != "text" or text[a:b].strip())]
@@ -335,26 +337,32 @@ def _threshold_view(condition) -> dict:
     return {"band": None, "threshold": condition.threshold, "holds_above": condition.op in (">", ">=")}
 
 
-def condition_rows(result: ClaimResult) -> list[dict]:
+def condition_rows(result: ClaimResult, beyond: bool = False) -> list[dict]:
+    """One row per headline condition (or per ``beyond`` condition): its result, strip and meaning."""
     if result.verdict is None:
         return []
+    judged = result.verdict.beyond if beyond else result.verdict.conditions
+    declared = result.claim.beyond if beyond else result.claim.conditions
     rows = []
     per_seed = [run.metrics for run in result.runs]
-    for index, (cond_result, (_, condition)) in enumerate(zip(result.verdict.conditions, result.claim.conditions)):
+    for index, (cond_result, item) in enumerate(zip(judged, declared)):
+        condition = item.condition
         try:
             values = [float(v) for v in operand_values(condition, per_seed)]
         except (ValueError, KeyError, ZeroDivisionError):
             values = []
         view = _threshold_view(condition)
-        strip = svg.interval_strip(
+        strip = "" if cond_result.verdict == "error" else svg.interval_strip(
             cond_result.estimate, cond_result.ci_low, cond_result.ci_high, values=values,
             threshold=view["threshold"], band=view["band"], holds_above=view["holds_above"],
             verdict=cond_result.verdict, label=f"{cond_result.name}: {cond_result.text}",
+            level="exact range" if condition.stat in ("min", "max") else f"{100 * cond_result.level:.4g}%",
         )
         exact = condition.stat in ("min", "max")
         rows.append({
-            "index": index + 1, "c": cond_result, "strip": Markup(strip), "exact": exact,
-            "stat": condition.stat, "meaning": CONDITION_MEANING.get(cond_result.verdict, ""),
+            "index": index + 1, "anchor": f"{'b' if beyond else 'c'}-{index + 1}", "c": cond_result,
+            "strip": Markup(strip), "exact": exact, "stat": condition.stat, "tests": cond_result.tests,
+            "level": f"{100 * cond_result.level:.4g}%", "meaning": CONDITION_MEANING.get(cond_result.verdict, ""),
         })
     return rows
 
@@ -362,7 +370,7 @@ def condition_rows(result: ClaimResult) -> list[dict]:
 def metric_rows(result: ClaimResult, exp: registry.Experiment | None) -> list[dict]:
     declared = list(exp.metrics) if exp else []
     names = [n for n in declared if n in result.metrics] + sorted(n for n in result.metrics if n not in declared)
-    used = {m for _, c in result.claim.conditions for m in c.metric_names}
+    used = {m for c in result.claim.conditions + result.claim.beyond for m in c.condition.metric_names}
     rows = []
     for name in names:
         m = result.metrics[name]
@@ -441,7 +449,7 @@ def _environment() -> Environment:
                       trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
     env.filters.update(fmt=fmt, fmt_p=fmt_p, fmt_seconds=fmt_seconds, fmt_seeds=fmt_seeds, one_line=one_line,
                        prose=prose, inline=inline, urlquote=urlquote)
-    env.globals.update(VERDICT_ORDER=VERDICT_ORDER, SYMBOL=VERDICT_SYMBOL, MEANING=VERDICT_MEANING,
+    env.globals.update(VERDICT_ORDER=VERDICT_ORDER, SYMBOL=VERDICT_SYMBOL, MEANING=VERDICT_MEANING, ANSWER=ANSWER,
                        version=bnclaims.__version__)
     return env
 
@@ -527,7 +535,8 @@ def render_site(results: list[ClaimResult], claims_dir: Path) -> dict[str, bytes
             root="../", page="claim", r=r, claim=r.claim, thread=thread, exp=exp,
             experiment_href=experiment_href[r.claim.experiment],
             experiment_path=_display_source_path(exp) if exp else "",
-            quote=inline(r.claim.quote), conditions=condition_rows(r), headline=headline(r),
+            quote=inline(r.claim.quote), conditions=condition_rows(r), beyond=condition_rows(r, beyond=True),
+            headline=headline(r), level=f"{100 * r.verdict.level:.4g}%" if r.verdict else "95%",
             metrics=metric_rows(r, exp), plots=plot_views(r, exp), params=param_rows(r.claim, exp),
             versions=r.components.get("versions", {}) if isinstance(r.components, dict) else {},
             **common)

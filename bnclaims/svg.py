@@ -582,7 +582,7 @@ VERDICT_COLORS = {"supported": "#1a7f37", "refuted": "#c62828", "mixed": "#b4530
 def interval_strip(estimate: float, low: float, high: float, *, values: Sequence[float] = (),
                    threshold: float | None = None, band: tuple[float, float] | None = None,
                    holds_above: bool | None = None, verdict: str = "inconclusive", label: str = "",
-                   width: float = 260, height: float = 44) -> str:
+                   width: float = 260, height: float = 44, level: str = "95%") -> str:
     """A one-line plot: per-seed values (grey dots), the interval (bar) and estimate (dot) against
     the rule's threshold (dashed line; the side where the rule holds is tinted green) or band."""
     color = VERDICT_COLORS.get(verdict, "#5f6b76")
@@ -600,8 +600,8 @@ def interval_strip(estimate: float, low: float, high: float, *, values: Sequence
         v = min(max(v, lo), hi)
         return left + (v - lo) / (hi - lo) * (right - left)
 
-    title = label or "estimate with 95% interval"
-    desc = (f"Estimate {format_number(estimate)}, 95% interval {format_number(low)} to {format_number(high)}"
+    title = label or f"estimate with {level} interval"
+    desc = (f"Estimate {format_number(estimate)}, {level} interval {format_number(low)} to {format_number(high)}"
             + (f", threshold {format_number(threshold)}" if threshold is not None else "")
             + (f", band {format_number(band[0])} to {format_number(band[1])}" if band else "")
             + (f", {len(values)} per-seed values" if values else "") + ".")

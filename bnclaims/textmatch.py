@@ -75,7 +75,7 @@ def find(haystack: str, needle: str) -> tuple[int, int] | None:
     return origin[at], end
 
 
-def closest(haystack: str, needle: str, context: int = 60) -> str | None:
+def closest(haystack: str, needle: str, context: int = 60, names: tuple[str, str] = ("thread", "quote")) -> str | None:
     """A one-line hint: the passage of ``haystack`` closest to ``needle``, with the place
     where they first differ marked ``‸``; None when nothing useful is found."""
     folded_needle = normalize(needle)
@@ -99,12 +99,13 @@ def closest(haystack: str, needle: str, context: int = 60) -> str | None:
     if tag == "equal" or (tag == "delete" and j1 == len(folded_needle)):
         return None
     first_diff = lo_win + i1
+    big, small = names
     if tag == "delete":
-        difference = f"the thread has {window[i1:i2][:20]!r} that the quote lacks"
+        difference = f"the {big} has {window[i1:i2][:20]!r} that the {small} lacks"
     elif tag == "insert":
-        difference = f"the quote has {folded_needle[j1:j2][:20]!r} that the thread lacks"
+        difference = f"the {small} has {folded_needle[j1:j2][:20]!r} that the {big} lacks"
     else:
-        difference = f"the thread has {window[i1:i2][:20]!r} where the quote has {folded_needle[j1:j2][:20]!r}"
+        difference = f"the {big} has {window[i1:i2][:20]!r} where the {small} has {folded_needle[j1:j2][:20]!r}"
     lo = max(0, first_diff - context)
     hi = min(len(folded), first_diff + 1 + context // 3)
     shown = ("…" if lo > 0 else "") + folded[lo:first_diff] + "‸" + folded[first_diff:hi] \

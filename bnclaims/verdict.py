@@ -43,7 +43,7 @@ ANSWER = {  # how each verdict reads as an answer to the quoted sentence
     "refuted": "Wrong",
     "mixed": "Partly right",
     "inconclusive": "Not settled here",
-    "error": "No answer (error)",
+    "error": "No verdict",
 }
 EXACT_STATS = ("min", "max")
 

@@ -35,7 +35,9 @@ rule:
   conditions:
     - name: positive
       holds: {holds}
+      tests: "With fluctuating"
 {expected}explanation: A toy.
+scope: A toy scope.
 """
 
 

@@ -48,10 +48,13 @@ rule:
   conditions:
     - name: x is positive
       holds: mean(x) > 0
+      tests: "these parameters"
     - name: y is positive
       holds: mean(y) > 0
+      tests: "these parameters"
 expected: mixed
 explanation: x is, y is not.
+scope: A toy scope.
 plots:
   - title: Curve over training
     x: steps

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import textwrap
 from pathlib import Path
@@ -30,8 +31,10 @@ rule:
   conditions:
     - name: positive
       holds: mean(x) > 0
+      tests: "With fluctuating"
 expected: supported
 explanation: A toy.
+scope: A toy scope.
 references:
   - title: Ioffe and Szegedy 2015
     arxiv: "1502.03167"
@@ -180,7 +183,7 @@ CASES = {
     ),
     "duplicate key": (
         BASE + "seeds: 7\n",
-        "bad.yaml:26:1: duplicate key 'seeds' (first defined on line 12)",
+        "bad.yaml:28:1: duplicate key 'seeds' (first defined on line 12)",
     ),
     "missing key": (
         set_line(BASE, "explanation: A toy.\n", ""),
@@ -188,7 +191,7 @@ CASES = {
     ),
     "bad expected": (
         set_line(BASE, "expected: supported", "expected: suported"),
-        "bad.yaml:17:11: expected must be one of supported, refuted, mixed, inconclusive "
+        "bad.yaml:18:11: expected must be one of supported, refuted, mixed, inconclusive "
         "(found 'suported'; did you mean 'supported'?)",
     ),
     "alias": (
@@ -197,16 +200,16 @@ CASES = {
     ),
     "plot series": (
         set_line(BASE, "    y: [curve]", "    y: [curv]"),
-        "bad.yaml:25:8: plot y must name a series of experiment 'toy-normal' (found 'curv'; "
+        "bad.yaml:27:8: plot y must name a series of experiment 'toy-normal' (found 'curv'; "
         "did you mean 'curve'?); series: curve, steps",
     ),
     "reference without link": (
         set_line(BASE, '    arxiv: "1502.03167"', "    note: no link"),
-        "bad.yaml:20:5: reference needs one of arxiv, doi or url (found only title, note)",
+        "bad.yaml:22:5: reference needs one of arxiv, doi or url (found only title, note)",
     ),
     "bad arxiv id": (
         set_line(BASE, '    arxiv: "1502.03167"', '    arxiv: "javascript:alert(1)"'),
-        "bad.yaml:21:12: references[0].arxiv must match",
+        "bad.yaml:23:12: references[0].arxiv must match",
     ),
     "not a mapping": (
         "- just\n- a list\n",
@@ -214,7 +217,7 @@ CASES = {
     ),
     "two documents": (
         BASE + "---\nid: again\n",
-        "bad.yaml:26:1: invalid YAML: more than one YAML document (expected exactly one)",
+        "bad.yaml:28:1: invalid YAML: more than one YAML document (expected exactly one)",
     ),
     "empty file": (
         "",
@@ -230,11 +233,11 @@ CASES = {
     ),
     "deep nesting": (
         BASE + "params2: " + "[" * 5000 + "]" * 5000 + "\n",
-        "bad.yaml:26:41: nesting deeper than 32 levels",
+        "bad.yaml:28:41: nesting deeper than 32 levels",
     ),
     "huge file": (
         BASE + "#" + "x" * (1024 * 1024) + "\n",
-        "bad.yaml: file is larger than 1 MiB (found 1049062 bytes)",
+        "bad.yaml: file is larger than 1 MiB (found 1049114 bytes)",
     ),
 }
 
@@ -284,3 +287,95 @@ def test_schema_is_valid_json_schema():
     import yaml
 
     jsonschema.validate(yaml.safe_load(VALID.format(id="x")), schema)
+
+
+# ----------------------------------------------------------------- scope, tests:, beyond (issue 14)
+
+def test_scope_tests_and_beyond_load(claims_dir):
+    text = set_line(BASE, "expected: supported", "  beyond:\n    - name: other mode\n      holds: mean(x) < 5\n"
+                    "    - name: with words\n      tests: beta and gamma\n      holds: mean(x) > -5\nexpected: supported")
+    path = write(claims_dir, "bad", text)
+    claims, problems = load_claims([path])
+    assert problems == []
+    claim = claims[0]
+    assert claim.scope == "A toy scope."
+    assert [c.tests for c in claim.conditions] == ["With fluctuating"]
+    assert [(c.name, c.text, c.tests) for c in claim.beyond] == [("other mode", "mean(x) < 5", None),
+                                                                  ("with words", "mean(x) > -5", "beta and gamma")]
+
+
+def test_a_claim_without_scope_says_what_to_add(claims_dir):
+    [problem] = problems_of(claims_dir, "bad", set_line(BASE, "scope: A toy scope.\n", ""))
+    assert problem.startswith("bad.yaml:1:1: missing required key 'scope'")
+    assert "add scope: one or two sentences saying what the author asserts" in problem
+    assert "Migrating claim files" in problem
+
+
+def test_a_headline_condition_without_tests_says_what_to_do(claims_dir):
+    [problem] = problems_of(claims_dir, "bad", set_line(BASE, '      tests: "With fluctuating"\n', ""))
+    assert problem.startswith("bad.yaml:15:7: missing required key 'tests' in rule.conditions[0]")
+    assert "move the condition to rule.beyond" in problem
+
+
+def test_tests_fragment_must_be_words_of_the_quote(claims_dir):
+    [problem] = problems_of(claims_dir, "bad", set_line(BASE, 'tests: "With fluctuating"',
+                                                        'tests: "With fluctuating weights"'))
+    assert problem.startswith("bad.yaml:17:14: tests: must be words of the quote (found 'With fluctuating weights')")
+    assert "closest passage: 'With fluctuating ‸beta" in problem
+    assert "the quote has 'b' where the fragment has 'w'" in problem
+
+
+def test_tests_fragment_is_matched_like_a_quote(claims_dir):
+    # curly apostrophes, a typographic dash and extra whitespace all fold
+    text = set_line(BASE, 'quote: "With fluctuating beta and gamma, the distribution also fluctuates."',
+                    "quote: \"the mean and variance of Z[l] is determined by a complex interaction\"")
+    text = set_line(text, 'tests: "With fluctuating"', 'tests: "mean  and\\u00a0variance of Z[l]"')
+    path = write(claims_dir, "bad", text)
+    claims, problems = load_claims([path])
+    assert problems == []
+    assert claims[0].conditions[0].tests == "mean and variance of Z[l]"
+
+
+@pytest.mark.parametrize("where", ["conditions", "beyond"])
+def test_two_identical_conditions_are_refused(claims_dir, where):
+    if where == "conditions":
+        extra = '    - name: again\n      tests: "beta and gamma"\n      holds: mean( x )  >  0\nexpected:'
+    else:
+        extra = "  beyond:\n    - name: again\n      holds: mean(x)>0\nexpected:"
+    [problem] = problems_of(claims_dir, "bad", set_line(BASE, "expected:", extra))
+    assert "the same condition appears twice in the rule" in problem
+    assert problem.startswith("bad.yaml:")
+
+
+def test_beyond_conditions_check_their_metric_names(claims_dir):
+    text = set_line(BASE, "expected:", "  beyond:\n    - name: typo\n      holds: mean(xx) > 0\nexpected:")
+    [problem] = problems_of(claims_dir, "bad", text)
+    assert problem.startswith("bad.yaml:20:14: unknown metric for experiment 'toy-normal' (found 'xx'; did you mean 'x'?)")
+
+
+def test_quote_miss_shows_the_closest_passage(claims_dir):
+    text = set_line(BASE, 'quote: "With fluctuating beta and gamma, the distribution also fluctuates."',
+                    'quote: "With fluctuating beta and gama, the distribution also fluctuates."')
+    problems = problems_of(claims_dir, "bad", text)
+    assert problems[0].startswith("bad.yaml:6:10: quote not found in thread 000_9d0fa3abc03cef76.txt")
+    assert "closest passage:" in problems[0] and "beta and ga‸mma" in problems[0]
+    assert "the thread has 'm' that the quote lacks" in problems[0]
+
+
+def test_typographic_quotes_in_the_thread_match_straight_ones(claims_dir):
+    thread = (claims_dir / "threads" / "001_e49bc9fb399b6537.txt").read_text()
+    curly = next(line for line in thread.splitlines() if "\u2019" in line)
+    words = curly.split()
+    at = next(i for i, w in enumerate(words) if "\u2019" in w)
+    fragment = " ".join(words[max(0, at - 2):at + 3])
+    straight = fragment.replace("\u2019", "'").replace("\u201c", '"').replace("\u201d", '"')
+    assert straight != fragment
+    text = set_line(BASE, "thread: 000_9d0fa3abc03cef76", "thread: 001_e49bc9fb399b6537")
+    text = set_line(text, 'quote: "With fluctuating beta and gamma, the distribution also fluctuates."',
+                    "quote: " + json.dumps(straight))
+    text = set_line(text, 'tests: "With fluctuating"', "tests: " + json.dumps(straight))
+    path = write(claims_dir, "bad", text)
+    claims, problems = load_claims([path])
+    assert problems == []
+    start, end = claims[0].quote_span
+    assert thread[start:end] == fragment

@@ -44,7 +44,9 @@ rule:
   conditions:
     - name: positive
       holds: mean(x) > 0
+      tests: "With fluctuating"
 explanation: A toy.
+scope: A toy scope.
 """
 
 TOYS = {  # supported, refuted, a noisy one and one with a failing seed

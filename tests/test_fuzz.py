@@ -38,9 +38,12 @@ rule:
   conditions:
     - name: positive
       holds: mean(x) > 0
+      tests: "With fluctuating"
     - name: ordered
       holds: mean(x - y) between -10 and 10
+      tests: "With fluctuating"
 expected: supported
+scope: A toy scope.
 explanation: >
   A toy.
 references:

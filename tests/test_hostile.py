@@ -170,6 +170,8 @@ rule:
   conditions:
     - name: '<script>xss-condition</script>'
       holds: mean(x) > 0
+      tests: "the mean"
+scope: A toy scope.
 explanation: |
   <script>xss-explanation</script> <iframe src=javascript:xss-explanation></iframe>
 

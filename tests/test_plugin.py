@@ -38,7 +38,9 @@ rule:
   conditions:
     - name: positive
       holds: mean(x) > 0
+      tests: "Batch norm"
 {expected}explanation: A toy.
+scope: A toy scope.
 """
 
 
@@ -128,7 +130,7 @@ def test_verdict_mismatch_is_a_readable_report(project):
         "  expected: refuted",
         "  got:      supported",
         "  reason:   mean(x) = *95% CI*",
-        "  conditions (4 seeds, 95% CI):",
+        "  conditions (4 seeds, 95% CI each, 95% family-wise):",
         "    supported    positive  mean(x) > 0: estimate *, CI [[]*, *[]]*",
         "  runs:     seeds 0..3 (4 seeds, * cached) of experiment toy-normal",
         "  file:     claims/wrong-claim.yaml:2",

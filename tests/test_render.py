@@ -40,6 +40,7 @@ from bnclaims import render  # noqa: E402
 from bnclaims.claims import load_claims  # noqa: E402
 from bnclaims.errors import UserError  # noqa: E402
 from bnclaims.results import SeedRun, build_result  # noqa: E402
+from bnclaims.verdict import ANSWER  # noqa: E402
 from bnclaims.runner import RunOptions, run_claims  # noqa: E402
 
 import bnclaims  # noqa: E402
@@ -75,8 +76,10 @@ CLAIMS = {
           conditions:
             - name: x is positive
               holds: mean(x) > 0
+              tests: "these parameters"
         expected: supported
         explanation: It is so; see https://arxiv.org/abs/1502.03167.
+        scope: A toy scope.
         references:
           - title: Ioffe & Szegedy 2015
             arxiv: "1502.03167"
@@ -102,8 +105,10 @@ CLAIMS = {
           conditions:
             - name: x is positive
               holds: mean(x) > 0
+              tests: "are scalar"
         expected: refuted
         explanation: Nope.
+        scope: A toy scope.
     """,
     "overlap-b": f"""
         id: overlap-b
@@ -120,9 +125,12 @@ CLAIMS = {
           conditions:
             - name: positive
               holds: mean(x) > 0.2
+              tests: "there is"
             - name: negative
               holds: mean(x) < -0.2
+              tests: "there is"
         explanation: Neither.
+        scope: A toy scope.
     """,
     "across-lines": f"""
         id: across-lines
@@ -138,7 +146,9 @@ CLAIMS = {
           conditions:
             - name: x is near one
               holds: mean(x) between -10 and 10
+              tests: "reducing internal"
         explanation: Wide band.
+        scope: A toy scope.
     """,
     "failing": f"""
         id: failing
@@ -155,7 +165,9 @@ CLAIMS = {
           conditions:
             - name: ok
               holds: mean(x) > 0
+              tests: "This distribution"
         explanation: Fails.
+        scope: A toy scope.
     """,
 }
 
@@ -174,7 +186,12 @@ XSS_CLAIM = f"""
       conditions:
         - name: '{XSS}'
           holds: mean(gain) > 0
+          tests: "magic & wonderful"
+      beyond:
+        - name: '{XSS}'
+          holds: mean(gain) < 100
     explanation: '{XSS}'
+    scope: '{XSS}'
     references:
       - title: '{XSS}'
         url: https://example.org/a?b=1&c=2
@@ -206,9 +223,16 @@ GOLDEN_CLAIM = """
       conditions:
         - name: gain is positive
           holds: mean(gain) > 0.05
+          tests: "The mean"
         - name: gain is modest
           holds: mean(gain) < 0.5
+          tests: "estimated by measuring"
+      beyond:
+        - name: gain is large
+          holds: mean(gain) > 0.12
     expected: supported
+    scope: >
+      The author asserts that in training mode the statistics come from the current mini-batch.
     explanation: >
       The gain is positive in every seed (see `gain`).
 
@@ -472,8 +496,10 @@ def test_thread_marks_every_quote_with_its_verdict(site, inputs):
     for claim_id in ("gamma-redundant", "overlap-a", "overlap-b"):
         verdict = by_id[claim_id].status
         assert re.search(rf'<mark class="q v-{verdict}" id="q-{claim_id}"', html), claim_id
+        # the badge reads as an answer ("Right"), with the verdict word beside it
         assert re.search(rf'<a class="badge v-{verdict}" href="../claims/{claim_id}.html"[^>]*>'
-                         rf'<span aria-hidden="true">.</span> {verdict}</a>', html), claim_id
+                         rf'<span aria-hidden="true">.</span> {ANSWER[verdict]} <span class="vword">{verdict}</span></a>',
+                         html), claim_id
     # overlap-a and overlap-b overlap: overlap-b's mark is nested inside overlap-a's, then continues after it
     assert re.search(r'id="q-overlap-a"[^>]*>.*?<mark class="q v-\w+" id="q-overlap-b"', html, re.S)
     assert re.search(r'<mark class="q v-\w+ cont"[^>]*>\. They are learnt', html)
@@ -495,7 +521,7 @@ def test_index_lists_every_claim_with_verdict_reason_thread_and_tags(site, input
     assert "affine" in text  # a tag
     counts = Counter(r.status for r in results)
     for verdict, n in counts.items():
-        assert f"{n} {verdict}" in text
+        assert f"{n} {ANSWER[verdict]} {verdict}" in text
     assert "Thread 002" in text
 
 
@@ -519,7 +545,7 @@ def test_error_claim_shows_the_message(site, inputs):
     assert failing.status == "error"
     html = (out / "claims" / "failing.html").read_text()
     assert 'role="alert"' in html and "boom from the experiment" in html
-    assert "! error" in page_text(check_page(out / "index.html"))
+    assert "! No verdict error" in page_text(check_page(out / "index.html"))
 
 
 def test_builds_are_deterministic(inputs, tmp_path):

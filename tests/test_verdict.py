@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from bnclaims.rules import RuleSyntaxError, parse_condition
+from bnclaims.rules import NamedCondition, RuleSyntaxError, parse_condition
 from bnclaims.verdict import combine, judge, judge_condition
 
 
@@ -128,10 +128,17 @@ def test_ratio_with_zero_denominator_raises():
     (["supported", "refuted"], "mixed"),
     (["supported", "refuted", "inconclusive"], "mixed"),
     (["supported", "inconclusive"], "inconclusive"),
-    (["refuted", "inconclusive"], "inconclusive"),
+    (["refuted", "inconclusive"], "refuted"),
+    (["refuted", "inconclusive", "inconclusive"], "refuted"),
+    (["refuted"], "refuted"),
     (["inconclusive"], "inconclusive"),
+    (["inconclusive", "inconclusive"], "inconclusive"),
+    (["supported", "error"], "error"),
+    (["error"], "error"),
+    ([], "error"),
 ])
 def test_combine(verdicts, expected):
+    """Every row of the combine table (DESIGN.md "Claim file")."""
     class R:
         def __init__(self, v):
             self.verdict = v
@@ -146,3 +153,80 @@ def test_judge_mixed_reason_names_conditions():
     assert v.verdict == "mixed"
     assert v.reason == "x positive: supported; y positive: refuted"
     assert v.headline.name == "x positive"
+
+
+def test_family_wise_level_matches_a_hand_computed_bonferroni_interval():
+    values = [0.10, 0.25, 0.05, 0.30, 0.20, 0.15]
+    per_seed = seeds(x=values, y=values, z=values)
+    conditions = [NamedCondition("a", parse_condition("mean(x) > 0")),
+                  NamedCondition("b", parse_condition("mean(y) > 0")),
+                  NamedCondition("exact", parse_condition("max(z) < 1"))]  # exact: not counted
+    v = judge(conditions, per_seed)
+    # by hand: k = 2 interval conditions, level 1 - 0.05/2 = 0.975, two-sided: the t quantile 1 - 0.025/2 = 0.9875 at 5 dof
+    assert v.level == 0.975
+    mean, sd, n = 0.175, float(np.std(values, ddof=1)), 6
+    half = 3.1633814497 * sd / math.sqrt(n)  # t.ppf(0.9875, 5), from a table
+    assert v.conditions[0].ci_low == pytest.approx(mean - half, rel=1e-9)
+    assert v.conditions[0].ci_high == pytest.approx(mean + half, rel=1e-9)
+    assert v.conditions[0].level == 0.975
+    assert "97.5% CI" in v.conditions[0].reason
+    # a single interval condition keeps 95 %
+    single = judge([NamedCondition("a", parse_condition("mean(x) > 0"))], per_seed)
+    assert single.level == 0.95
+    assert single.conditions[0].ci_low == pytest.approx(mean - 2.5705818356 * sd / math.sqrt(n), rel=1e-9)
+
+
+def test_bonferroni_can_turn_a_95_percent_call_inconclusive():
+    # mean 1, sd 1, n 10: the 95 % interval excludes 0.3 but the 99.17 % one (k = 6) does not
+    values = [1 + d for d in (-1.5, -1, -0.5, 0, 0, 0, 0, 0.5, 1, 1.5)]
+    per_seed = seeds(x=values)
+    one = judge([NamedCondition("a", parse_condition("mean(x) > 0.3"))], per_seed)
+    six = judge([NamedCondition(f"c{i}", parse_condition(f"mean(x) > {0.3 + i * 1e-9}")) for i in range(6)], per_seed)
+    assert one.verdict == "supported"
+    assert six.verdict == "inconclusive"
+
+
+@pytest.mark.parametrize("beyond_rule", ["mean(y) > 0", "mean(y) < 0", "mean(y) > 100", "mean(y / z) > 1"])
+def test_beyond_never_changes_the_verdict(beyond_rule):
+    per_seed = seeds(x=[1.0, 1.1, 0.9, 1.05], y=[-1.0, -1.1, -0.9, -1.05], z=[0.0, 1.0, 1.0, 1.0])
+    headline = [NamedCondition("x positive", parse_condition("mean(x) > 0"), "x")]
+    alone = judge(headline, per_seed)
+    with_beyond = judge(headline, per_seed, [NamedCondition("other", parse_condition(beyond_rule))])
+    assert with_beyond.verdict == alone.verdict == "supported"
+    assert with_beyond.conditions == alone.conditions
+    assert with_beyond.level == alone.level
+    assert len(with_beyond.beyond) == 1 and with_beyond.beyond[0].level == 0.95
+
+
+def test_a_beyond_condition_that_cannot_be_judged_is_shown_as_an_error():
+    per_seed = seeds(x=[1.0, 1.1, 0.9], y=[1.0, 2.0, 3.0], z=[0.0, 1.0, 1.0])
+    v = judge([NamedCondition("x", parse_condition("mean(x) > 0"))], per_seed,
+              [NamedCondition("ratio", parse_condition("mean(y / z) > 1"))])
+    assert v.verdict == "supported"
+    assert v.beyond[0].verdict == "error"
+    assert "division by zero" in v.beyond[0].reason
+
+
+@pytest.mark.parametrize("values, message", [
+    ([1.0, float("nan"), 2.0], "x is not finite in run 2"),
+    ([1.0, float("inf"), 2.0], "x is not finite in run 2"),
+    ([1e308, 1e308, -1e308], "is not finite"),
+])
+def test_non_finite_inputs_or_intermediates_are_errors_not_verdicts(values, message):
+    per_seed = seeds(x=values, y=[-1e308, -1e308, 1e308])
+    rule = "mean(x - y) > 0" if values[0] == 1e308 else "mean(x) > 0"
+    with pytest.raises(ValueError, match=message):
+        judge([NamedCondition("x", parse_condition(rule))], per_seed)
+
+
+def test_huge_finite_values_whose_spread_overflows_are_errors():
+    per_seed = seeds(x=[1e308, -1e308, 1e308])
+    with pytest.raises(ValueError, match="not finite"):
+        judge([NamedCondition("x", parse_condition("mean(x) > 0"))], per_seed)
+
+
+@pytest.mark.parametrize("text", ["geomean(x) > 0", "geomean(a / b) >= -1", "geomean(x) between 0 and 2",
+                                  "mean(x) > 1e309"])
+def test_rules_that_could_never_be_judged_are_refused(text):
+    with pytest.raises(RuleSyntaxError):
+        parse_condition(text)
