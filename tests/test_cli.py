@@ -38,6 +38,24 @@ def test_exit_0_when_all_expected_hold(project):
     assert claim["cached"] is False and claim["error"] is None
     assert data["invalid"] == []
     assert "1 claims: 1 supported" in out.stdout
+    # the verdict as an answer, the scope, the headline conditions with their words and level, beyond
+    assert claim["answer"] == "Right" and claim["scope"] == "A toy scope."
+    (condition,) = claim["conditions"]
+    assert condition["tests"] == "With fluctuating" and condition["level"] == 0.95
+    assert claim["beyond"] == []
+
+
+def test_json_lists_beyond_conditions_apart_from_the_verdict(project):
+    path = add(project, "toy-b")
+    text = path.read_text().replace("{expected}", "")
+    text = text.replace("expected: supported", "  beyond:\n    - name: large\n      holds: mean(x) > 100\n"
+                        "expected: supported")
+    path.write_text(text)
+    out = bnclaims(project, "run", "--jobs", "1", "--json", "out.json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    (claim,) = read_json(project / "out.json")["claims"]
+    assert claim["verdict"] == "supported"
+    assert [(b["name"], b["verdict"], b["level"]) for b in claim["beyond"]] == [("large", "refuted", 0.95)]
 
 
 def test_exit_1_on_mismatch_and_error(project):
