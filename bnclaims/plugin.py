@@ -32,11 +32,15 @@ VERDICT_PROPERTY = "bnclaims_verdict"  # user_properties key: shown in -v output
 
 # --------------------------------------------------------------------------- options
 
-def _int_at_least(minimum: int):
+def _int_at_least(minimum: int, maximum=None):
+    """An int option in ``minimum..maximum`` (``maximum`` an int or a function giving it), as the CLI's."""
     def parse(text: str) -> int:
         value = int(text)
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum} (found {value})")
+        top = maximum() if callable(maximum) else maximum
+        if top is not None and value > top:
+            raise argparse.ArgumentTypeError(f"must be at most {top} (found {value})")
         return value
 
     return parse
@@ -44,12 +48,13 @@ def _int_at_least(minimum: int):
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("bnclaims", "bnclaims claims (claim files as test items)")
-    group.addoption("--bnclaims-seeds", type=_int_at_least(1), metavar="N",
+    group.addoption("--bnclaims-seeds", type=_int_at_least(1, 10_000), metavar="N",
                     help="override every claim's number of seeds")
     group.addoption("--bnclaims-seed-base", type=_int_at_least(0), default=0, metavar="N",
                     help="first seed; seeds are N..N+count-1 (default 0)")
     group.addoption("--bnclaims-no-cache", action="store_true", help="run every seed again, ignoring cached results")
-    group.addoption("--bnclaims-jobs", type=_int_at_least(0), default=0, metavar="N",
+    group.addoption("--bnclaims-jobs", type=_int_at_least(0, lambda: 4 * (os.cpu_count() or 1)), default=0,
+                    metavar="N",
                     help="worker processes (default: all cores; under xdist, cores / xdist workers)")
     group.addoption("--bnclaims-cache-dir", metavar="DIR",
                     help="result cache (default: the CLI's, $XDG_CACHE_HOME/bnclaims or ./.bnclaims-cache)")

@@ -156,3 +156,11 @@ def test_every_definition_error_is_a_user_error_and_still_a_type_error(source):
         experiments.experiment("limits-def", metrics={"x": "1"})(namespace["f"])
     assert isinstance(info.value, TypeError) and isinstance(info.value, UserError)
     assert "limits-def" not in experiments._REGISTRY
+
+
+def test_the_pytest_options_have_the_same_limits(pytester):
+    pytester.makepyfile("def test_nothing():\n    pass\n")
+    for option in ("--bnclaims-seeds=10001", f"--bnclaims-jobs={4 * (os.cpu_count() or 1) + 1}"):
+        result = pytester.runpytest_subprocess(option)
+        assert result.ret == 4, result.stderr.str()  # pytest's usage error
+        assert "must be at most" in result.stderr.str()
