@@ -52,6 +52,8 @@ def test_shape_experiment_returns_names_and_is_deterministic():
     assert a == experiments.run_experiment(exp, 1, params)
     assert set(a["metrics"]) == set(exp.metrics) and set(a["series"]) == set(exp.series)
     assert a["metrics"]["ks_after_moments"] < a["metrics"]["ks_before_moments"]
+    m = a["metrics"]
+    assert m["ks_after_nearest_shape"] == min(m[f"ks_after_{s.replace('-', '_')}"] for s in dist.SHAPED)
 
 
 def test_sequence_experiment_layer_norm_is_batch_independent():
