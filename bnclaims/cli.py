@@ -150,6 +150,18 @@ def make_parser() -> argparse.ArgumentParser:
                    help="also write the valid and invalid files as JSON to FILE ('-': standard output)")
     _common(p)
 
+    p = sub.add_parser("coverage", help="per thread: sentences, testable, tested, percent (from the sentence maps)",
+                       description="How much of what each thread asserts is tested, from the sentence maps "
+                                   "claims/threads/<thread>.map.yaml: percent = tested / (tested + testable but "
+                                   "untested); not-testable sentences are left out. Lists every untested testable "
+                                   "sentence as thread:line: text.")
+    p.add_argument("--fail-under", type=float, metavar="PCT",
+                   help="exit 1 if the overall coverage is below PCT percent")
+    p.add_argument("--json", metavar="FILE", help="also write the report as JSON to FILE ('-': standard output)")
+    p.add_argument("--skeleton", metavar="THREAD",
+                   help="print a sentence map to start from for THREAD (every sentence, claims filled in)")
+    _common(p)
+
     p = sub.add_parser("list", help="ids, titles, tags, thread and last verdict of every claim")
     _selection(p), _common(p)
     p.add_argument("--cache-dir", type=Path, metavar="DIR", help="cache to read last verdicts from")
@@ -292,6 +304,10 @@ def _load(args, targets: list[str]):
         seen = {c.path.resolve() for c in claims}
         claims += [c for c in dir_claims if c.path.resolve() not in seen]
         problems += [p for p in dir_problems if p not in problems]
+        if not ids:  # the whole directory: its sentence maps are checked against all of its claims
+            from bnclaims.coverage import load_maps
+
+            problems += load_maps(args.claims, dir_claims)[1]
     if getattr(args, "keyword", None):
         match = keyword_matcher(args.keyword)
         claims = [c for c in claims if match(c.id)]
@@ -520,6 +536,55 @@ def cmd_check(args) -> int:
     return EXIT_USAGE if problems else EXIT_OK
 
 
+def cmd_coverage(args) -> int:
+    from bnclaims.coverage import report
+
+    json_mode = _json_mode(args.json)
+    human = sys.stderr if json_mode == "stdout" else sys.stdout
+    from bnclaims.claims import load_claims
+    from bnclaims.coverage import load_maps
+
+    _import_experiments(args)
+    if not args.claims.is_dir():
+        raise UserError(f"{args.claims}: claims directory not found (use --claims DIR)")
+    claims, problems = load_claims([args.claims])
+    if args.skeleton:
+        from bnclaims.coverage import skeleton
+
+        name = args.skeleton if args.skeleton.endswith(".txt") else args.skeleton + ".txt"
+        path = args.claims / "threads" / name
+        if "/" in name or not path.is_file():
+            raise UserError(f"no thread {name} in {args.claims / 'threads'}")
+        sys.stdout.write(skeleton(name, path.read_text(encoding="utf-8"), claims))
+        return EXIT_OK
+    maps, map_problems = load_maps(args.claims, claims)
+    _print_problems(problems + map_problems)
+    data = report(maps)
+    width = max([len(t["thread"]) for t in data["threads"]] + [6])
+    print(f"{'thread':<{width}}  sentences  testable  tested  coverage", file=human)
+    for t in data["threads"]:
+        percent = "—" if t["percent"] is None else f"{t['percent']:.0f}%"
+        print(f"{t['thread']:<{width}}  {t['sentences']:>9}  {t['testable']:>8}  {t['tested']:>6}  {percent:>8}", file=human)
+    total = "—" if data["percent"] is None else f"{data['percent']:.0f}%"
+    print(f"{'total':<{width}}  {sum(t['sentences'] for t in data['threads']):>9}  {data['testable']:>8}  "
+          f"{data['tested']:>6}  {total:>8}", file=human)
+    untested = [(t["thread"], u) for t in data["threads"] for u in t["untested"]]
+    if untested and not args.quiet:
+        print("\nTestable, not tested yet:", file=human)
+        for thread, u in untested:
+            print(f"{thread}:{u['line']}: {u['text']}", file=human)
+    if not data["threads"]:
+        print(f"no sentence maps in {args.claims / 'threads'} (add <thread>.map.yaml beside a thread)", file=human)
+    if json_mode:
+        _write_json(args.json, json_mode, {**data, "invalid": [p.to_json() for p in problems + map_problems]})
+    if problems or map_problems:
+        return EXIT_USAGE
+    if args.fail_under is not None and (data["percent"] or 0.0) < args.fail_under:
+        print(f"coverage {total} is below --fail-under {args.fail_under:g}%", file=human)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 def cmd_list(args) -> int:
     from bnclaims import experiments
     from bnclaims.cache import Cache, default_cache_dir
@@ -617,7 +682,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     commands = {"run": cmd_run, "build": lambda a: cmd_run(a, build=True), "check": cmd_check,
-                "list": cmd_list, "new": cmd_new, "schema": cmd_schema}
+                "list": cmd_list, "new": cmd_new, "schema": cmd_schema, "coverage": cmd_coverage}
     previous_term = None
     try:
         previous_term = signal.signal(signal.SIGTERM, _on_sigterm)
