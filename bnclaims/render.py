@@ -742,14 +742,6 @@ def check_out(out: Path) -> None:
                         f"(remove it or choose another --out)")
 
 
-def recover_site(out: Path) -> None:
-    """Complete or roll back an interrupted swap into ``out``, if there is one (cheap when there is none)."""
-    out = Path(os.path.abspath(out))
-    if out.parent.is_dir() and _journals(out):
-        with _locked(out):
-            _recover(out)
-
-
 def write_site(files: dict[str, bytes], out: Path) -> None:
     """Write ``files`` as the directory ``out``, atomically: a new directory, swapped in under a lock.
     After any interruption ``out`` is the old site or the new one, once the next build has recovered."""
