@@ -164,3 +164,19 @@ def test_the_pytest_options_have_the_same_limits(pytester):
         result = pytester.runpytest_subprocess(option)
         assert result.ret == 4, result.stderr.str()  # pytest's usage error
         assert "must be at most" in result.stderr.str()
+
+
+def test_fuzzed_k_expressions_compile_or_give_a_usage_error():
+    import random
+
+    rng = random.Random(17)
+    vocabulary = ["gamma", "beta", "and", "or", "not", "(", ")", "bn", "lr"]
+    for _ in range(2000):
+        expr = " ".join(rng.choice(vocabulary) for _ in range(rng.randint(0, 400)))
+        if rng.random() < 0.1:
+            expr = "(" * rng.randint(90, 300) + expr
+        try:
+            predicate = keyword_matcher(expr)
+        except UserError:
+            continue
+        assert predicate("bn-gamma-lr") in (True, False)
