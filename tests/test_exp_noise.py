@@ -238,3 +238,38 @@ def test_running_average_arm_with_momentum_one_is_batch_norm():
     run = nz._norm_train(z, gamma, beta, mean_run, var_run, one_arm(stat_weight=np.nextafter(1.0, 0)), None)
     assert rel_error(bn[0], run[0]) < F64_TOL
     assert rel_error(nz._norm_backward(dout, gamma, bn[1])[0], nz._norm_backward(dout, gamma, run[1])[0]) < 1e-9
+
+
+def test_renorm_warmup_schedule():
+    """Ioffe 2017's warm-up: r_max = 1, d_max = 0 until `hold`, then linear to the limits, d first."""
+    schedule = [0.05, 0.25, 0.4]
+    assert nz.renorm_limits(0, 1000, 3.0, 5.0, schedule) == (1.0, 0.0)
+    assert nz.renorm_limits(50, 1000, 3.0, 5.0, schedule) == (1.0, 0.0)
+    r, d = nz.renorm_limits(150, 1000, 3.0, 5.0, schedule)
+    assert abs(r - (1 + 2 * 0.1 / 0.35)) < 1e-12 and abs(d - 5 * 0.5) < 1e-12
+    assert nz.renorm_limits(250, 1000, 3.0, 5.0, schedule)[1] == 5.0
+    assert nz.renorm_limits(400, 1000, 3.0, 5.0, schedule) == (3.0, 5.0)
+    assert nz.renorm_limits(999, 1000, 3.0, 5.0, schedule) == (3.0, 5.0)
+    limits = [nz.renorm_limits(s, 1000, 3.0, 5.0, schedule) for s in range(1000)]
+    assert all(a[0] <= b[0] and a[1] <= b[1] for a, b in zip(limits, limits[1:]))
+
+
+def test_renorm_during_warmup_is_exactly_batch_norm():
+    """With r_max = 1, d_max = 0 batch renorm is batch norm, whatever the running statistics."""
+    rng = np.random.default_rng(6)
+    z, gamma, beta, mean_run, var_run, dout = layer_inputs(rng)
+    bn = nz._norm_train(z, gamma, beta, mean_run, var_run, one_arm(), None)
+    held = nz._norm_train(z, gamma, beta, mean_run, var_run, one_arm(renorm=True, r_max=1.0, d_max=0.0), None)
+    np.testing.assert_array_equal(bn[0], held[0])
+    np.testing.assert_array_equal(nz._norm_backward(dout, gamma, bn[1])[0], nz._norm_backward(dout, gamma, held[1])[0])
+    relaxed = nz._norm_train(z, gamma, beta, mean_run, var_run, one_arm(renorm=True, r_max=3.0, d_max=5.0), None)
+    assert rel_error(bn[0], relaxed[0]) > 1e-3
+
+
+def test_running_average_reports_per_batch_size_failures_and_weight_growth():
+    result, _ = _run("running-average-bn", 2, **TINY["running-average-bn"])
+    m = result["metrics"]
+    for arm in nz.RUNNING_ARMS:
+        assert m[f"failed_{arm}"] == m[f"failed_{arm}_large"] + m[f"failed_{arm}_small"]
+        for size in nz.SIZES:
+            assert m[f"weight_growth_{arm}_{size}"] > 0

@@ -34,7 +34,7 @@ Normalized networks have no hidden bias; the no-norm network (its own stack) has
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -711,6 +711,20 @@ RUNNING_TEXT = {"bn": "batch statistics (BN)",
 SIZES = ("large", "small")
 
 
+def renorm_limits(step: int, steps: int, r_max: float, d_max: float, schedule: list[float]) -> tuple[float, float]:
+    """Batch renorm's clipping limits (r_max, d_max) at `step` of `steps` (Ioffe 2017, section 4).
+
+    schedule = [hold, d_full, r_full], fractions of the steps: r_max = 1 and d_max = 0 (r = 1, d = 0:
+    plain batch norm) until hold, then linear to d_max at d_full and to r_max at r_full."""
+    hold, d_full, r_full = schedule
+    t = step / steps
+
+    def ramp(full: float) -> float:
+        return 1.0 if full <= hold else float(np.clip((t - hold) / (full - hold), 0.0, 1.0))
+
+    return 1.0 + (r_max - 1.0) * ramp(r_full), d_max * ramp(d_full)
+
+
 def running_arms(lrs: np.ndarray, kind: str, momentum: float, slow_momentum: float) -> Arms:
     """Arms of one normalization kind (see RUNNING_TEXT) at the learning rates `lrs`."""
     if kind == "bn":
@@ -728,8 +742,15 @@ def running_arms(lrs: np.ndarray, kind: str, momentum: float, slow_momentum: flo
            for arm in RUNNING_ARMS for size in SIZES},
         **{f"failed_{arm}": f"{RUNNING_TEXT[arm]}: grid LRs (both batch sizes) at which training diverged "
                             f"(NaN/inf) or ended below 50 % validation accuracy" for arm in RUNNING_ARMS},
+        **{f"failed_{arm}_{size}": f"{RUNNING_TEXT[arm]}: grid LRs at the {size} batch at which training diverged "
+                                   f"(NaN/inf) or ended below 50 % validation accuracy"
+           for arm in RUNNING_ARMS for size in SIZES},
         **{f"diverged_{arm}": f"{RUNNING_TEXT[arm]}: grid LRs (both batch sizes) at which the weights went NaN/inf"
            for arm in RUNNING_ARMS},
+        **{f"weight_growth_{arm}_{size}": f"{RUNNING_TEXT[arm]}, {size} batch, at the LR chosen on validation: "
+                                          f"final / initial Frobenius norm of the normalized layers' weights "
+                                          f"(geometric mean over layers; inf where diverged)"
+           for arm in RUNNING_ARMS for size in SIZES},
         **{f"lr_{arm}_{size}": f"learning rate chosen on validation, {RUNNING_TEXT[arm]}, {size} batch"
            for arm in RUNNING_ARMS for size in SIZES},
         "best_at_edge": "chosen LRs (arms x batch sizes) at the smallest or largest value of the grid",
@@ -744,7 +765,8 @@ def running_arms(lrs: np.ndarray, kind: str, momentum: float, slow_momentum: flo
 def running_average_bn(rng: np.random.Generator, *, hidden: list[int] = [64, 64], large_batch: int = 32,
                        small_batch: int = 4, epochs: int = 4, momentum: float = 0.1, slow_momentum: float = 0.01,
                        lr_grid: list[float] = [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4], r_max: float = 3.0,
-                       d_max: float = 5.0, fail_below: float = 0.5) -> dict:
+                       d_max: float = 5.0, renorm_schedule: list[float] = [0.05, 0.25, 0.4],
+                       fail_below: float = 0.5) -> dict:
     """Normalize by exponential running averages during training instead of by batch statistics?
 
     Network 64-[hidden]-10, ReLU, normalization before every ReLU, SGD, float32, `epochs` epochs
@@ -760,7 +782,10 @@ def running_average_bn(rng: np.random.Generator, *, hidden: list[int] = [64, 64]
     0.99 = 0.01 here);
     * batch renormalization (Ioffe 2017): batch statistics corrected by r = clip(sigma_B / sigma,
       1/r_max, r_max) and d = clip((mu_B - mu) / sigma, -d_max, d_max) from the running averages,
-      r and d constants (fixed r_max, d_max: no warm-up schedule).
+      r and d constants, with the paper's warm-up (`renorm_limits`): r_max = 1, d_max = 0 (plain
+      BN) for the first `renorm_schedule[0]` of the steps, then relaxed linearly to reach d_max at
+      `renorm_schedule[1]` and r_max at `renorm_schedule[2]` of the steps (Ioffe 2017: 5k, 25k and
+      40k steps, read here as fractions of 100k).
     Running statistics start at mean 0, variance 1. Every arm runs every LR of `lr_grid` at the
     large batch and of `lr_grid` x small_batch / large_batch at the small batch (linear scaling);
     the LR with the best final validation accuracy is kept and its test accuracy reported.
@@ -790,11 +815,16 @@ def running_average_bn(rng: np.random.Generator, *, hidden: list[int] = [64, 64]
         state = init_state(params)
         steps = epochs * (len(y) // batch_size)
         plan = batch_plan(order, len(y), batch_size, steps)
+        norms0 = [np.sqrt(np.sum(np.square(w, dtype=np.float64), axis=(1, 2))) for w in params["W"][:-1]]
         with np.errstate(all="ignore"):
             for step in range(steps):
                 idx = plan[step]
-                _, state = train_step(params, state, X[idx], y[idx], arms, arms.lr)
+                step_arms = replace(arms, **dict(zip(("r_max", "d_max"),
+                                                     renorm_limits(step, steps, r_max, d_max, renorm_schedule))))
+                _, state = train_step(params, state, X[idx], y[idx], step_arms, arms.lr)
             logits = predict(params, x_eval, arms, state=state)
+            growth = np.exp(np.mean([np.log(np.sqrt(np.sum(np.square(w, dtype=np.float64), axis=(1, 2))) / n0)
+                                     for w, n0 in zip(params["W"][:-1], norms0)], axis=0))
             finite = finite_arms(params) & np.all([np.isfinite(s).all(axis=(1, 2)) for s in state["mean"]], axis=0)
         val_acc = np.where(finite, accuracy(logits[:, :n_val], split.y_val), 0.0)
         test_acc = np.where(finite, accuracy(logits[:, n_val:], split.y_test), 0.0)
@@ -805,7 +835,10 @@ def running_average_bn(rng: np.random.Generator, *, hidden: list[int] = [64, 64]
             out[f"test_acc_{arm}_{size}"] = float(test_acc[rows[best]])
             out[f"lr_{arm}_{size}"] = float(lrs[best])
             out[f"val_acc_{arm}_{size}"] = val_acc[rows].astype(float)
-            failed[arm] += int(np.sum(~finite[rows] | (val_acc[rows] < fail_below)))
+            failed_here = int(np.sum(~finite[rows] | (val_acc[rows] < fail_below)))
+            out[f"failed_{arm}_{size}"] = float(failed_here)
+            out[f"weight_growth_{arm}_{size}"] = float(growth[rows[best]]) if finite[rows[best]] else float("inf")
+            failed[arm] += failed_here
             diverged[arm] += int(np.sum(~finite[rows]))
             edge += int(best in (0, len(lrs) - 1))
     for arm in RUNNING_ARMS:
