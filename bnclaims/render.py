@@ -38,7 +38,7 @@ from markupsafe import Markup, escape
 
 import bnclaims
 from bnclaims import experiments as registry
-from bnclaims import mathtext, svg
+from bnclaims import coverage, mathtext, svg
 from bnclaims.claims import Claim, schema_json, threads_dir_for
 from bnclaims.errors import UserError
 from bnclaims.results import ClaimResult
@@ -203,6 +203,14 @@ class QuoteMark:
     title: str
     href: str
     summary: str = ""  # the key number behind the verdict, shown in the margin note
+    kind: str = "claim"  # "claim": a tested quote; "untested": a testable sentence no claim tests yet
+
+
+def untested_mark(entry, index: int) -> QuoteMark:
+    """A sentence-map entry classed ``testable`` as a mark on the thread page (its note on hover/focus)."""
+    s = entry.sentence
+    return QuoteMark(f"u-{index}", s.start, s.end, "untested", f"Testable, not tested yet: {entry.note}", "",
+                     kind="untested")
 
 
 def thread_html(text: str, quotes: list[QuoteMark]) -> Markup:
@@ -236,7 +244,7 @@ def thread_html(text: str, quotes: list[QuoteMark]) -> Markup:
             start = first.start
         if last.kind != "text":
             end = last.end
-        marks.append(QuoteMark(q.claim_id, start, end, q.verdict, q.title, q.href, q.summary))
+        marks.append(QuoteMark(q.claim_id, start, end, q.verdict, q.title, q.href, q.summary, q.kind))
     order = {m.claim_id: i for i, m in enumerate(sorted(marks, key=lambda m: (m.start, -m.end, m.claim_id)))}
 
     bounds = {0, len(text)}
@@ -267,10 +275,19 @@ def thread_html(text: str, quotes: list[QuoteMark]) -> Markup:
         anchor = "" if m.claim_id in opened else f' id="q-{m.claim_id}"'
         cont = " cont" if m.claim_id in opened else ""
         opened.add(m.claim_id)
+        if m.kind == "untested":
+            return f'<span class="untested{cont}"{anchor} tabindex="0" title="{escape(m.title)}">'
         tip = escape(f"{m.title} — {ANSWER[m.verdict]} ({m.verdict})")
         return f'<mark class="q v-{m.verdict}{cont}"{anchor} title="{tip}">'
 
+    def close_tag(m: QuoteMark) -> str:
+        return "</span>" if m.kind == "untested" else "</mark>"
+
     def badge(m: QuoteMark) -> str:
+        if m.kind == "untested":  # a text label, so the difference does not rest on colour
+            return (f'<span class="badge untested-label" title="{escape(m.title)}">untested</span>'
+                    f'<span class="side untested-note"><span class="side-verdict">Testable, not tested yet:</span> '
+                    f'{escape(m.title.split(": ", 1)[-1])}</span>')
         # the badge sits right after the passage; the note beside it goes to the margin on wide screens
         summary = f'<span class="side-summary">{escape(m.summary)}</span>' if m.summary else ""
         return (f'<a class="badge v-{m.verdict}" href="{escape(m.href)}" title="{escape(m.title)}">'
@@ -293,7 +310,7 @@ def thread_html(text: str, quotes: list[QuoteMark]) -> Markup:
                 keep += 1
             while len(stack) > keep:
                 closing = stack.pop()
-                body.append("</mark>")
+                body.append(close_tag(closing))
                 if closing.end <= a:
                     body.append(badge(closing))
             for m in active[keep:]:
@@ -306,7 +323,7 @@ def thread_html(text: str, quotes: list[QuoteMark]) -> Markup:
         end = pieces[-1][1] if pieces else 0
         while stack:
             closing = stack.pop()
-            body.append("</mark>")
+            body.append(close_tag(closing))
             if closing.end <= end:
                 body.append(badge(closing))
         plain = "".join(text[a:b] for a, b, s in visible if s.kind == "text")
@@ -523,9 +540,11 @@ def render_site(results: list[ClaimResult], claims_dir: Path) -> dict[str, bytes
 
     common = {"counts": counts, "n_claims": len(results)}
     by_verdict = {v: [r for r in results if r.status == v] for v in VERDICT_ORDER}
+    maps = coverage.load_maps(claims_dir, [r.claim for r in results])[0]  # an invalid map shows no coverage
     files["index.html"] = env.get_template("index.html").render(
         root="", page="index", results=results, by_verdict=by_verdict, threads=list(threads.values()),
-        thread_of=thread_of, snippet=_quote_snippet, **common)
+        thread_of=thread_of, snippet=_quote_snippet, coverage=coverage.report(maps) if maps else None,
+        maps=maps, **common)
 
     claim_template = env.get_template("claim.html")
     for r in results:
@@ -545,8 +564,13 @@ def render_site(results: list[ClaimResult], claims_dir: Path) -> dict[str, bytes
     for t in threads.values():
         marks = [QuoteMark(r.id, r.claim.quote_span[0], r.claim.quote_span[1], r.status, r.claim.title,
                            f"../claims/{r.id}.html", _summary(r)) for r in t.results]
+        sentence_map = maps.get(t.name)
+        untested = list(sentence_map.untested) if sentence_map else []
+        marks += [untested_mark(entry, i + 1) for i, entry in enumerate(untested)]
         files[f"threads/{t.stem}.html"] = thread_template.render(
-            root="../", page="thread", thread=t, body=thread_html(t.text, marks),
+            root="../", page="thread", thread=t, body=thread_html(t.text, marks), sentence_map=sentence_map,
+            untested=[{"anchor": f"q-u-{i + 1}", "line": e.sentence.line, "text": e.sentence.text, "note": e.note}
+                      for i, e in enumerate(untested)],
             thread_counts=Counter(r.status for r in t.results), **common)
 
     experiment_template = env.get_template("experiment.html")
