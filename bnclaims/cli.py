@@ -382,6 +382,9 @@ def _summary(results, problems) -> str:
         line += f"; {mismatched} differ from expected"
     if problems:
         line += f"; {len(problems)} problem(s) in claim files"
+    drafts = sum(1 for r in results if "draft" in r.claim.tags)
+    if drafts:
+        line += f"; {drafts} draft{'s' if drafts != 1 else ''} (not published: remove the draft tag to publish)"
     return line
 
 
@@ -511,7 +514,7 @@ def cmd_run(args, build: bool = False) -> int:
         try:
             written = build_site(results, args.out, claims_dir=args.claims)
             if not args.quiet:
-                print(f"site written to {args.out}/ ({written} pages)", file=human)
+                print(f"site written to {args.out}/ ({written} pages); open {args.out / 'index.html'}", file=human)
         except OSError as e:
             failed.append(f"cannot write the site to {args.out} ({e.strerror or e})")
     print(_summary(results, problems), file=human)
@@ -528,7 +531,9 @@ def cmd_check(args) -> int:
     if not args.quiet:
         for c in claims:
             print(f"ok  {c.path}", file=human)
-    print(f"{len(claims)} valid, {len({p.path for p in problems})} invalid claim file(s)", file=human)
+    drafts = sum(1 for c in claims if "draft" in c.tags)
+    note = f"; {drafts} draft{'s' if drafts != 1 else ''} (not published: remove the draft tag to publish)" if drafts else ""
+    print(f"{len(claims)} valid, {len({p.path for p in problems})} invalid claim file(s){note}", file=human)
     if json_mode:
         data = {"claims": [{"id": c.id, "path": str(c.path), "line": c.line} for c in claims],
                 "invalid": [p.to_json() for p in problems]}

@@ -527,7 +527,7 @@ def _quote_snippet(result: ClaimResult) -> Markup:
 def render_site(results: list[ClaimResult], claims_dir: Path) -> dict[str, bytes]:
     """Every file of the site, by relative path (a pure function of the results and thread files)."""
     env = _environment()
-    results = sorted(results, key=lambda r: r.id)
+    results = sorted((r for r in results if "draft" not in r.claim.tags), key=lambda r: r.id)  # drafts are never published
     threads = _threads(results, claims_dir)
     thread_of = {r.id: threads.get(r.claim.thread) for r in results}
     files: dict[str, str | bytes] = {}

@@ -25,7 +25,7 @@ scope: >
 source:
   thread: {thread}
   quote: {quote}
-tags: [draft]
+tags: [draft]           # a draft is checked and run but never published: remove 'draft' to publish
 experiment: {experiment}
 params: {{}}            # parameters of the experiment (see `bnclaims list --experiments`)
 seeds: 10
@@ -71,7 +71,7 @@ def scaffold(claim_id: str, claims_dir: Path, *, experiment: str | None = None, 
         raise UserError(f"no threads in {claims_dir / 'threads'}: add the source thread there first")
     words = chosen.read_text(encoding="utf-8").split()
     quote = " ".join(words[:8]) or "?"
-    title = claim_id.replace("-", " ").capitalize()
+    title = "Write the title: what the sentence claims, in a few words"
     text = TEMPLATE.format(id=claim_id, title=_yaml_string(title), thread=chosen.stem, quote=_yaml_string(quote),
                            tests=_yaml_string(" ".join(words[:3]) or "?"), experiment=name,
                            holds=f"mean({metric}) > 0")
