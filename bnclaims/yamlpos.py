@@ -111,6 +111,41 @@ def _convert(node: yaml.Node, loader: _Loader) -> Located:
     return Located(value, line, column, "scalar")
 
 
+_FOUND = re.compile(r"(?:found|got) (.+)$")
+
+
+def _explain(e: yaml.MarkedYAMLError):
+    """PyYAML's error as one house-style message, placed at the likely cause: the opening bracket or
+    quote that was never closed rather than the line where the parser gave up."""
+    problem, context = e.problem or "", e.context or ""
+    found = _FOUND.search(problem)
+    found = found.group(1).strip("'") if found else "something else"
+    found = {"<scalar>": "a value", "<block mapping start>": "a key", "?": "a key", "<stream end>": "end of file",
+             "<block end>": "less indentation"}.get(found, found)
+    if "end of stream" in problem:
+        found = "end of file"
+    opened = e.context_mark
+    if "expected a single document" in str(e):
+        return "more than one YAML document (expected exactly one)", e.problem_mark
+    if "flow sequence" in context and opened is not None:
+        return (f"unclosed '[': the list that starts here has no ']' before line {e.problem_mark.line + 1} "
+                f"(found {found!r})"), opened
+    if "flow mapping" in context and opened is not None:
+        return (f"unclosed '{{': the mapping that starts here has no '}}' before line {e.problem_mark.line + 1} "
+                f"(found {found!r})"), opened
+    if "quoted scalar" in context and opened is not None:
+        return f"unclosed quote: the string that starts here never ends (found {found})", opened
+    if "'\\t'" in problem:
+        return "a tab cannot indent YAML; use spaces (found a tab)", e.problem_mark
+    if "mapping values are not allowed" in problem:
+        return "unexpected ':' in a value; quote a value that contains ': ' (found ':')", e.problem_mark
+    if "expected <block end>" in problem:
+        return ("indentation does not line up with the lines above: check this line and the one before "
+                f"(found {found})"), e.problem_mark
+    what = problem or context or "invalid YAML"
+    return what, e.problem_mark or e.context_mark
+
+
 def load(data: bytes) -> Located:
     """Parse one YAML document from ``data``; raise YamlProblem with a position on any problem."""
     if len(data) > MAX_BYTES:
@@ -138,10 +173,7 @@ def load(data: bytes) -> Located:
     except YamlProblem:
         raise
     except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        what = e.problem or e.context or "invalid YAML"
-        if "expected a single document" in str(e):
-            what = "more than one YAML document (expected exactly one)"
+        what, mark = _explain(e)
         if mark is None:
             raise YamlProblem(f"invalid YAML: {what}") from None
         raise YamlProblem(f"invalid YAML: {what}", mark.line + 1, mark.column + 1) from None

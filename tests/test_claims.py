@@ -95,7 +95,7 @@ BASE = VALID.format(id="bad")
 CASES = {
     "syntax error": (
         set_line(BASE, "tags: [toy, fast]", "tags: [toy, fast"),
-        "bad.yaml:8:11: invalid YAML: expected ',' or ']', but got ':'",
+        "bad.yaml:7:7: invalid YAML: unclosed '[': the list that starts here has no ']' before line 8 (found ':')",
     ),
     "wrong type": (
         set_line(BASE, "title: Toy claim", "title: [Toy]"),

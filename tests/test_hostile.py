@@ -49,8 +49,8 @@ def billion_laughs_nested() -> str:
 # ``@SENTINEL@`` is replaced by a directory outside the project that nothing may write to.
 CORPUS: dict[str, tuple[str | bytes, str]] = {
     # --- syntax
-    "syntax-error": (sub(B, "tags: [toy]", "tags: [toy"), "8:11: invalid YAML: expected ',' or ']', but got ':'"),
-    "tab-indent": (sub(B, "  thread: 000", "\tthread: 000"), "5:1: invalid YAML: found character '\\t'"),
+    "syntax-error": (sub(B, "tags: [toy]", "tags: [toy"), "7:7: invalid YAML: unclosed '[': the list that starts here has no ']' before line 8 (found ':')"),
+    "tab-indent": (sub(B, "  thread: 000", "\tthread: 000"), "5:1: invalid YAML: a tab cannot indent YAML; use spaces (found a tab)"),
     "two-documents": (B + "---\nid: again\n", "17:1: invalid YAML: more than one YAML document"),
     "empty-file": ("", ": file is empty"),
     "only-comments": ("# nothing here\n# at all\n", ": file holds no YAML document"),
