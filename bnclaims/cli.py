@@ -165,7 +165,9 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="ids, titles, tags, thread and last verdict of every claim")
     _selection(p), _common(p)
     p.add_argument("--cache-dir", type=Path, metavar="DIR", help="cache to read last verdicts from")
-    p.add_argument("--experiments", action="store_true", help="list registered experiments, their parameters and metrics")
+    p.add_argument("--experiments", action="store_true",
+                   help="list the registered experiments with one-line descriptions; with NAME, one "
+                        "experiment's parameters, metrics and series")
 
     p = sub.add_parser("new", help="scaffold a new claim file that passes 'check'")
     p.add_argument("id", help="the new claim's id (lowercase words joined by '-')")
@@ -595,15 +597,31 @@ def cmd_list(args) -> int:
     from bnclaims.cache import Cache, default_cache_dir
 
     if args.experiments:
-        _load(args, [])  # imports extra modules
-        for name, exp in sorted(experiments.load_all().items()):
-            print(f"{name}  ({exp.module})")
-            for p in exp.params.values():
-                print(f"    param  {p.name}: {p.type_name} = {p.default!r}")
-            for m, desc in exp.metrics.items():
-                print(f"    metric {m}: {desc}")
-            for m, desc in exp.series.items():
-                print(f"    series {m}: {desc}")
+        _import_experiments(args)  # works anywhere: no claims directory needed
+        known = experiments.load_all()
+        if args.targets:  # one experiment in full: its parameters, metrics and series
+            from bnclaims.claims import did_you_mean
+
+            for name in args.targets:
+                exp = known.get(name)
+                if exp is None:
+                    raise UserError(f"unknown experiment (found {name!r}{did_you_mean(name, known)})")
+                print(f"{name}  ({exp.module})")
+                if exp.doc:
+                    print("    " + " ".join(exp.doc.split("\n\n")[0].split()))
+                for p in exp.params.values():
+                    print(f"    param  {p.name}: {p.type_name} = {p.default!r}")
+                for m, desc in exp.metrics.items():
+                    print(f"    metric {m}: {desc}")
+                for m, desc in exp.series.items():
+                    print(f"    series {m}: {desc}")
+            return EXIT_OK
+        width = max((len(n) for n in known), default=10)
+        for name, exp in sorted(known.items()):
+            summary = " ".join((exp.doc or "").split("\n\n")[0].split())
+            summary = summary if len(summary) <= 100 else summary[:99].rsplit(" ", 1)[0] + "…"
+            print(f"{name:<{width}}  {summary}")
+        print(f"\n{len(known)} experiments; details: bnclaims list --experiments NAME")
         return EXIT_OK
     claims, problems, _ = _load(args, args.targets)
     _print_problems(problems)
