@@ -79,7 +79,7 @@ def _split_line(line: str) -> list[tuple[int, int]]:
         if any(a < at < b - 1 for a, b in protected):
             continue
         word = re.search(r"(\S+)$", line[:at])
-        token = word.group(1).lower().lstrip(_OPEN) if word else ""
+        token = word.group(1).lower().lstrip("\"'“‘([{") if word else ""
         if match.group().startswith(".") and (token in _ABBREVIATIONS
                                                or (re.fullmatch(r"\d+", token) and not line[:word.start()].strip())):
             continue

@@ -35,6 +35,12 @@ def test_sentences_are_split_by_the_documented_rules():
         assert THREAD[s.start:s.end] == s.text
 
 
+def test_an_abbreviation_after_an_opening_bracket_does_not_end_a_sentence():
+    text = "A small batch (e.g. 32 samples) is noisy. So is (i.e. Often) this one.\n"
+    assert [s.text for s in split_sentences(text)] == ["A small batch (e.g. 32 samples) is noisy.",
+                                                      "So is (i.e. Often) this one."]
+
+
 def test_quotations_code_and_a_lone_full_stop_are_handled():
     text = 'He said “It works. Really.” Then he left.\nCall `f(x). Now` once.\nDraw a line y\n. Next one.\n'
     assert [s.text for s in split_sentences(text)] == [
