@@ -8,7 +8,7 @@ whole site. Pages::
     index.html              every claim: verdict, reason, thread, tags; by verdict and by thread
     claims/<id>.html        one claim: quote, verdict and its statistics, plots, metrics, params, provenance
     threads/<stem>.html     a source thread, each quoted passage marked with its claim's verdict
-    experiments/<name>.html an experiment's module source, its function highlighted
+    experiments/<module>.html an experiment module: each experiment (anchor = its name), then the source once
     about.html              how claims, rules and verdicts work; the claim file JSON Schema
     claim.schema.json, style.css
 
@@ -536,7 +536,10 @@ def render_site(results: list[ClaimResult], claims_dir: Path) -> dict[str, bytes
     used_experiments: dict[str, list[ClaimResult]] = {}
     for r in results:
         used_experiments.setdefault(r.claim.experiment, []).append(r)
-    experiment_href = {name: f"experiments/{urlquote(slug(name))}.html" for name in used_experiments}
+    # one page per module (its source once), an anchor per experiment on it
+    page_of = {name: _module_page(name) for name in used_experiments}
+    experiment_href = {name: f"experiments/{urlquote(page_of[name])}.html#{urlquote(slug(name))}"
+                       for name in used_experiments}
 
     common = {"counts": counts, "n_claims": len(results)}
     by_verdict = {v: [r for r in results if r.status == v] for v in VERDICT_ORDER}
@@ -574,22 +577,30 @@ def render_site(results: list[ClaimResult], claims_dir: Path) -> dict[str, bytes
             thread_counts=Counter(r.status for r in t.results), **common)
 
     experiment_template = env.get_template("experiment.html")
-    sources: dict[str, tuple[list[str], dict[int, int]]] = {}
-    for name, users in sorted(used_experiments.items()):
-        exp = _experiment(name)
-        code, first, last = Markup(""), 0, 0
-        if exp is not None:
-            if exp.source_file not in sources:
-                sources[exp.source_file] = _read_source(Path(exp.source_file))
-            lines, ends = sources[exp.source_file]
-            first = exp.first_line
-            last = ends.get(first, first)
-            code = _code_html(lines, first, last)
-        files[f"experiments/{slug(name)}.html"] = experiment_template.render(
-            root="../", page="experiment", name=name, exp=exp, users=users, code=code,
-            first=first, last=last, path=_display_source_path(exp) if exp else "",
-            params=[{"name": p.name, "type": p.type_name, "default": fmt_value(p.default)}
-                    for p in exp.params.values()] if exp else [], **common)
+    by_page: dict[str, list[str]] = {}
+    for name in sorted(used_experiments):
+        by_page.setdefault(page_of[name], []).append(name)
+    for page_name, names in sorted(by_page.items()):
+        exps = [_experiment(name) for name in names]
+        registered = [e for e in exps if e is not None]
+        code, path = Markup(""), ""
+        sections = []
+        if registered:
+            source_file = registered[0].source_file
+            lines, ends = _read_source(Path(source_file))
+            spans = [(e.first_line, ends.get(e.first_line, e.first_line)) for e in registered]
+            code = _code_html(lines, spans)
+            path = _display_source_path(registered[0])
+        for name, exp in zip(names, exps):
+            first = exp.first_line if exp else 0
+            sections.append({
+                "name": name, "anchor": slug(name), "exp": exp, "users": used_experiments[name],
+                "first": first, "last": ends.get(first, first) if exp else 0,
+                "params": [{"name": p.name, "type": p.type_name, "default": fmt_value(p.default)}
+                           for p in exp.params.values()] if exp else []})
+        files[f"experiments/{page_name}.html"] = experiment_template.render(
+            root="../", page="experiment", module=registered[0].module if registered else page_name,
+            sections=sections, code=code, path=path, **common)
 
     files["about.html"] = env.get_template("about.html").render(
         root="", page="about", schema=schema_json(), rules_doc=_doc("rules"), verdict_doc=_doc("verdict"),
@@ -624,14 +635,20 @@ def _read_source(path: Path) -> tuple[list[str], dict[int, int]]:
     return [str(escape(line)) for line in text.splitlines()], ends
 
 
-def _code_html(lines: list[str], first: int, last: int) -> Markup:
-    """Source lines with numbers and ``L<n>`` anchors; lines first..last highlighted."""
+def _code_html(lines: list[str], spans: list[tuple[int, int]]) -> Markup:
+    """Source lines with numbers and ``L<n>`` anchors; the lines of each (first, last) span highlighted."""
     out = []
     for number, line in enumerate(lines, 1):
-        css = "line hl" if first <= number <= last else "line"
+        css = "line hl" if any(first <= number <= last for first, last in spans) else "line"
         out.append(f'<span class="{css}" id="L{number}"><a class="ln" href="#L{number}" aria-hidden="true">'
                    f'{number}</a>{line}\n</span>')
     return Markup("".join(out))
+
+
+def _module_page(name: str) -> str:
+    """The experiments page an experiment is shown on: its module's (by name when it is not registered)."""
+    exp = _experiment(name)
+    return slug(exp.module) if exp is not None else slug(name)
 
 
 def _doc(module: str) -> str:

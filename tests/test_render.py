@@ -394,8 +394,7 @@ def test_build_writes_every_page(site, inputs):
     files = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
     expected = {"index.html", "about.html", "style.css", "claim.schema.json",
                 "threads/002_55d87fa20057dfdd.html", "threads/000_9d0fa3abc03cef76.html",
-                "threads/hostile_thread.html", "experiments/toy-normal.html", "experiments/toy-fault.html",
-                "experiments/render-test-sweep.html"}
+                "threads/hostile_thread.html", "experiments/toy_experiments.html", "experiments/test_render.html"}
     expected |= {f"claims/{r.id}.html" for r in results}
     assert expected <= files
     assert pages == len(html_files(out))
@@ -440,7 +439,15 @@ def test_claim_links_to_its_place_in_the_thread_and_back(site):
     thread = check_page(out / "threads" / "002_55d87fa20057dfdd.html")
     assert thread.ids["q-gamma-redundant"] == 1
     assert "../claims/gamma-redundant.html" in thread.links
-    assert 'href="../experiments/toy-normal.html#L' in claim_page
+    assert 'href="../experiments/toy_experiments.html#toy-normal"' in claim_page
+
+
+def test_one_page_per_experiment_module_with_an_anchor_per_experiment(site):
+    out, _ = site
+    page = (out / "experiments" / "toy_experiments.html").read_text()
+    assert 'id="toy-normal"' in page and 'id="toy-fault"' in page
+    assert page.count('<section id="source"') == 1  # the module's source once, not once per experiment
+    assert page.count('class="line hl"') >= 2  # both functions highlighted
 
 
 def test_xss_is_escaped_everywhere(site):
