@@ -11,6 +11,16 @@ Rules every function here keeps:
 * The result dtype is the dtype of ``x`` (float32 stays float32, float64 stays float64);
   parameters are cast to it and scalars such as ``eps`` stay Python floats.
 * Shapes: ``x`` is ``(N, D)`` -- N examples, D features. Per-feature parameters are ``(D,)``.
+* Stacks: every function also takes ``x`` of shape ``(..., N, D)``: leading "arm" axes
+  (arms x seeds x learning rates, say) that are independent networks computed in one call.
+  The batch axis is always -2 and the feature axis -1. A per-feature parameter is then either
+  ``(D,)``, shared by every arm, or per arm ``(..., 1, D)`` (keepdims shape, broadcasting against
+  x); ``W`` is ``(D, M)`` or ``(..., D, M)``. Per-feature statistics in caches are ``(D,)`` for an
+  ``(N, D)`` x and ``(..., 1, D)`` for a stack; a parameter's gradient has the parameter's shape
+  (a shared ``(D,)`` parameter gets the sum over the arms). One implementation serves both: arm
+  k of a stack gives bit for bit what the same call on arm k alone gives (tests check this).
+  Room for a channel axis: spatial batch norm will move channels last and fold (N, H, W) into
+  the batch axis, ``(..., N*H*W, C)``, so these kernels apply unchanged.
 * A training-mode layer that needs batch statistics refuses a batch of one example.
 
 Performance notes (these run in the inner loop of every experiment):
@@ -50,30 +60,59 @@ __all__ = [
 # ----------------------------------------------------------------------------- helpers
 
 def _as_float_2d(x, name: str = "x") -> np.ndarray:
-    """`x` as a floating (N, D) array; integer input becomes float64."""
+    """`x` as a floating (N, D) or stacked (..., N, D) array; integer input becomes float64."""
     x = np.asarray(x)
     if x.dtype.kind != "f":
         x = x.astype(np.float64)
-    if x.ndim != 2:
-        raise ValueError(f"{name} must have shape (N, D); got shape {x.shape}")
+    if x.ndim < 2:
+        raise ValueError(f"{name} must have shape (N, D) (or (..., N, D) for a stack); got shape {x.shape}")
     return x
 
 
-def _param(p, d: int, dtype, name: str):
-    """A per-feature parameter as a (d,) array of `dtype`, or None."""
+def _param(p, x: np.ndarray, name: str, d: int | None = None):
+    """A per-feature parameter of x's dtype: (d,), or per arm (..., 1, d) for a stacked x; or None.
+
+    d defaults to x's feature count.
+    """
     if p is None:
         return None
-    p = np.asarray(p, dtype=dtype)  # no copy when the dtype already matches
-    if p.shape != (d,):
-        raise ValueError(f"{name} must have shape ({d},) to match x with {d} features; got shape {p.shape}")
-    return p
+    d = x.shape[-1] if d is None else d
+    p = np.asarray(p, dtype=x.dtype)  # no copy when the dtype already matches
+    if p.shape == (d,):
+        return p
+    if x.ndim > 2 and p.ndim == x.ndim and p.shape[-2:] == (1, d):
+        try:
+            if np.broadcast_shapes(p.shape[:-2], x.shape[:-2]) == x.shape[:-2]:
+                return p
+        except ValueError:
+            pass
+    if x.ndim > 2:
+        raise ValueError(f"{name} must have shape ({d},) or per arm (..., 1, {d}) broadcasting against the "
+                         f"stack axes {x.shape[:-2]} of x; got shape {p.shape}")
+    raise ValueError(f"{name} must have shape ({d},) to match x with {d} features; got shape {p.shape}")
 
 
-def _affine(gamma, beta, d: int, dtype):
-    """Validate (gamma, beta): both arrays of shape (d,) or both None (affine off)."""
+def _affine(gamma, beta, x: np.ndarray):
+    """Validate (gamma, beta): both per-feature arrays (see `_param`) or both None (affine off)."""
     if (gamma is None) != (beta is None):
         raise ValueError("gamma and beta must both be arrays or both be None (affine off)")
-    return _param(gamma, d, dtype, "gamma"), _param(beta, d, dtype, "beta")
+    return _param(gamma, x, "gamma"), _param(beta, x, "beta")
+
+
+def _column(v: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """A reduction over the batch axis, (..., D), in the statistics shape: (D,) or (..., 1, D)."""
+    return v if x.ndim == 2 else v[..., None, :]
+
+
+def _grad_like(g: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """The gradient g (statistics shape) summed down to the shape of the parameter p."""
+    if g.shape == p.shape:
+        return g
+    if p.ndim == 1:                                 # a (D,) parameter shared by every arm
+        return g.reshape(-1, g.shape[-1]).sum(axis=0)
+    lead = g.ndim - p.ndim                          # per-arm p broadcast over some stack axes
+    axes = tuple(range(lead)) + tuple(i + lead for i, s in enumerate(p.shape) if s == 1 and g.shape[i + lead] != 1)
+    return g.sum(axis=axes).reshape(p.shape)
 
 
 def _need_two(n: int, layer: str) -> None:
@@ -126,9 +165,13 @@ def _rows_per_wide_row(n: int, d: int) -> int:
 def _per_feature(op, a: np.ndarray, v: np.ndarray, out=None) -> np.ndarray:
     """op(a, v) for a: (N, D) and a per-feature v: (D,), like broadcasting and bit-identical to it.
 
+    For a stack a: (..., N, D) with v: (D,) or (..., 1, D) it is the plain broadcast.
+
     Computed on the C-contiguous view (N / k, k * D) of a against v tiled k times, so that
     NumPy's per-row overhead is paid N / k times instead of N times.
     """
+    if a.ndim != 2:                                   # a stack: v is (D,) or (..., 1, D)
+        return op(a, v, out=out)
     n, d = a.shape
     k = _rows_per_wide_row(n, d)
     if k == 1 or not a.flags.c_contiguous or (out is not None and not out.flags.c_contiguous):
@@ -140,13 +183,16 @@ def _per_feature(op, a: np.ndarray, v: np.ndarray, out=None) -> np.ndarray:
 
 
 def _batch_moments(x: np.ndarray):
-    """Column mean, centred x and biased column variance of x: (N, D) -> (D,), (N, D), (D,)."""
-    n = x.shape[0]
+    """Column mean, centred x and biased column variance of x: (N, D) -> (D,), (N, D), (D,).
+
+    For a stack (..., N, D) the statistics are (..., 1, D).
+    """
+    n = x.shape[-2]
     weights = _mean_weights(n, x.dtype)
-    mean = weights @ x                      # (D,)
+    mean = _column(weights @ x, x)           # (D,)
     xc = _per_feature(np.subtract, x, mean)  # (N, D) x - mean, kept in the cache
     square = np.multiply(xc, xc)            # (N, D) scratch; becomes `out` in the caller
-    var = weights @ square                  # (D,) biased: divides by N, as every BN does in training
+    var = _column(weights @ square, x)      # (D,) biased: divides by N, as every BN does in training
     return mean, xc, var, square
 
 
@@ -154,16 +200,16 @@ def _bn_dx(dy: np.ndarray, xc: np.ndarray, inv_std: np.ndarray, scale):
     """Backward through x_hat = (x - mean_B) * inv_std with dL/dx_hat = dy * scale.
 
     dy: (N, D); xc = x - mean_B: (N, D); inv_std: (D,); scale: (D,) per-feature factor or None.
-    Returns dx (N, D), sum_n dy (D,), sum_n dy * xc (D,).
+    Returns dx (N, D), sum_n dy (D,), sum_n dy * xc (D,).  (Stacks: (..., N, D) and (..., 1, D).)
 
     dx = scale * inv_std * (dy - mean_n(dy) - x_hat * mean_n(dy * x_hat)), written with xc:
     dx = scale * inv_std * (dy - mean_n(dy) - xc * inv_std^2 * mean_n(dy * xc)).
     """
-    n = dy.shape[0]
+    n = dy.shape[-2]
     ones = _ones(n, dy.dtype)
-    sum_dy = ones @ dy                              # (D,)
+    sum_dy = _column(ones @ dy, dy)                 # (D,)
     dx = np.multiply(dy, xc)                        # (N, D) scratch for sum dy*xc, then becomes dx
-    sum_dy_xc = ones @ dx                           # (D,)
+    sum_dy_xc = _column(ones @ dx, dy)              # (D,)
     _per_feature(np.multiply, xc, inv_std * inv_std * sum_dy_xc * (-1.0 / n), out=dx)
     _per_feature(np.add, dx, sum_dy * (-1.0 / n), out=dx)
     dx += dy
@@ -197,36 +243,48 @@ def _standardize_backward(dxhat: np.ndarray, xhat: np.ndarray, inv_std: np.ndarr
 # ----------------------------------------------------------------------------- linear, relu, loss
 
 class LinearCache(NamedTuple):
-    x: np.ndarray          # (N, D)
-    W: np.ndarray          # (D, M)
-    has_bias: bool
+    x: np.ndarray          # (N, D) or (..., N, D)
+    W: np.ndarray          # (D, M) or (..., D, M)
+    b: np.ndarray | None   # (M,), (..., 1, M) or None: only its shape is used (for db)
 
 
 def linear_forward(x, W, b):
-    """out = x @ W + b.  x: (N, D), W: (D, M), b: (M,) or None  ->  out: (N, M)."""
+    """out = x @ W + b.  x: (N, D), W: (D, M), b: (M,) or None  ->  out: (N, M).
+
+    Stacks: x (..., N, D), W (D, M) or (..., D, M), b (M,) or (..., 1, M) -> out (..., N, M).
+    """
     x = _as_float_2d(x)
     W = np.asarray(W, dtype=x.dtype)
-    if W.ndim != 2 or W.shape[0] != x.shape[1]:
-        raise ValueError(f"W must have shape ({x.shape[1]}, M) for x of shape {x.shape}; got {W.shape}")
+    if W.ndim < 2 or W.shape[-2] != x.shape[-1] or (W.ndim > 2 and W.ndim != x.ndim):
+        raise ValueError(f"W must have shape ({x.shape[-1]}, M) for x of shape {x.shape}; got {W.shape}")
     out = x @ W
     if b is not None:
-        b = _param(b, W.shape[1], x.dtype, "b")
+        b = _param(b, out, "b")
         out += b
-    return out, LinearCache(x, W, b is not None)
+    return out, LinearCache(x, W, b)
+
+
+def _transpose(a: np.ndarray) -> np.ndarray:
+    return a.T if a.ndim == 2 else a.swapaxes(-1, -2)
 
 
 def linear_backward(dout, cache: LinearCache):
-    """dout: (N, M) -> dx (N, D), dW (D, M), db (M,) or None when the layer has no bias."""
-    x, W, has_bias = cache
+    """dout: (N, M) -> dx (N, D), dW (D, M), db (M,) or None when the layer has no bias.
+
+    Stacks: each gradient has its parameter's shape (a shared W or b gets the sum over arms).
+    """
+    x, W, b = cache
     dout = np.asarray(dout, dtype=x.dtype)
-    dx = dout @ W.T
-    dW = x.T @ dout
-    db = _ones(dout.shape[0], dout.dtype) @ dout if has_bias else None
+    dx = dout @ _transpose(W)
+    dW = _transpose(x) @ dout
+    if dW.shape != W.shape:                          # one W shared by a stack of x
+        dW = dW.reshape(-1, *W.shape).sum(axis=0)
+    db = None if b is None else _grad_like(_column(_ones(dout.shape[-2], dout.dtype) @ dout, dout), b)
     return dx, dW, db
 
 
 def relu_forward(x):
-    """out = max(x, 0), elementwise.  x: (N, D)."""
+    """out = max(x, 0), elementwise.  x: (N, D) or any shape."""
     x = np.asarray(x)
     # the cache is a bool mask (1 byte per entry), not `out`, so a caller may modify `out`
     return np.maximum(x, 0), x > 0
@@ -242,21 +300,34 @@ def softmax_cross_entropy(logits, y):
 
     logits: (N, C) float; y: (N,) ints in [0, C).
     Returns loss (python float, mean over N) and dlogits (N, C), same dtype as logits.
+
+    Stacks: logits (..., N, C), y (N,) shared or (..., N) per arm; the loss is then an array
+    (...,) of per-arm means (float64) and dlogits (..., N, C) the gradient of each arm's loss.
     """
     logits = _as_float_2d(logits, "logits")
-    n, c = logits.shape
+    n, c = logits.shape[-2:]
     y = np.asarray(y)
-    if y.shape != (n,) or y.dtype.kind not in "iu":
+    if (y.shape != (n,) and y.shape != logits.shape[:-1]) or y.dtype.kind not in "iu":
         raise ValueError(f"y must be ({n},) integer labels; got shape {y.shape}, dtype {y.dtype}")
     if n and (y.min() < 0 or y.max() >= c):
         raise ValueError(f"labels must be in [0, {c}); got range [{y.min()}, {y.max()}]")
-    rows = np.arange(n)
-    shifted = logits - logits.max(axis=1, keepdims=True)  # exp never overflows
+    if logits.ndim == 2:
+        rows = np.arange(n)
+        shifted = logits - logits.max(axis=1, keepdims=True)  # exp never overflows
+        exp = np.exp(shifted)
+        sum_exp = exp @ _ones(c, exp.dtype)                    # (N,)
+        loss = float(np.mean(np.log(sum_exp) - shifted[rows, y]))
+        exp *= (1.0 / n) / sum_exp[:, None]                    # softmax / N, in place on our temporary
+        exp[rows, y] -= 1.0 / n
+        return loss, exp
+    index = np.broadcast_to(y, logits.shape[:-1])[..., None]  # (..., N, 1)
+    shifted = logits - logits.max(axis=-1, keepdims=True)
     exp = np.exp(shifted)
-    sum_exp = exp @ _ones(c, exp.dtype)                    # (N,)
-    loss = float(np.mean(np.log(sum_exp) - shifted[rows, y]))
-    exp *= (1.0 / n) / sum_exp[:, None]                    # softmax / N, in place on our temporary
-    exp[rows, y] -= 1.0 / n
+    sum_exp = exp @ _ones(c, exp.dtype)                        # (..., N)
+    picked = np.take_along_axis(shifted, index, axis=-1)[..., 0]
+    loss = np.mean(np.log(sum_exp) - picked, axis=-1).astype(np.float64)
+    exp *= (1.0 / n) / sum_exp[..., None]
+    np.put_along_axis(exp, index, np.take_along_axis(exp, index, axis=-1) - 1.0 / n, axis=-1)
     return loss, exp
 
 
@@ -275,12 +346,12 @@ def batchnorm_forward(x, gamma, beta, eps: float = 1e-5):
 
     x: (N, D), N >= 2; gamma, beta: (D,) arrays, or both None (affine off).
     out = gamma * (x - mean_B) / sqrt(var_B + eps) + beta, var_B biased (divides by N).
+    Stacks: x (..., N, D), gamma, beta (D,) or (..., 1, D); statistics per arm over axis -2.
     """
     x = _as_float_2d(x)
-    n, d = x.shape
-    _need_two(n, "batchnorm_forward")
+    _need_two(x.shape[-2], "batchnorm_forward")
     _check_eps(eps)
-    gamma, beta = _affine(gamma, beta, d, x.dtype)
+    gamma, beta = _affine(gamma, beta, x)
     mean, xc, var, out = _batch_moments(x)
     inv_std = 1.0 / np.sqrt(var + eps)
     if gamma is None:
@@ -298,7 +369,7 @@ def batchnorm_backward(dout, cache: BatchNormCache):
     dx, sum_dout, sum_dout_xc = _bn_dx(dout, xc, inv_std, gamma)
     if gamma is None:
         return dx, None, None
-    return dx, sum_dout_xc * inv_std, sum_dout
+    return dx, _grad_like(sum_dout_xc * inv_std, gamma), _grad_like(sum_dout, gamma)
 
 
 def batch_stats(cache):
@@ -360,13 +431,13 @@ def batchnorm_eval_forward(x, running_mean, running_var, gamma, beta, eps: float
 
     x: (N, D); running_mean, running_var: (D,); gamma, beta: (D,) or both None.
     out = gamma * (x - running_mean) / sqrt(running_var + eps) + beta.
+    Stacks: x (..., N, D); every per-feature argument (D,) or (..., 1, D).
     """
     x = _as_float_2d(x)
-    d = x.shape[1]
     _check_eps(eps)
-    gamma, beta = _affine(gamma, beta, d, x.dtype)
-    running_mean = _param(running_mean, d, x.dtype, "running_mean")
-    running_var = _param(running_var, d, x.dtype, "running_var")
+    gamma, beta = _affine(gamma, beta, x)
+    running_mean = _param(running_mean, x, "running_mean")
+    running_var = _param(running_var, x, "running_var")
     inv_std = 1.0 / np.sqrt(running_var + eps)
     xhat = x - running_mean
     xhat *= inv_std
@@ -381,16 +452,16 @@ def batchnorm_eval_backward(dout, cache: BatchNormEvalCache):
     dout = np.asarray(dout, dtype=inv_std.dtype)
     if gamma is None:
         return dout * inv_std, None, None
-    ones = _ones(dout.shape[0], dout.dtype)
+    ones = _ones(dout.shape[-2], dout.dtype)
     dx = dout * (gamma * inv_std)
-    return dx, ones @ (dout * xhat), ones @ dout
+    return dx, _grad_like(_column(ones @ (dout * xhat), dout), gamma), _grad_like(_column(ones @ dout, dout), gamma)
 
 
 # ----------------------------------------------------------------------------- layer norm, group norm
 
 class GroupNormCache(NamedTuple):
-    xhat: np.ndarray              # (N, G, D // G) normalised x
-    inv_std: np.ndarray           # (N, G, 1)
+    xhat: np.ndarray              # (N, G, D // G) normalised x; stacks (..., N, G, D // G)
+    inv_std: np.ndarray           # (N, G, 1); stacks (..., N, G, 1)
     gamma: np.ndarray | None      # (D,)
 
 
@@ -401,13 +472,13 @@ def groupnorm_forward(x, gamma, beta, groups: int, eps: float = 1e-5):
     groups=1 is layer norm; groups=D normalises each feature of each example alone (output 0).
     """
     x = _as_float_2d(x)
-    n, d = x.shape
+    d = x.shape[-1]
     _check_eps(eps)
     if not isinstance(groups, (int, np.integer)) or groups < 1 or d % groups:
         raise ValueError(f"groups must be a positive divisor of the {d} features; got {groups}")
-    gamma, beta = _affine(gamma, beta, d, x.dtype)
-    _, _, xhat, inv_std = _standardize(x.reshape(n, groups, d // groups), axis=2, eps=eps)
-    flat = xhat.reshape(n, d)
+    gamma, beta = _affine(gamma, beta, x)
+    _, _, xhat, inv_std = _standardize(x.reshape(*x.shape[:-1], groups, d // groups), axis=-1, eps=eps)
+    flat = xhat.reshape(x.shape)
     out = flat.copy() if gamma is None else flat * gamma + beta  # never alias the cache
     return out, GroupNormCache(xhat, inv_std, gamma)
 
@@ -415,14 +486,14 @@ def groupnorm_forward(x, gamma, beta, groups: int, eps: float = 1e-5):
 def groupnorm_backward(dout, cache: GroupNormCache):
     """dout: (N, D) -> dx (N, D), dgamma (D,), dbeta (D,) (None, None when affine off)."""
     xhat, inv_std, gamma = cache
-    n, groups, size = xhat.shape
     dout = np.asarray(dout, dtype=xhat.dtype)
     dxhat = dout if gamma is None else dout * gamma
-    dx = _standardize_backward(dxhat.reshape(n, groups, size), xhat, inv_std, axis=2).reshape(n, -1)
+    dx = _standardize_backward(dxhat.reshape(xhat.shape), xhat, inv_std, axis=-1).reshape(dout.shape)
     if gamma is None:
         return dx, None, None
-    ones = _ones(n, dout.dtype)
-    return dx, ones @ (dout * xhat.reshape(n, -1)), ones @ dout
+    ones = _ones(dout.shape[-2], dout.dtype)
+    return (dx, _grad_like(_column(ones @ (dout * xhat.reshape(dout.shape)), dout), gamma),
+            _grad_like(_column(ones @ dout, dout), gamma))
 
 
 def layernorm_forward(x, gamma, beta, eps: float = 1e-5):
@@ -442,7 +513,7 @@ def layernorm_backward(dout, cache: GroupNormCache):
 # ----------------------------------------------------------------------------- ghost batch norm
 
 class GhostBatchNormCache(NamedTuple):
-    xhat: np.ndarray              # (B, G, D): B ghost batches of G examples, normalised
+    xhat: np.ndarray              # (B, G, D): B ghost batches of G examples, normalised (stacks: (..., B, G, D))
     inv_std: np.ndarray           # (B, 1, D)
     gamma: np.ndarray | None
     batch_mean: np.ndarray        # (D,) mean over ghost batches of their means
@@ -456,30 +527,32 @@ def ghost_batchnorm_forward(x, gamma, beta, ghost_batch_size: int, eps: float = 
     Examples 0..G-1 form the first ghost batch, G..2G-1 the second, and so on.
     """
     x = _as_float_2d(x)
-    n, d = x.shape
+    n, d = x.shape[-2:]
     _check_eps(eps)
     g = ghost_batch_size
     if not isinstance(g, (int, np.integer)) or g < 1 or n % g:
         raise ValueError(f"ghost_batch_size must be a positive divisor of the batch size {n}; got {g}")
     _need_two(g, "ghost_batchnorm_forward (ghost batch size)")
-    gamma, beta = _affine(gamma, beta, d, x.dtype)
-    mean, var, xhat, inv_std = _standardize(x.reshape(n // g, g, d), axis=1, eps=eps)
-    flat = xhat.reshape(n, d)
+    gamma, beta = _affine(gamma, beta, x)
+    mean, var, xhat, inv_std = _standardize(x.reshape(*x.shape[:-2], n // g, g, d), axis=-2, eps=eps)
+    flat = xhat.reshape(x.shape)
     out = flat.copy() if gamma is None else flat * gamma + beta  # never alias the cache
-    return out, GhostBatchNormCache(xhat, inv_std, gamma, mean.mean(axis=(0, 1)), var.mean(axis=(0, 1)))
+    if x.ndim == 2:
+        return out, GhostBatchNormCache(xhat, inv_std, gamma, mean.mean(axis=(0, 1)), var.mean(axis=(0, 1)))
+    return out, GhostBatchNormCache(xhat, inv_std, gamma, mean.mean(axis=-3), var.mean(axis=-3))
 
 
 def ghost_batchnorm_backward(dout, cache: GhostBatchNormCache):
     """dout: (N, D) -> dx (N, D), dgamma (D,), dbeta (D,) (None, None when affine off)."""
     xhat, inv_std, gamma, _, _ = cache
-    blocks, g, d = xhat.shape
     dout = np.asarray(dout, dtype=xhat.dtype)
     dxhat = dout if gamma is None else dout * gamma
-    dx = _standardize_backward(dxhat.reshape(blocks, g, d), xhat, inv_std, axis=1).reshape(-1, d)
+    dx = _standardize_backward(dxhat.reshape(xhat.shape), xhat, inv_std, axis=-2).reshape(dout.shape)
     if gamma is None:
         return dx, None, None
-    ones = _ones(blocks * g, dout.dtype)
-    return dx, ones @ (dout * xhat.reshape(-1, d)), ones @ dout
+    ones = _ones(dout.shape[-2], dout.dtype)
+    return (dx, _grad_like(_column(ones @ (dout * xhat.reshape(dout.shape)), dout), gamma),
+            _grad_like(_column(ones @ dout, dout), gamma))
 
 
 # ----------------------------------------------------------------------------- batch renormalization
@@ -506,12 +579,11 @@ def batchrenorm_forward(x, gamma, beta, running_mean, running_var,
     Update the running statistics afterwards with `batch_stats(cache)` and `update_running_stats`.
     """
     x = _as_float_2d(x)
-    n, dim = x.shape
-    _need_two(n, "batchrenorm_forward")
+    _need_two(x.shape[-2], "batchrenorm_forward")
     _check_eps(eps)
-    gamma, beta = _affine(gamma, beta, dim, x.dtype)
-    running_mean = _param(running_mean, dim, x.dtype, "running_mean")
-    running_var = _param(running_var, dim, x.dtype, "running_var")
+    gamma, beta = _affine(gamma, beta, x)
+    running_mean = _param(running_mean, x, "running_mean")
+    running_var = _param(running_var, x, "running_var")
     mean, xc, var, out = _batch_moments(x)
     sigma_batch = np.sqrt(var + eps)
     inv_std = 1.0 / sigma_batch
@@ -535,7 +607,7 @@ def batchrenorm_backward(dout, cache: BatchRenormCache):
     dx, sum_dout, sum_dout_xc = _bn_dx(dout, xc, inv_std, scale)
     if gamma is None:
         return dx, None, None
-    return dx, sum_dout_xc * (inv_std * r) + d * sum_dout, sum_dout
+    return dx, _grad_like(sum_dout_xc * (inv_std * r) + d * sum_dout, gamma), _grad_like(sum_dout, gamma)
 
 
 # ----------------------------------------------------------------------------- batch norm with running statistics in training
@@ -566,13 +638,12 @@ def running_batchnorm_forward(x, gamma, beta, running_mean, running_var, momentu
     momentum=1 is batch norm. Carry `running_stats(cache)` to the next step.
     """
     x = _as_float_2d(x)
-    n, d = x.shape
     if grad_through_stats:
-        _need_two(n, "running_batchnorm_forward with grad_through_stats=True")
+        _need_two(x.shape[-2], "running_batchnorm_forward with grad_through_stats=True")
     _check_eps(eps)
-    gamma, beta = _affine(gamma, beta, d, x.dtype)
-    running_mean = _param(running_mean, d, x.dtype, "running_mean")
-    running_var = _param(running_var, d, x.dtype, "running_var")
+    gamma, beta = _affine(gamma, beta, x)
+    running_mean = _param(running_mean, x, "running_mean")
+    running_var = _param(running_var, x, "running_var")
     batch_mean, xc, batch_var, out = _batch_moments(x)
     keep = 1.0 - momentum
     mean = keep * running_mean + momentum * batch_mean
@@ -596,12 +667,12 @@ def running_batchnorm_backward(dout, cache: RunningBatchNormCache):
       dx = dxh * s + m / N * dL/dmean + 2 m / N * (x - batch_mean) * dL/dvar   (grad_through_stats)
     """
     xc, shift, inv_std, gamma, momentum, through, *_ = cache
-    n = xc.shape[0]
+    n = xc.shape[-2]
     dout = np.asarray(dout, dtype=xc.dtype)
     ones = _ones(n, dout.dtype)
-    sum_dout = ones @ dout
+    sum_dout = _column(ones @ dout, dout)
     dx = np.multiply(dout, xc)                         # scratch for sum dout * xc, then becomes dx
-    sum_dout_xc = ones @ dx
+    sum_dout_xc = _column(ones @ dx, dout)
     sum_dout_xhat = inv_std * (sum_dout_xc + shift * sum_dout)    # sum dout * x_hat, (D,)
     if through:
         # the formula above with the common factor gamma * s pulled out:
@@ -614,7 +685,7 @@ def running_batchnorm_backward(dout, cache: RunningBatchNormCache):
     _per_feature(np.multiply, dx, inv_std if gamma is None else gamma * inv_std, out=dx)
     if gamma is None:
         return dx, None, None
-    return dx, sum_dout_xhat, sum_dout
+    return dx, _grad_like(sum_dout_xhat, gamma), _grad_like(sum_dout, gamma)
 
 
 def running_stats(cache: RunningBatchNormCache):
@@ -643,10 +714,9 @@ def noisy_batchnorm_forward(x, gamma, beta, noise_scale, noise_shift, eps: float
     out = gamma * x_noisy + beta. No gradient flows into the noise.
     """
     x = _as_float_2d(x)
-    n, d = x.shape
-    _need_two(n, "noisy_batchnorm_forward")
+    _need_two(x.shape[-2], "noisy_batchnorm_forward")
     _check_eps(eps)
-    gamma, beta = _affine(gamma, beta, d, x.dtype)
+    gamma, beta = _affine(gamma, beta, x)
     noise_scale = np.asarray(noise_scale, dtype=x.dtype)
     noise_shift = np.asarray(noise_shift, dtype=x.dtype)
     for name, noise in (("noise_scale", noise_scale), ("noise_shift", noise_shift)):
@@ -675,11 +745,12 @@ def noisy_batchnorm_backward(dout, cache: NoisyBatchNormCache):
     dx, _, _ = _bn_dx(dy, xc, inv_std, gamma)
     if gamma is None:
         return dx, None, None
-    ones = _ones(dout.shape[0], dout.dtype)
+    ones = _ones(dout.shape[-2], dout.dtype)
     x_noisy = xc * inv_std
     x_noisy *= noise_scale
     x_noisy += noise_shift
-    return dx, ones @ (dout * x_noisy), ones @ dout
+    return (dx, _grad_like(_column(ones @ (dout * x_noisy), dout), gamma),
+            _grad_like(_column(ones @ dout, dout), gamma))
 
 
 def sample_covariate_noise(rng: np.random.Generator, n: int, d: int, mean_shift: float = 0.5,

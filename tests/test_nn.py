@@ -675,3 +675,105 @@ def test_per_feature_is_bit_identical_to_broadcasting(rng, shape, dtype):
         nn._per_feature(op, in_place, v, out=in_place)
         assert np.array_equal(in_place, op(a, v))
         assert np.array_equal(nn._per_feature(op, a.T.copy().T, v), op(a, v))  # non-contiguous input
+
+
+# ----------------------------------------------------------------------------- stacks: (..., N, D)
+
+def _stack_case(name, rng, dtype, arms: int):
+    """The same layer case drawn `arms` times, stacked: x (K, N, D), per-arm parameters (K, 1, D)."""
+    cases = [_case(name, rng, dtype) for _ in range(arms)]
+    _, forward, backward, _ = cases[0]
+    stacked = {}
+    for key, value in cases[0][3].items():
+        if isinstance(value, np.ndarray):
+            values = np.stack([c[3][key] for c in cases])
+            stacked[key] = values[:, None, :] if value.ndim == 1 else values
+        else:
+            stacked[key] = value
+    return forward, backward, [c[3] for c in cases], stacked
+
+
+@pytest.mark.parametrize("name", CASE_NAMES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_stack_of_arms_equals_separate_calls_exactly(rng, name, dtype):
+    forward, backward, singles, stacked = _stack_case(name, rng, dtype, arms=3)
+    out, cache = forward(**stacked)
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    grads = _as_tuple(backward(dout, cache))
+    for k, inputs in enumerate(singles):
+        out_k, cache_k = forward(**inputs)
+        assert np.array_equal(out[k], out_k)
+        for grad, grad_k in zip(grads, _as_tuple(backward(dout[k], cache_k))):
+            if grad_k is None:
+                assert grad is None
+            else:
+                assert grad.dtype == grad_k.dtype and np.array_equal(grad[k].reshape(grad_k.shape), grad_k)
+        if hasattr(cache, "batch_mean"):
+            for stat, stat_k in zip(nn.batch_stats(cache), nn.batch_stats(cache_k)):
+                assert np.array_equal(stat[k, 0], stat_k)
+
+
+@pytest.mark.parametrize("name", [n for n in CASE_NAMES if n not in ("relu",)])
+def test_stacked_gradients_match_finite_differences(rng, name):
+    forward, backward, _, stacked = _stack_case(name, rng, np.float64, arms=2)
+    if "x" in stacked:
+        stacked["x"] = stacked["x"] + rng.standard_normal(stacked["x"].shape[-1])  # offset: a harder case
+    wrt = {"linear": ["x", "W", "b"], "linear_nobias": ["x", "W", None]}.get(
+        name, ["x", None, None] if "noaffine" in name else ["x", "gamma", "beta"])
+    frozen = None  # the layers whose backward treats some statistics as constants
+    if name == "renorm":
+        _, cache = nn.batchrenorm_forward(**stacked)
+        frozen = _frozen_renorm(cache.r, cache.d)
+    elif name == "running_const":
+        mean, var = nn.running_stats(nn.running_batchnorm_forward(**stacked)[1])
+
+        def frozen(x, gamma, beta, **_):
+            return nn.batchnorm_eval_forward(x, mean, var, gamma, beta)
+    check_grads(forward, backward, stacked, wrt, rng, frozen_forward=frozen)
+
+
+@pytest.mark.parametrize("layer", ["batchnorm", "layernorm", "ghost", "linear"])
+def test_shared_parameters_get_the_sum_of_the_arms_gradients(rng, layer):
+    """A (D,) parameter used by every arm of a stack: its gradient is the sum over the arms."""
+    x = rng.standard_normal((3, 8, 4)) + 1.0
+    if layer == "linear":
+        W, b = rng.standard_normal((4, 5)), rng.standard_normal(5)
+        out, cache = nn.linear_forward(x, W, b)
+        dout = rng.standard_normal(out.shape)
+        dx, dW, db = nn.linear_backward(dout, cache)
+        assert dW.shape == W.shape and db.shape == b.shape
+        singles = [nn.linear_backward(dout[k], nn.linear_forward(x[k], W, b)[1]) for k in range(3)]
+        assert rel_error(dW, sum(s[1] for s in singles)) < 1e-15
+        assert rel_error(db, sum(s[2] for s in singles)) < 1e-15
+        return
+    gamma, beta = rng.uniform(0.5, 1.5, 4), rng.standard_normal(4)
+    forward, backward, extra = {
+        "batchnorm": (nn.batchnorm_forward, nn.batchnorm_backward, {}),
+        "layernorm": (nn.layernorm_forward, nn.layernorm_backward, {}),
+        "ghost": (nn.ghost_batchnorm_forward, nn.ghost_batchnorm_backward, {"ghost_batch_size": 4}),
+    }[layer]
+    check_grads(lambda **kw: forward(**kw, **extra), backward, dict(x=x, gamma=gamma, beta=beta),
+                ["x", "gamma", "beta"], rng)
+
+
+def test_stacked_softmax_cross_entropy_is_per_arm(rng):
+    logits = rng.standard_normal((4, 6, 5)).astype(np.float32)
+    y = rng.integers(0, 5, (4, 6))
+    loss, dlogits = nn.softmax_cross_entropy(logits, y)
+    assert loss.shape == (4,) and dlogits.dtype == np.float32
+    for k in range(4):
+        loss_k, dlogits_k = nn.softmax_cross_entropy(logits[k], y[k])
+        assert loss[k] == loss_k and np.array_equal(dlogits[k], dlogits_k)
+    shared_loss, _ = nn.softmax_cross_entropy(logits, y[0])  # one label vector for every arm
+    assert shared_loss[1] == nn.softmax_cross_entropy(logits[1], y[0])[0]
+    x = logits.astype(np.float64)
+    num = numerical_gradient(lambda v: np.array(nn.softmax_cross_entropy(v, y)[0].sum()), x.copy(), np.array(1.0))
+    assert rel_error(nn.softmax_cross_entropy(x, y)[1], num) < TOL
+
+
+def test_stacked_parameters_must_broadcast_against_the_arms():
+    x = np.ones((3, 4, 5))
+    with pytest.raises(ValueError, match=r"gamma must have shape \(5,\) or per arm \(\.\.\., 1, 5\)"):
+        nn.batchnorm_forward(x, np.ones((2, 1, 5)), np.zeros((2, 1, 5)))
+    with pytest.raises(ValueError, match="gamma must have shape"):
+        nn.batchnorm_forward(x, np.ones((3, 5)), np.zeros((3, 5)))  # (K, D) is ambiguous: use (K, 1, D)
