@@ -25,7 +25,7 @@ EXIT_SIGINT, EXIT_SIGTERM = 130, 143
 
 MAX_SEEDS = 10_000  # as in claim files
 MAX_DASK_JOBS = 256
-MEMORY_LIMIT_MIB = (64, 1 << 20)  # 64 MiB .. 1 TiB per worker
+MEMORY_LIMIT_MIB = (1, 1 << 20)  # 1 MiB .. 1 TiB per worker (a tiny one makes the worker fail to start, said in one line)
 MAX_KEYWORD_DEPTH = 100  # nesting of -k parentheses and 'not'
 MAX_KEYWORD_LENGTH = 10_000
 

@@ -144,8 +144,15 @@ def test_a_fifo_or_a_device_named_as_a_claim_file_is_refused_not_read(tmp_path):
     (project / "claims" / "zero.yaml").symlink_to("/dev/zero")  # reading it would never end
     out = bnclaims(project, "check", "claims/fifo.yaml", "claims/zero.yaml", timeout=60)
     assert out.returncode == 2
-    assert out.stderr.splitlines() == ["claims/fifo.yaml: not a regular file (expected a YAML claim file)",
-                                       "claims/zero.yaml: not a regular file (expected a YAML claim file)"]
+    assert out.stderr.splitlines() == [
+        "claims/fifo.yaml: not a regular file (expected a YAML claim file)",
+        "claims/zero.yaml: a link to a file outside claims/; claim files must be inside the claims directory (not read)"]
+    (project / "claims" / "device.yaml").symlink_to("zero.yaml")  # inside, but to something that is no file
+    (project / "claims" / "zero.yaml").unlink()
+    os.mkfifo(project / "claims" / "zero.yaml")
+    out = bnclaims(project, "check", "claims/device.yaml", timeout=60)
+    assert out.returncode == 2 and len(out.stderr.splitlines()) == 1
+    assert out.stderr.endswith(": not a regular file (expected a YAML claim file)\n")
 
 
 @pytest.mark.parametrize("claim_id", ["../../escaped", "/tmp/escaped", "a/b", "..", ".hidden", "x.html", "a\\b",
