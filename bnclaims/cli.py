@@ -417,12 +417,22 @@ def _json_mode(target: str | None) -> str | None:
         except OSError as e:
             raise UserError(f"--json {target}: {e.strerror}") from None
         if stat.S_ISREG(info.st_mode) or stat.S_ISFIFO(info.st_mode) or stat.S_ISCHR(info.st_mode):
-            return "through"
+            return "stdout" if _is_stdout(info) else "through"
     elif stat.S_ISFIFO(info.st_mode) or stat.S_ISCHR(info.st_mode):
-        return "through"
+        return "stdout" if _is_stdout(info) else "through"
     kind = ("a directory" if stat.S_ISDIR(info.st_mode) else "a block device" if stat.S_ISBLK(info.st_mode)
             else "a socket" if stat.S_ISSOCK(info.st_mode) else "not a file")
     raise UserError(f"--json {target}: is {kind}; give a file name (or '-' for standard output)")
+
+
+def _is_stdout(info: os.stat_result) -> bool:
+    """Whether a --json target is this process's standard output (``--json /dev/stdout``): then it is
+    written as ``-`` is, after the table has gone to stderr, not truncated under the table."""
+    try:
+        out = os.fstat(sys.stdout.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False
+    return (out.st_dev, out.st_ino) == (info.st_dev, info.st_ino)
 
 
 def _write_json(target: str, mode: str, data: dict) -> None:

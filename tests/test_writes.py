@@ -237,3 +237,14 @@ def test_one_seed_infinite_intervals_give_strict_json_and_a_site(project):
     assert (project / "site" / "claims" / "toy-a.html").is_file()
     for path in (project / "cache").rglob("*.json"):
         strict_loads(path.read_text())
+
+
+def test_json_to_dev_stdout_redirected_to_a_file_keeps_the_file_whole(tmp_path, project):
+    # /dev/stdout is a link to our own stdout: written as '-' is, not truncated under the table
+    with open(tmp_path / "out.txt", "w") as out:
+        result = subprocess.run([sys.executable, "-m", "bnclaims", "run", "--jobs", "1", "--cache-dir", "cache",
+                                 "--json", "/dev/stdout"], cwd=project, env=env_for_toys(), stdout=out,
+                                stderr=subprocess.PIPE, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert len(strict_loads((tmp_path / "out.txt").read_text())["claims"]) == 2
+    assert "2 claims" in result.stderr
