@@ -16,10 +16,20 @@ Randomness: `train` splits its Generator into independent child streams for the
 initial weights, the batch order and the layer noise, so two configs that differ
 only in normalization get the same weights and the same batches for the same seed
 (gamma/beta start at 1/0 and draw nothing).
+
+Stacks: `train_stack` is the one training loop. It trains K networks of one architecture
+as one computation (parameters ``(K, ...)``, see `init_stack`; `bnclaims.nn` layers take the
+stacked arrays), each arm with its own `Arm` settings: learning rate (or schedule), optimizer
+(SGD, momentum, Adam), batch order. Arm k is bit for bit what `train` gives for it alone
+(`train` is `train_stack` with one arm). Also here: the one batch-plan builder (`batch_plan`),
+the one accuracy rule (`logits_accuracy`: NaN/inf logits count as wrong), the one
+learning-rate selection on validation (`select_lr`: ties to the smaller rate), and recorders
+for the loop (`ParamTrajectory`, `ProbeMoments`, `GradientNorms`).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass
@@ -194,7 +204,7 @@ def _norm(h, i, params, state, new_state, config, train, rng, tape):
         out, cache = nn.batchnorm_eval_forward(h, running_mean, running_var, gamma, beta, eps)
         tape.append((nn.batchnorm_eval_backward, cache, names))
         return out
-    n = h.shape[0]
+    n = h.shape[-2]
     if kind == "batch":
         out, cache = nn.batchnorm_forward(h, gamma, beta, eps)
         backward = nn.batchnorm_backward
@@ -215,9 +225,7 @@ def _norm(h, i, params, state, new_state, config, train, rng, tape):
     else:  # noisy
         if rng is None:
             raise ValueError("norm='noisy' needs an rng for its noise in training mode")
-        noise_scale, noise_shift = nn.sample_covariate_noise(
-            rng, n, h.shape[1], config.noise_mean_shift, config.noise_scale_spread, h.dtype
-        )
+        noise_scale, noise_shift = _covariate_noise(rng, h, config)
         out, cache = nn.noisy_batchnorm_forward(h, gamma, beta, noise_scale, noise_shift, eps)
         backward = nn.noisy_batchnorm_backward
     tape.append((backward, cache, names))
@@ -226,6 +234,17 @@ def _norm(h, i, params, state, new_state, config, train, rng, tape):
         running_mean, running_var, batch_mean, batch_var, n, config.momentum
     )
     return out
+
+
+def _covariate_noise(rng, h: np.ndarray, config: MLPConfig):
+    """Noise for the noisy norm: one draw from ``rng`` for an (N, D) h; for a stack (K, N, D),
+    ``rng`` is a sequence of K Generators and arm k draws from the k-th (as it would alone)."""
+    n, d = h.shape[-2:]
+    if h.ndim == 2:
+        return nn.sample_covariate_noise(rng, n, d, config.noise_mean_shift, config.noise_scale_spread, h.dtype)
+    draws = [nn.sample_covariate_noise(r, n, d, config.noise_mean_shift, config.noise_scale_spread, h.dtype)
+             for r in rng]
+    return np.stack([scale for scale, _ in draws]), np.stack([shift for _, shift in draws])
 
 
 def forward(
@@ -250,8 +269,16 @@ def forward(
     The arrays are the forward's own (no copies): do not modify them.
 
     Returns ``(logits (N, sizes[-1]), caches, new_state)``; ``caches`` is the tape for `backward`.
+
+    Stacks (see `init_stack`): parameters ``W{i}: (K, fan_in, fan_out)``, ``b{i}``, ``gamma{i}``,
+    ``beta{i}`` and running statistics ``(K, 1, width)``, x ``(K, N, sizes[0])`` (or ``(N, sizes[0])``,
+    shared by the arms), ``rng`` a sequence of K Generators (noisy norm): the same code computes K
+    independent networks, arm k bit for bit as it would alone; logits are ``(K, N, classes)``.
     """
     h = np.asarray(x, dtype=config.np_dtype)
+    stack = params["W0"].shape[:-2]
+    if stack and h.shape[:-2] != stack:
+        h = np.broadcast_to(h, stack + h.shape[-2:])  # one input batch for every arm (no copy)
     tape: Tape = []
     new_state = dict(state)
     last = config.n_layers - 1
@@ -490,6 +517,635 @@ def _final_loss(losses: np.ndarray, diverged: bool) -> float:
     return float(np.mean(losses[-window:]))
 
 
+
+
+# ----------------------------------------------------------------------------- accuracy, batch plans, learning-rate selection
+
+
+def logits_accuracy(logits: np.ndarray, y: np.ndarray):
+    """Fraction of examples whose largest logit is the label -- the one accuracy rule.
+
+    A row with any NaN or inf logit counts as wrong (``argmax`` over an all-NaN row returns 0,
+    which would score a diverged network at the frequency of class 0 instead of 0).
+    logits (N, C), y (N,) -> float; stacks (..., N, C), y (N,) or (..., N) -> (...,) float64.
+    """
+    logits = np.asarray(logits)
+    correct = (logits.argmax(axis=-1) == np.asarray(y)) & np.isfinite(logits).all(axis=-1)
+    acc = correct.mean(axis=-1)
+    return float(acc) if acc.ndim == 0 else acc.astype(np.float64)
+
+
+def batch_plan(
+    rng: np.random.Generator,
+    n: int,
+    batch_size: int,
+    steps: int,
+    order: Literal["shuffled", "class-sorted", "fixed"] = "shuffled",
+    labels: np.ndarray | None = None,
+) -> np.ndarray:
+    """The example indices of ``steps`` training steps, (steps, batch_size) int64: the one batch-plan builder.
+
+    Epoch after epoch of `bnclaims.data.batches` (``order`` as there; the last partial batch of
+    an epoch is dropped), drawn from ``rng`` in the order a training loop consumes them.
+    """
+    stream = data.epochs(rng, n, batch_size, order, labels=labels)
+    plan = np.empty((steps, batch_size), dtype=np.int64)
+    for step in range(steps):
+        plan[step] = next(stream)
+    return plan
+
+
+def select_lr(lrs, val_accuracy, diverged=None) -> int:
+    """Index of the learning rate to use: the highest validation accuracy -- the one selection rule.
+
+    lrs: (G,) the grid; val_accuracy: (G,) validation accuracy of each run; diverged: (G,) bool.
+    A diverged run (or a NaN accuracy) counts as accuracy 0. Ties (exactly equal accuracy, as
+    happens on small validation sets) go to the SMALLEST learning rate: the conservative choice,
+    away from the edge where training breaks. Whether the choice sits at the edge of the grid is
+    for the caller to report (``index in (0, G - 1)``).
+    """
+    lrs = np.asarray(lrs, dtype=np.float64)
+    acc = np.nan_to_num(np.asarray(val_accuracy, dtype=np.float64), nan=0.0)
+    if diverged is not None:
+        acc = np.where(np.asarray(diverged, dtype=bool), 0.0, acc)
+    if lrs.shape != acc.shape or lrs.ndim != 1 or not len(lrs):
+        raise ValueError(f"select_lr needs equal-length 1-D lrs and accuracies; got {lrs.shape}, {acc.shape}")
+    best = np.flatnonzero(acc == acc.max())
+    return int(best[np.argmin(lrs[best])])
+
+
+# ----------------------------------------------------------------------------- stacks: K networks in one computation
+
+OPTIMIZERS = ("sgd", "momentum", "adam")
+
+
+@dataclass(frozen=True)
+class Arm:
+    """How one arm of a stack is trained (its architecture is the stack's `MLPConfig`).
+
+    lr: a number or ``lr(step)``. optimizer: "sgd" (with ``momentum`` > 0 it is heavy-ball
+    momentum, PyTorch semantics, as `SGD`), "momentum" (the same rule; needs momentum > 0) or
+    "adam" (PyTorch semantics: ``betas``, ``adam_eps``, bias correction, L2 weight decay added to
+    the gradient). weight_decay applies to weights ``W{i}`` only. order: batch order of this arm
+    (see `batch_plan`); arms of a stack that share a Generator and an order see the same batches.
+    """
+
+    lr: float | Callable[[int], float] = 0.1
+    optimizer: Literal["sgd", "momentum", "adam"] = "sgd"
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    order: Literal["shuffled", "class-sorted", "fixed"] = "shuffled"
+    betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+
+    def __post_init__(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"Arm.optimizer must be one of {', '.join(OPTIMIZERS)}; got {self.optimizer!r}")
+        if self.optimizer == "momentum" and not self.momentum > 0:
+            raise ValueError("optimizer 'momentum' needs momentum > 0 (e.g. 0.9)")
+        if self.nesterov and not self.momentum > 0:
+            raise ValueError("nesterov momentum needs momentum > 0")
+        if self.order not in ("shuffled", "class-sorted", "fixed"):
+            raise ValueError(f"Arm.order must be shuffled, class-sorted or fixed; got {self.order!r}")
+
+
+def init_stack(rngs: list[np.random.Generator], config: MLPConfig) -> Params:
+    """Parameters of K = len(rngs) arms: ``W{i}: (K, fan_in, fan_out)``, ``b{i}``, ``gamma{i}``,
+    ``beta{i}: (K, 1, width)``; arm k is ``init_params(rngs[k], config)``."""
+    per_arm = [init_params(r, config) for r in rngs]
+    return {name: np.stack([p[name] if is_weight(name) else p[name][None, :] for p in per_arm])
+            for name in per_arm[0]}
+
+
+def init_stack_state(config: MLPConfig, arms: int) -> State:
+    """Running statistics of K arms, ``(K, 1, width)`` each (mean 0, variance 1)."""
+    return {name: np.broadcast_to(value, (arms, 1) + value.shape).copy() for name, value in init_state(config).items()}
+
+
+def stack_params(per_arm: list[Params]) -> Params:
+    """Single-network parameter (or state) dicts, stacked into the stack layout."""
+    return {name: np.stack([p[name] if is_weight(name) else p[name][None, :] for p in per_arm])
+            for name in per_arm[0]}
+
+
+def arm_params(stacked: Params, k: int) -> Params:
+    """Arm k of stacked parameters (or state) in the single-network layout (views, not copies)."""
+    return {name: value[k] if is_weight(name) else value[k, 0] for name, value in stacked.items()}
+
+
+class StackOptimizer:
+    """Per-arm SGD / momentum / Adam over stacked parameters, updating them IN PLACE.
+
+    Each arm follows its `Arm` (lr, momentum, nesterov, weight decay, optimizer); arm k's update
+    is bit for bit what `SGD` (or PyTorch's Adam) does to that arm alone. `freeze(k)` stops
+    arm k for good (a diverged arm keeps its last finite parameters).
+    """
+
+    def __init__(self, arms: list[Arm], dtype, decay: Callable[[str], bool] = is_weight):
+        self.arms = list(arms)
+        self.dtype = np.dtype(dtype)
+        self.decay = decay
+        k = len(arms)
+        self.frozen = np.zeros(k, dtype=bool)
+        self.lr_values = [a.lr(0) if callable(a.lr) else a.lr for a in arms]
+        self._scheduled = any(callable(a.lr) for a in arms)
+        adam = np.array([a.optimizer == "adam" for a in arms])
+        # groups of arms updated by one rule: a slice (no copies) when every arm shares the rule
+        self.groups = []
+        for kind, mask in (("sgd", ~adam), ("adam", adam)):
+            if mask.all():
+                self.groups.append((kind, slice(None), tuple(range(k))))
+            elif mask.any():
+                self.groups.append((kind, np.flatnonzero(mask), tuple(np.flatnonzero(mask).tolist())))
+        self._vectors()
+        self.velocity: dict = {}
+        self.moments: dict = {}
+        self._settings_cache: dict = {}
+        self.t = 0
+
+    def _column(self, values) -> np.ndarray:
+        return np.asarray(values, dtype=self.dtype).reshape(-1, 1, 1)
+
+    def _vectors(self) -> None:
+        arms = self.arms
+        self.lr = self._column([0.0 if f else lr for f, lr in zip(self.frozen, self.lr_values)])
+        self.momentum = self._column([a.momentum for a in arms])
+        self.weight_decay = self._column([a.weight_decay for a in arms])
+        self.nesterov = np.array([a.nesterov for a in arms])
+
+    def schedule(self, step: int) -> None:
+        """Set each scheduled arm's lr to ``lr(step)``."""
+        if self._scheduled:
+            self.lr_values = [a.lr(step) if callable(a.lr) else a.lr for a in self.arms]
+            self.lr = self._column([0.0 if f else lr for f, lr in zip(self.frozen, self.lr_values)])
+
+    def freeze(self, k: int) -> None:
+        """Arm k makes no more updates (its gradients must be zero from now on, as `train_stack` does)."""
+        self.frozen[k] = True
+        self.lr[k] = 0
+        for kind, _, arms in self.groups:
+            position = np.flatnonzero(np.asarray(arms) == k)
+            for (buffer_kind, _), value in list(self.velocity.items()) + list(self.moments.items()):
+                if buffer_kind == kind and position.size:
+                    for array in value if isinstance(value, tuple) else (value,):
+                        array[position] = 0
+
+    def step(self, params: Params, grads: Params) -> Params:
+        self.t += 1
+        for kind, index, arms in self.groups:
+            full = isinstance(index, slice)
+            lr = self.lr if full else self.lr[index]
+            rule = self._sgd if kind == "sgd" else self._adam
+            settings = self._settings(kind, arms, full)
+            for name, grad in grads.items():
+                if full:
+                    rule((kind, name), name, params[name], grad, lr, settings)
+                else:
+                    p = params[name][index]
+                    rule((kind, name), name, p, grad[index], lr, settings)
+                    params[name][index] = p
+        return params
+
+    def _settings(self, kind: str, arms_key, full: bool) -> dict:
+        """Per-group constants, computed once: per-arm columns and which terms are in use at all."""
+        cached = self._settings_cache.get((kind, arms_key))
+        if cached is not None:
+            return cached
+        arms = np.asarray(arms_key)
+        pick = (lambda v: v) if full else (lambda v: v[arms])
+        mu, wd = pick(self.momentum), pick(self.weight_decay)
+        nesterov = self.nesterov[arms]
+        settings = {"mu": mu, "wd": wd, "use_mu": bool(mu.any()), "use_wd": bool(wd.any()),
+                    "nesterov": "all" if nesterov.all() else "some" if nesterov.any() else "none",
+                    "nesterov_mask": nesterov.reshape(-1, 1, 1)}
+        if kind == "adam":
+            settings["beta1"] = self._column([self.arms[k].betas[0] for k in arms])
+            settings["beta2"] = self._column([self.arms[k].betas[1] for k in arms])
+            settings["eps"] = self._column([self.arms[k].adam_eps for k in arms])
+        self._settings_cache[kind, arms_key] = settings
+        return settings
+
+    def _sgd(self, key, name, p, grad, lr, settings) -> None:
+        mu = settings["mu"]
+        if settings["use_wd"] and self.decay(name):
+            grad = grad + settings["wd"] * p
+        if settings["use_mu"]:
+            v = self.velocity.get(key)
+            if v is None:
+                v = self.velocity[key] = grad.copy()
+            else:
+                v *= mu
+                v += grad
+            nesterov = settings["nesterov"]
+            if nesterov == "all":
+                grad = grad + mu * v
+            elif nesterov == "some":
+                grad = np.where(settings["nesterov_mask"], grad + mu * v, v)
+            else:
+                grad = v
+        p -= lr * grad
+
+    def _adam(self, key, name, p, grad, lr, settings) -> None:
+        if settings["use_wd"] and self.decay(name):
+            grad = grad + settings["wd"] * p
+        beta1, beta2 = settings["beta1"], settings["beta2"]
+        if key not in self.moments:
+            self.moments[key] = (np.zeros_like(p), np.zeros_like(p))
+        m, v = self.moments[key]
+        m *= beta1
+        m += (1 - beta1) * grad
+        v *= beta2
+        v += (1 - beta2) * grad * grad
+        correction1 = 1 - beta1 ** self.t
+        correction2 = 1 - beta2 ** self.t
+        denom = np.sqrt(v) / np.sqrt(correction2)
+        denom += settings["eps"]
+        p -= (lr / correction1) * m / denom
+
+
+class StackStepInfo:
+    """What a ``record(step, info)`` hook of `train_stack` sees after one step of every arm.
+
+    Plain attributes: ``step``, ``epoch``, ``lr`` (K python floats: each arm's lr of this step),
+    ``loss`` (K,) batch losses before the update, ``alive`` (K,) bool (False once an arm has
+    diverged: its entries are frozen or garbage), ``x`` (K, B, D), ``y`` (K, B), ``logits``
+    (K, B, C), ``params`` (after the update), ``grads``, ``state``, ``activations`` (per-layer
+    ``pre{i}``, ``norm{i}``, ``act{i}``, each (K, B, width)), ``config``.
+    Computed on first access: ``batch_accuracy`` (K,), ``moments``, ``deltas``.
+    Valid only during the call: copy what you keep.
+    """
+
+    def __init__(self, step, epoch, lr, loss, alive, x, y, logits, params, params_before, grads, state,
+                 activations, config):
+        self.step, self.epoch, self.lr, self.loss, self.alive = step, epoch, lr, loss, alive
+        self.x, self.y, self.logits = x, y, logits
+        self.params, self.grads, self.state, self.activations = params, grads, state, activations
+        self.config = config
+        self._params_before = params_before
+
+    @cached_property
+    def batch_accuracy(self) -> np.ndarray:
+        return logits_accuracy(self.logits, self.y)
+
+    @cached_property
+    def moments(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Per recorded array: per-arm, per-feature batch (mean, biased variance), each (K, width) float64."""
+        out = {}
+        for name, value in self.activations.items():
+            if name != "logits":
+                v = value.astype(np.float64)
+                out[name] = (v.mean(axis=-2), v.var(axis=-2))
+        return out
+
+    @cached_property
+    def deltas(self) -> Params:
+        return {name: self.params[name] - before for name, before in self._params_before.items()}
+
+
+@dataclass(frozen=True)
+class StackResult:
+    """Outcome of `train_stack` for K arms (arm k: index k of every array).
+
+    losses: (K, steps run) batch losses, NaN after an arm diverged. diverged: (K,) a loss became
+    NaN/inf (or exceeded ``max_loss``); that arm made no update from then on (its parameters are
+    the last finite ones). stuck: (K,) finite but no better than chance (mean loss of the last
+    10 % of its steps >= 95 % of ``chance_loss``). eval_loss / eval_accuracy: (T, K) in eval mode on
+    (X_eval, y_eval) after ``eval_steps`` (T,) updates; NaN for an arm already diverged. The
+    accuracy follows `logits_accuracy` (NaN/inf logits count as wrong).
+    """
+
+    params: Params
+    state: State
+    config: MLPConfig
+    arms: tuple[Arm, ...]
+    losses: np.ndarray
+    diverged: np.ndarray
+    stuck: np.ndarray
+    stopped: bool
+    chance_loss: float
+    eval_steps: np.ndarray
+    eval_loss: np.ndarray
+    eval_accuracy: np.ndarray
+    seconds: float
+    taken: np.ndarray  # (K,) losses recorded per arm: its updates, plus the diverging step
+
+    @property
+    def steps(self) -> np.ndarray:
+        """(K,) parameter updates each arm made."""
+        return self.taken - self.diverged.astype(np.int64)
+
+    @property
+    def final_loss(self) -> np.ndarray:
+        """(K,) mean batch loss over the last 10 % of each arm's steps; NaN if diverged."""
+        return np.array([_final_loss(self.arm_losses(k), bool(self.diverged[k])) for k in range(len(self.arms))])
+
+    def arm_losses(self, k: int) -> np.ndarray:
+        return self.losses[k, : self.taken[k]]
+
+    def status(self, k: int) -> Literal["diverged", "stuck", "ok"]:
+        return "diverged" if self.diverged[k] else "stuck" if self.stuck[k] else "ok"
+
+    def arm(self, k: int) -> TrainResult:
+        """Arm k as the `TrainResult` of a single network."""
+        finite = self.eval_steps <= self.steps[k] if self.diverged[k] else np.ones(len(self.eval_steps), dtype=bool)
+        return TrainResult(
+            params=arm_params(self.params, k), state=arm_params(self.state, k), config=self.config,
+            losses=self.arm_losses(k), diverged=bool(self.diverged[k]), stuck=bool(self.stuck[k]),
+            stopped=self.stopped, chance_loss=self.chance_loss, eval_steps=self.eval_steps[finite],
+            eval_loss=self.eval_loss[finite, k], eval_accuracy=self.eval_accuracy[finite, k], seconds=self.seconds,
+        )
+
+
+def _streams(rngs: list[np.random.Generator]) -> list[tuple[np.random.Generator, ...]]:
+    """Per arm (init, batch, noise) Generators, split from its Generator as `train` splits one.
+
+    Arms given the same Generator object get equal copies of the same three children: the same
+    weights (where the sizes match), the same batches (where the order matches), the same noise.
+    """
+    children: dict[int, list] = {}
+    out = []
+    for r in rngs:
+        if id(r) not in children:
+            children[id(r)] = r.spawn(3)
+        out.append(tuple(copy.deepcopy(c) for c in children[id(r)]))
+    return out
+
+
+def _hooks(record) -> list[Callable]:
+    if record is None:
+        return []
+    return [record] if callable(record) else list(record)
+
+
+def train_stack(
+    rngs: np.random.Generator | list[np.random.Generator],
+    config: MLPConfig,
+    X: np.ndarray,
+    y: np.ndarray,
+    arms: Arm | list[Arm] = Arm(),
+    *,
+    steps: int | None = None,
+    epochs: int | None = None,
+    batch_size: int = 32,
+    record: Callable[[int, StackStepInfo], bool | None] | list[Callable] | None = None,
+    X_eval: np.ndarray | None = None,
+    y_eval: np.ndarray | None = None,
+    eval_every: int | None = None,
+    params: Params | None = None,
+    state: State | None = None,
+    max_loss: float = math.inf,
+) -> StackResult:
+    """Train K MLPs of one architecture at once, as one stacked computation -- the one training loop.
+
+    arms: one `Arm` per network (or one for all); rngs: one Generator per arm, or one shared by
+    all. Arm k is trained exactly -- bit for bit -- as ``train(rngs[k], config, ...)`` with its
+    settings would train it alone: its Generator is split into (init, batch order, noise) streams
+    the same way, so arms sharing a Generator are paired (same initial weights, same batches
+    where their orders match, same noise). ``params``/``state`` start from given values instead
+    (single-network dicts are copied to every arm; stacked ones are copied). Give exactly one of
+    ``steps`` and ``epochs``; every arm takes the same number of steps.
+
+    An arm whose loss becomes NaN/inf (or exceeds ``max_loss``) is marked diverged and frozen
+    (no update from that step on); the others go on, and the loop ends when none is left.
+    ``record`` is a hook ``record(step, info: StackStepInfo)`` or a list of them (see
+    `ParamTrajectory`, `ProbeMoments`, `GradientNorms`), called after every step; one returning
+    True stops training. Eval-mode loss and accuracy on (X_eval, y_eval) every ``eval_every``
+    steps, at 0 and at the end.
+    """
+    if (steps is None) == (epochs is None):
+        raise ValueError("give exactly one of steps and epochs")
+    if isinstance(arms, Arm):
+        arms = [arms] * (1 if isinstance(rngs, np.random.Generator) else len(rngs))
+    arms = tuple(arms)
+    k_arms = len(arms)
+    if isinstance(rngs, np.random.Generator):
+        rngs = [rngs] * k_arms
+    rngs = list(rngs)
+    if len(rngs) != k_arms or not k_arms:
+        raise ValueError(f"need one Generator per arm (or one for all); got {len(rngs)} for {k_arms} arms")
+    streams = _streams(rngs)
+    dtype = config.np_dtype
+    X = np.asarray(X, dtype=dtype)
+    y = np.asarray(y, dtype=np.int64)
+    n = len(X)
+    batches_per_epoch = n // batch_size
+    total = steps if steps is not None else epochs * batches_per_epoch
+    if params is None:
+        params = init_stack([s[0] for s in streams], config)
+    elif params["W0"].ndim == 2:
+        params = stack_params([{k: np.asarray(v, dtype=dtype) for k, v in params.items()}] * k_arms)
+    else:
+        params = {name: np.array(value, dtype=dtype) for name, value in params.items()}
+    if state is None:
+        state = init_stack_state(config, k_arms)
+    elif state and next(iter(state.values())).ndim == 1:
+        state = stack_params([{k: np.asarray(v, dtype=dtype) for k, v in state.items()}] * k_arms)
+    else:
+        state = {name: np.array(value, dtype=dtype) for name, value in state.items()}
+    optimizer = StackOptimizer(list(arms), dtype)
+    # one arm runs through the (N, D) layout (views of the stacked arrays): the same numbers, less overhead
+    single = k_arms == 1
+    run_params = arm_params(params, 0) if single else params
+    run_state = arm_params(state, 0) if single else state
+
+    # batch plans: arms that share a Generator and an order share one plan (and one gather)
+    plan_keys: dict[tuple, int] = {}
+    plans: list[np.ndarray] = []
+    arm_plan = np.empty(k_arms, dtype=np.int64)
+    for k, (arm, (_, batch_rng, _)) in enumerate(zip(arms, streams)):
+        key = (id(rngs[k]), arm.order)
+        if key not in plan_keys:
+            plan_keys[key] = len(plans)
+            plans.append(batch_plan(batch_rng, n, batch_size, total, arm.order, y))
+        arm_plan[k] = plan_keys[key]
+    noise_rngs = streams[0][2] if single else [s[2] for s in streams]
+
+    def stacked(values: dict) -> dict:  # run layout -> stack layout (views)
+        if not single:
+            return values
+        return {name: value[None] if is_weight(name) else value[None, None] for name, value in values.items()}
+
+    eval_steps: list[int] = []
+    eval_loss: list[np.ndarray] = []
+    eval_accuracy: list[np.ndarray] = []
+    alive = np.ones(k_arms, dtype=bool)
+
+    def run_eval(step: int) -> None:
+        logits, _, _ = forward(run_params, run_state, X_eval, config, False)
+        loss, _ = nn.softmax_cross_entropy(logits, y_eval)
+        accuracy = logits_accuracy(logits, y_eval)
+        eval_steps.append(step)
+        eval_loss.append(np.where(alive, loss, np.nan))
+        eval_accuracy.append(np.where(alive, accuracy, np.nan))
+
+    hooks = _hooks(record)
+    do_eval = X_eval is not None and y_eval is not None
+    if do_eval:
+        X_eval = np.asarray(X_eval, dtype=dtype)
+        y_eval = np.asarray(y_eval, dtype=np.int64)
+    losses = np.full((k_arms, total), np.nan)
+    taken = np.zeros(k_arms, dtype=np.int64)
+    all_alive = True
+    ran = 0
+    stopped = False
+    start = time.perf_counter()
+    with np.errstate(all="ignore"):  # divergence is detected from the loss, not from warnings
+        if do_eval:
+            run_eval(0)
+        for step in range(total):
+            if len(plans) == 1:
+                index = plans[0][step]                            # (B,): the same batch for every arm
+            else:
+                index = np.stack([plan[step] for plan in plans])[arm_plan]   # (K, B)
+            xb, yb = X[index], y[index]
+            acts = {} if hooks else None
+            logits, tape, new_state = forward(run_params, run_state, xb, config, True, noise_rngs, acts)
+            loss, dlogits = nn.softmax_cross_entropy(logits, yb)
+            ran = step + 1
+            if single:  # python floats: the per-step bookkeeping of one arm costs nothing
+                losses[0, step] = loss
+                taken[0] = ran
+                loss = np.array([loss])
+                if not loss[0] <= max_loss:  # NaN compares False
+                    optimizer.freeze(0)
+                    alive[0] = False
+                    break
+            else:
+                losses[alive, step] = loss[alive]
+                taken[alive] = ran
+                bad = alive & ~(loss <= max_loss)
+                if bad.any():
+                    for k in np.flatnonzero(bad):
+                        optimizer.freeze(k)
+                    alive &= ~bad
+                    all_alive = False
+                    if not alive.any():
+                        break
+            grads = stacked(backward(dlogits, tape))
+            if not all_alive:  # frozen arms: no update, running statistics kept
+                dead = ~alive
+                for grad in grads.values():
+                    grad[dead] = 0
+                for key, value in new_state.items():
+                    if value is not run_state[key]:
+                        value[dead] = run_state[key][dead]
+            optimizer.schedule(step)
+            before = copy_params(params) if hooks else None
+            optimizer.step(params, grads)
+            run_state = new_state
+            if do_eval and eval_every and (step + 1) % eval_every == 0:
+                run_eval(step + 1)
+            if hooks:
+                if single:
+                    logits, acts = logits[None], {name: value[None] for name, value in acts.items()}
+                info = StackStepInfo(
+                    step, step // max(batches_per_epoch, 1), list(optimizer.lr_values), loss, alive.copy(),
+                    np.broadcast_to(xb, (k_arms,) + xb.shape[-2:]), np.broadcast_to(yb, (k_arms, yb.shape[-1])),
+                    logits, params, before, grads, stacked(run_state), acts, config,
+                )
+                if any([hook(step, info) is True for hook in hooks]):
+                    stopped = True
+                    break
+        if do_eval and alive.any() and (not eval_steps or eval_steps[-1] != ran):
+            run_eval(ran)
+    seconds = time.perf_counter() - start
+
+    state = stacked(run_state) if single else run_state
+    losses = losses[:, :ran]
+    diverged = ~alive
+    frequencies = np.bincount(y) / n
+    frequencies = frequencies[frequencies > 0]
+    chance_loss = float(-(frequencies * np.log(frequencies)).sum())
+    stuck = np.array([
+        not diverged[k] and taken[k] > 0 and _final_loss(losses[k, : taken[k]], False) >= 0.95 * chance_loss
+        for k in range(k_arms)
+    ], dtype=bool)
+    return StackResult(
+        params=params, state=state, config=config, arms=arms, losses=losses, diverged=diverged, stuck=stuck,
+        stopped=stopped, chance_loss=chance_loss, eval_steps=np.array(eval_steps, dtype=np.int64),
+        eval_loss=np.array(eval_loss, dtype=np.float64).reshape(-1, k_arms),
+        eval_accuracy=np.array(eval_accuracy, dtype=np.float64).reshape(-1, k_arms), seconds=seconds, taken=taken,
+    )
+
+
+# ----------------------------------------------------------------------------- recorders (hooks for train_stack)
+
+
+class ParamTrajectory:
+    """Hook: copies of the named parameters (e.g. ``gamma0``, ``beta0``) at step 0 (before
+    training) and after every ``every``-th update. ``steps``: (T,); ``arrays()``: {name: (T, K, ...)}."""
+
+    def __init__(self, names, every: int = 1):
+        self.names, self.every = list(names), every
+        self.steps: list[int] = []
+        self.values: dict[str, list] = {name: [] for name in self.names}
+
+    def __call__(self, step: int, info: StackStepInfo) -> None:
+        if step == 0:
+            self.steps.append(0)
+            for name in self.names:
+                self.values[name].append(info._params_before[name].copy())
+        if (step + 1) % self.every == 0:
+            self.steps.append(step + 1)
+            for name in self.names:
+                self.values[name].append(info.params[name].copy())
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {name: np.stack(v) for name, v in self.values.items()}
+
+
+class ProbeMoments:
+    """Hook: per-layer, per-feature mean and variance over a FIXED probe set, every ``every`` steps.
+
+    The network of each arm (after the update) is run on X_probe in eval mode (``train=False``,
+    running statistics) or with the probe set's own batch statistics (``train=True``; not for the
+    noisy norm). ``moments()``: {``pre0``, ``norm0``, ``act0``, ...: (mean, var) each (T, K, width)}.
+    """
+
+    def __init__(self, X_probe: np.ndarray, every: int = 1, train: bool = False):
+        self.X_probe, self.every, self.train = X_probe, every, train
+        self.steps: list[int] = []
+        self.values: dict[str, list] = {}
+
+    def __call__(self, step: int, info: StackStepInfo) -> None:
+        if (step + 1) % self.every:
+            return
+        record: dict[str, np.ndarray] = {}
+        forward(info.params, info.state, self.X_probe, info.config, self.train, record=record)
+        self.steps.append(step + 1)
+        for name, value in record.items():
+            if name != "logits":
+                v = value.astype(np.float64)
+                self.values.setdefault(name, []).append((v.mean(axis=-2), v.var(axis=-2)))
+
+    def moments(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        return {name: (np.stack([m for m, _ in v]), np.stack([s for _, s in v])) for name, v in self.values.items()}
+
+
+class GradientNorms:
+    """Hook: per-arm L2 norm of each parameter's gradient every ``every`` steps; ``arrays()``: {name: (T, K)}."""
+
+    def __init__(self, every: int = 1):
+        self.every = every
+        self.steps: list[int] = []
+        self.values: dict[str, list] = {}
+
+    def __call__(self, step: int, info: StackStepInfo) -> None:
+        if (step + 1) % self.every:
+            return
+        self.steps.append(step + 1)
+        for name, grad in info.grads.items():
+            g = grad.reshape(len(grad), -1).astype(np.float64)
+            self.values.setdefault(name, []).append(np.sqrt(np.einsum("ki,ki->k", g, g)))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {name: np.stack(v) for name, v in self.values.items()}
+
+
+# ----------------------------------------------------------------------------- one network
+
+
 def train(
     rng: np.random.Generator,
     config: MLPConfig,
@@ -512,7 +1168,7 @@ def train(
     state: State | None = None,
     max_loss: float = math.inf,
 ) -> TrainResult:
-    """Train an MLP with SGD on softmax cross-entropy; a pure function of its arguments.
+    """Train one MLP with SGD on softmax cross-entropy: `train_stack` with a single arm.
 
     ``rng`` is split into three child streams: initial weights, batch order (see
     `bnclaims.data.batches`, ``order``; the last partial batch of an epoch is dropped)
@@ -525,87 +1181,18 @@ def train(
     ``diverged=True``, at the first NaN/inf loss (or loss above ``max_loss``, if given:
     large learning rates can keep a ReLU/tanh net finite but far above chance).
     """
-    if (steps is None) == (epochs is None):
-        raise ValueError("give exactly one of steps and epochs")
-    init_rng, batch_rng, noise_rng = rng.spawn(3)
-    dtype = config.np_dtype
-    X = np.asarray(X, dtype=dtype)
-    y = np.asarray(y, dtype=np.int64)
-    n = len(X)
-    batches_per_epoch = n // batch_size
-    total = steps if steps is not None else epochs * batches_per_epoch
-    if params is None:
-        params = init_params(init_rng, config)
-    else:
-        params = {name: np.array(value, dtype=dtype) for name, value in params.items()}
-    state = init_state(config) if state is None else {k: np.array(v, dtype=dtype) for k, v in state.items()}
-    optimizer = SGD(lr if not callable(lr) else lr(0), momentum, weight_decay, nesterov)
-    stream = data.epochs(batch_rng, n, batch_size, order, labels=y)
-
-    eval_steps: list[int] = []
-    eval_loss: list[float] = []
-    eval_accuracy: list[float] = []
-
-    def run_eval(step: int) -> None:
-        loss, acc = evaluate(params, state, X_eval, y_eval, config)
-        eval_steps.append(step)
-        eval_loss.append(loss)
-        eval_accuracy.append(acc)
-
-    do_eval = X_eval is not None and y_eval is not None
-    losses = np.empty(total, dtype=np.float64)
-    diverged = stopped = False
-    taken = 0
-    start = time.perf_counter()
-    with np.errstate(all="ignore"):  # divergence is detected from the loss, not from warnings
-        if do_eval:
-            run_eval(0)
-        for step in range(total):
-            index = next(stream)
-            xb, yb = X[index], y[index]
-            acts = {} if record is not None else None
-            logits, tape, new_state = forward(params, state, xb, config, True, noise_rng, acts)
-            loss, dlogits = nn.softmax_cross_entropy(logits, yb)
-            losses[step] = loss
-            taken = step + 1
-            if not loss <= max_loss:  # NaN compares False
-                diverged = True
-                break
-            grads = backward(dlogits, tape)
-            if callable(lr):
-                optimizer.lr = lr(step)
-            before = copy_params(params) if record is not None else None
-            optimizer.step(params, grads)
-            state = new_state
-            if do_eval and eval_every and (step + 1) % eval_every == 0:
-                run_eval(step + 1)
-            if record is not None:
-                info = StepInfo(
-                    step, step // max(batches_per_epoch, 1), optimizer.lr, loss, xb, yb, logits,
-                    params, before, grads, state, acts,
-                )
-                if record(step, info) is True:
-                    stopped = True
-                    break
-        if do_eval and not diverged and (not eval_steps or eval_steps[-1] != taken):
-            run_eval(taken)
-    seconds = time.perf_counter() - start
-
-    losses = losses[:taken]
-    frequencies = np.bincount(y) / n
-    frequencies = frequencies[frequencies > 0]
-    chance_loss = float(-(frequencies * np.log(frequencies)).sum())
-    return TrainResult(
-        params=params,
-        state=state,
-        config=config,
-        losses=losses,
-        diverged=diverged,
-        stuck=not diverged and taken > 0 and _final_loss(losses, diverged) >= 0.95 * chance_loss,
-        stopped=stopped,
-        chance_loss=chance_loss,
-        eval_steps=np.array(eval_steps, dtype=np.int64),
-        eval_loss=np.array(eval_loss, dtype=np.float64),
-        eval_accuracy=np.array(eval_accuracy, dtype=np.float64),
-        seconds=seconds,
+    arm = Arm(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, order=order)
+    hook = None
+    if record is not None:
+        def hook(step: int, info: StackStepInfo):
+            single = StepInfo(
+                step, info.epoch, info.lr[0], float(info.loss[0]), info.x[0], info.y[0], info.logits[0],
+                arm_params(info.params, 0), arm_params(info._params_before, 0), arm_params(info.grads, 0),
+                arm_params(info.state, 0), {name: value[0] for name, value in info.activations.items()},
+            )
+            return record(step, single)
+    result = train_stack(
+        rng, config, X, y, arm, steps=steps, epochs=epochs, batch_size=batch_size, record=hook,
+        X_eval=X_eval, y_eval=y_eval, eval_every=eval_every, params=params, state=state, max_loss=max_loss,
     )
+    return result.arm(0)

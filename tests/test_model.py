@@ -395,3 +395,148 @@ def test_eval_schedule_lr_schedule_and_class_sorted_order():
     assert lrs == [0.1 / (1 + s) for s in range(25)]
     with pytest.raises(ValueError, match="exactly one"):
         model.train(np.random.default_rng(0), config, DIGITS.X_train, DIGITS.y_train)
+
+
+# ---------------------------------------------------------------------------- stacks: K networks at once
+
+STACK_SIZES = (64, 16, 12, 10)
+
+
+def _same_result(stacked: model.TrainResult, single: model.TrainResult) -> None:
+    for name in single.params:
+        assert np.array_equal(stacked.params[name], single.params[name]), name
+    for name in single.state:
+        assert np.array_equal(stacked.state[name], single.state[name]), name
+    assert np.array_equal(stacked.losses, single.losses, equal_nan=True)
+    assert (stacked.diverged, stacked.stuck, stacked.steps) == (single.diverged, single.stuck, single.steps)
+    assert np.array_equal(stacked.eval_steps, single.eval_steps)
+    assert np.array_equal(stacked.eval_loss, single.eval_loss, equal_nan=True)
+    assert np.array_equal(stacked.eval_accuracy, single.eval_accuracy, equal_nan=True)
+
+
+@pytest.mark.parametrize("norm", model.NORMS)
+def test_a_stack_of_arms_trains_each_arm_exactly_as_alone(norm):
+    """Arm k of train_stack == train(rngs[k], ...) with arm k's settings, bit for bit."""
+    config = MLPConfig(sizes=STACK_SIZES, norm=norm, groups=4, ghost_batch_size=4)
+    settings = [dict(lr=0.05, momentum=0.0, order="shuffled"), dict(lr=0.2, momentum=0.9, order="class-sorted"),
+                dict(lr=0.1, momentum=0.5, order="shuffled", nesterov=True, weight_decay=1e-3)]
+    seeds = [3, 3, 4]  # arms 0 and 1 share a Generator: paired
+    rngs = {s: np.random.default_rng(s) for s in set(seeds)}
+    kwargs = dict(steps=30, batch_size=16, X_eval=DIGITS.X_test, y_eval=DIGITS.y_test, eval_every=10)
+    stack = model.train_stack([rngs[s] for s in seeds], config, DIGITS.X_train, DIGITS.y_train,
+                              [model.Arm(**a) for a in settings], **kwargs)
+    assert stack.losses.shape == (3, 30) and stack.eval_accuracy.shape == (4, 3)
+    for k, (seed, arm) in enumerate(zip(seeds, settings)):
+        single = model.train(np.random.default_rng(seed), config, DIGITS.X_train, DIGITS.y_train, **arm, **kwargs)
+        _same_result(stack.arm(k), single)
+
+
+def test_paired_arms_share_initial_weights_and_batches():
+    config = MLPConfig(sizes=STACK_SIZES, norm="batch")
+    seen = []
+    model.train_stack(np.random.default_rng(0), config, DIGITS.X_train, DIGITS.y_train,
+                      [model.Arm(lr=0.01), model.Arm(lr=0.5, optimizer="adam"), model.Arm(order="class-sorted")],
+                      steps=3, batch_size=8, record=lambda step, info: seen.append((info.x.copy(), info.params)))
+    x0 = seen[0][0]
+    assert np.array_equal(x0[0], x0[1]) and not np.array_equal(x0[0], x0[2])  # same order => same batch
+    init = model.train_stack(np.random.default_rng(0), config, DIGITS.X_train, DIGITS.y_train,
+                             [model.Arm()] * 3, steps=0)
+    assert all(np.array_equal(init.params["W0"][0], init.params["W0"][k]) for k in (1, 2))
+
+
+def test_a_diverging_arm_is_frozen_and_does_not_disturb_the_others():
+    config = MLPConfig(sizes=STACK_SIZES, norm="none")
+    arms = [model.Arm(lr=0.05), model.Arm(lr=1e4, momentum=0.9), model.Arm(lr=0.1)]
+    stack = model.train_stack(np.random.default_rng(1), config, DIGITS.X_train, DIGITS.y_train, arms, steps=40,
+                              batch_size=16, X_eval=DIGITS.X_test, y_eval=DIGITS.y_test, eval_every=10)
+    assert stack.diverged.tolist() == [False, True, False] and stack.steps[1] < 40
+    assert np.isnan(stack.eval_accuracy[-1, 1]) and np.all(np.isfinite(stack.eval_accuracy[:, [0, 2]]))
+    for k in range(3):
+        single = model.train(np.random.default_rng(1), config, DIGITS.X_train, DIGITS.y_train, steps=40,
+                             batch_size=16, lr=arms[k].lr, momentum=arms[k].momentum, X_eval=DIGITS.X_test,
+                             y_eval=DIGITS.y_test, eval_every=10)
+        _same_result(stack.arm(k), single)  # the diverged arm keeps its last finite parameters, as alone
+    assert stack.arm(1).status == "diverged" and np.all(np.isfinite(stack.params["W0"][1]))
+
+
+def _adam_reference(params, grads_per_step, lr, betas=(0.9, 0.999), eps=1e-8):
+    """PyTorch's Adam (no weight decay), written out in float64."""
+    p = {k: v.astype(np.float64) for k, v in params.items()}
+    m = {k: np.zeros_like(v) for k, v in p.items()}
+    v = {k: np.zeros_like(x) for k, x in p.items()}
+    for t, grads in enumerate(grads_per_step, start=1):
+        for k, g in grads.items():
+            m[k] = betas[0] * m[k] + (1 - betas[0]) * g
+            v[k] = betas[1] * v[k] + (1 - betas[1]) * g * g
+            m_hat, v_hat = m[k] / (1 - betas[0] ** t), v[k] / (1 - betas[1] ** t)
+            p[k] = p[k] - lr * m_hat / (np.sqrt(v_hat) + eps)
+    return p
+
+
+def test_adam_and_sgd_arms_in_one_stack_follow_their_rules():
+    rng = np.random.default_rng(0)
+    params = {"W0": rng.standard_normal((3, 4, 2)), "b0": rng.standard_normal((3, 1, 2))}
+    arms = [model.Arm(lr=0.1, optimizer="adam"), model.Arm(lr=0.1, momentum=0.9), model.Arm(lr=0.01, optimizer="adam")]
+    optimizer = model.StackOptimizer(arms, np.float64)
+    steps = [{k: rng.standard_normal(v.shape) for k, v in params.items()} for _ in range(5)]
+    start = {k: v.copy() for k, v in params.items()}
+    for grads in steps:
+        optimizer.step(params, {k: g.copy() for k, g in grads.items()})
+    for k in (0, 2):
+        expected = _adam_reference({n: v[k] for n, v in start.items()}, [{n: g[k] for n, g in s.items()} for s in steps],
+                                   arms[k].lr)
+        for name in params:
+            assert np.allclose(params[name][k], expected[name], rtol=0, atol=1e-13)
+    sgd = model.SGD(0.1, momentum=0.9)
+    alone = {n: v[1].copy() for n, v in start.items()}
+    for grads in steps:
+        sgd.step(alone, {n: g[1].copy() for n, g in grads.items()})
+    assert all(np.array_equal(params[n][1], alone[n]) for n in params)
+
+
+def test_logits_accuracy_counts_non_finite_rows_as_wrong():
+    logits = np.array([[0.0, 2.0], [np.nan, np.nan], [3.0, np.inf], [1.0, 0.0]])
+    y = np.array([1, 0, 1, 0])
+    assert model.logits_accuracy(logits, y) == 0.5  # argmax alone would score the NaN row (class 0) right
+    stacked = np.stack([logits, np.full_like(logits, np.nan)])
+    assert model.logits_accuracy(stacked, y).tolist() == [0.5, 0.0]
+
+
+def test_select_lr_prefers_accuracy_then_the_smaller_rate_and_scores_diverged_as_zero():
+    lrs = [0.01, 0.1, 1.0]
+    assert model.select_lr(lrs, [0.5, 0.9, 0.7]) == 1
+    assert model.select_lr(lrs, [0.9, 0.9, 0.7]) == 0           # tie: the smaller learning rate
+    assert model.select_lr(lrs, [0.2, 0.3, 0.95], diverged=[False, False, True]) == 1
+    assert model.select_lr(lrs, [np.nan, 0.1, 0.1]) == 1
+
+
+def test_batch_plan_is_the_epoch_stream():
+    y = np.arange(50) % 5
+    plan = model.batch_plan(np.random.default_rng(4), 50, 8, 13, "class-sorted", y)
+    stream = data.epochs(np.random.default_rng(4), 50, 8, "class-sorted", labels=y)
+    assert plan.shape == (13, 8) and all(np.array_equal(plan[i], next(stream)) for i in range(13))
+
+
+def test_recorders_give_trajectories_probe_moments_and_gradient_norms():
+    config = MLPConfig(sizes=STACK_SIZES, norm="batch")
+    trajectory = model.ParamTrajectory(["gamma0", "beta0"], every=5)
+    probe = model.ProbeMoments(DIGITS.X_test[:64], every=5, train=True)
+    norms = model.GradientNorms(every=5)
+    stack = model.train_stack(np.random.default_rng(0), config, DIGITS.X_train, DIGITS.y_train,
+                              [model.Arm(lr=0.1), model.Arm(lr=0.3)], steps=20, batch_size=16,
+                              record=[trajectory, probe, norms])
+    arrays = trajectory.arrays()
+    assert trajectory.steps == [0, 5, 10, 15, 20] and arrays["gamma0"].shape == (5, 2, 1, 16)
+    assert np.all(arrays["gamma0"][0] == 1) and np.array_equal(arrays["beta0"][-1], stack.params["beta0"])
+    mean, var = probe.moments()["norm0"]
+    assert mean.shape == (4, 2, 16)
+    # train-mode batch norm on the probe set: its output mean is beta, exactly up to rounding
+    assert np.allclose(mean[-1], stack.params["beta0"][:, 0], atol=1e-5)
+    assert norms.arrays()["W0"].shape == (4, 2) and np.all(norms.arrays()["W0"] > 0)
+
+
+def test_stuck_is_finite_at_chance_and_not_diverged():
+    config = MLPConfig(sizes=STACK_SIZES, norm="none")
+    stack = model.train_stack(np.random.default_rng(0), config, DIGITS.X_train, DIGITS.y_train,
+                              [model.Arm(lr=0.0), model.Arm(lr=0.1)], steps=60, batch_size=32)
+    assert stack.stuck.tolist() == [True, False] and not stack.diverged.any()
