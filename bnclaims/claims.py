@@ -462,6 +462,8 @@ def _load_one(path: Path, threads_dir: Path, thread_cache: dict) -> tuple[Claim 
                 checker.add(value_node, f"parameter '{name}' must be {spec.type_name} (found {_found(value_node)})")
             else:
                 params[name] = converted
+    if exp is not None:  # metric and series names may follow from the params (train-compare: test_acc_<arm>)
+        exp = exp.resolved(params)
 
     # source: thread file and quote
     thread_name, quote, quote_span = "", "", (0, 0)

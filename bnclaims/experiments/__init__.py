@@ -13,10 +13,18 @@ An experiment is a plain function registered by name::
 
 * the first argument is a ``numpy.random.Generator`` (the only source of randomness);
 * every other parameter is keyword-only, annotated and has a default; annotations are
-  restricted to ``int``, ``float``, ``bool``, ``str``, ``Literal[...]`` and ``list[...]``
-  of those, so claim files can be checked against them without running anything;
+  restricted to ``int``, ``float``, ``bool``, ``str``, ``Literal[...]``, ``list[...]``,
+  unions of those (``float | list[float]``), ``Annotated[int | float, Range(...)]`` (bounds),
+  ``dict[str, ...]`` (a mapping from names the claim chooses) and ``TypedDict`` classes (named
+  settings, every key optional), so claim files can be checked against them without running
+  anything, and each parameter has a JSON Schema (`json_schema`, `Experiment.params_schema`);
 * it returns a dict with every declared metric (a finite scalar, used by verdict rules)
   and every declared series (a 1-D array, used by plots); nothing else.
+
+Metric and series names may depend on the parameters (``test_acc_<arm>`` for each arm a claim
+declares): such an experiment passes ``names=fn``, where ``fn(params)`` (params with defaults
+filled in) returns ``(metrics, series)`` dicts of name: description. Everyone asks the record,
+never the decorator's dicts: ``exp.metric_names(params)``, ``exp.series_names(params)``.
 
 Experiments never read files, print or touch global state.
 """
@@ -27,7 +35,10 @@ import importlib
 import inspect
 import os
 import pkgutil
+import re
+import types
 import typing
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -39,6 +50,49 @@ from bnclaims.errors import ExperimentDefinitionError, ExperimentError
 MAX_SERIES_POINTS = 1_000_000  # per series and seed: plots need far fewer, and the cache keeps every point
 
 _SCALARS = (int, float, bool, str)
+
+
+@dataclass(frozen=True)
+class Range:
+    """Bounds for ``Annotated[int, Range(1)]`` or ``Annotated[float, Range(0, 1, low_open=True)]``."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value) -> bool:
+        if self.low is not None and (value < self.low or self.low_open and value == self.low):
+            return False
+        return not (self.high is not None and (value > self.high or self.high_open and value == self.high))
+
+    def text(self) -> str:
+        if self.low is not None and self.high is not None:
+            return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        return f"{'<' if self.high_open else '<='} {self.high:g}" if self.high is not None else ""
+
+    def schema(self) -> dict:
+        out = {}
+        if self.low is not None:
+            out["exclusiveMinimum" if self.low_open else "minimum"] = self.low
+        if self.high is not None:
+            out["exclusiveMaximum" if self.high_open else "maximum"] = self.high
+        return out
+
+
+def _is_typed_dict(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, dict) and hasattr(annotation, "__annotations__") \
+        and hasattr(annotation, "__total__")
+
+
+def _typed_dict_fields(annotation: Any) -> dict[str, Any]:
+    return typing.get_type_hints(annotation, include_extras=True)
+
+
+def _is_union(origin: Any) -> bool:
+    return origin is typing.Union or origin is types.UnionType
 
 
 @dataclass(frozen=True)
@@ -56,7 +110,7 @@ class Param:
 class Experiment:
     name: str
     func: Callable[..., dict]
-    metrics: dict[str, str]
+    metrics: dict[str, str]  # fixed names; with `names`, the patterns shown in listings
     series: dict[str, str]
     params: dict[str, Param]
     module: str
@@ -64,9 +118,42 @@ class Experiment:
     first_line: int
     doc: str = ""
     extra: dict = field(default_factory=dict)
+    names: Callable[[dict], tuple[dict[str, str], dict[str, str]]] | None = None
 
     def defaults(self) -> dict[str, Any]:
         return {name: p.default for name, p in self.params.items()}
+
+    def _names(self, params: dict[str, Any] | None) -> tuple[dict[str, str], dict[str, str]]:
+        if self.names is None:
+            return self.metrics, self.series
+        full = self.defaults()
+        full.update(params or {})
+        try:
+            metrics, series = self.names(full)
+        except Exception:  # noqa: BLE001 - invalid params: reported by the parameter check itself
+            return self.metrics, self.series
+        return dict(metrics), dict(series)
+
+    def metric_names(self, params: dict[str, Any] | None = None) -> dict[str, str]:
+        """{name: description} of the metrics this experiment returns for ``params`` (defaults filled in)."""
+        return self._names(params)[0]
+
+    def series_names(self, params: dict[str, Any] | None = None) -> dict[str, str]:
+        """{name: description} of the series this experiment returns for ``params``."""
+        return self._names(params)[1]
+
+    def resolved(self, params: dict[str, Any] | None = None) -> "Experiment":
+        """This record with ``metrics``/``series`` set to the names for ``params`` (itself when fixed)."""
+        if self.names is None:
+            return self
+        metrics, series = self._names(params)
+        return dataclasses.replace(self, metrics=metrics, series=series)
+
+    def params_schema(self) -> dict:
+        """JSON Schema of this experiment's ``params`` mapping."""
+        return {"type": "object", "additionalProperties": False,
+                "properties": {name: {**json_schema(p.annotation), "default": p.default}
+                               for name, p in self.params.items()}}
 
 
 _REGISTRY: dict[str, Experiment] = {}
@@ -80,12 +167,68 @@ def type_name(annotation: Any) -> str:
         return f"list of {type_name(item)}"
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(annotation))
+    if origin is typing.Annotated:
+        base, *extras = typing.get_args(annotation)
+        bounds = " ".join(e.text() for e in extras if isinstance(e, Range))
+        return f"{type_name(base)} {bounds}".strip()
+    if _is_union(origin):
+        return " or ".join(type_name(a) for a in typing.get_args(annotation))
+    if origin is dict:
+        return f"mapping of name to {type_name(typing.get_args(annotation)[1])}"
+    if _is_typed_dict(annotation):
+        fields = ", ".join(f"{k}: {type_name(v)}" for k, v in _typed_dict_fields(annotation).items())
+        return f"settings {{{fields}}}"
     return getattr(annotation, "__name__", str(annotation))
+
+
+def json_schema(annotation: Any) -> dict:
+    """The JSON Schema of a parameter annotation (for editors; `check_value` is the same check)."""
+    origin = typing.get_origin(annotation)
+    if origin is list:
+        return {"type": "array", "items": json_schema(typing.get_args(annotation)[0])}
+    if origin is Literal:
+        return {"enum": list(typing.get_args(annotation))}
+    if origin is typing.Annotated:
+        base, *extras = typing.get_args(annotation)
+        out = json_schema(base)
+        for e in extras:
+            if isinstance(e, Range):
+                out.update(e.schema())
+        return out
+    if _is_union(origin):
+        return {"anyOf": [json_schema(a) for a in typing.get_args(annotation)]}
+    if origin is dict:
+        return {"type": "object", "propertyNames": {"pattern": NAME_PATTERN},
+                "additionalProperties": json_schema(typing.get_args(annotation)[1])}
+    if _is_typed_dict(annotation):
+        return {"type": "object", "additionalProperties": False,
+                "properties": {k: json_schema(v) for k, v in _typed_dict_fields(annotation).items()},
+                **({"description": inspect.getdoc(annotation)} if annotation.__doc__ else {})}
+    return {int: {"type": "integer"}, float: {"type": "number"}, bool: {"type": "boolean"},
+            str: {"type": "string"}}[annotation]
+
+
+NAME_PATTERN = "^[a-z][a-z0-9_]*$"  # keys of dict[str, ...] params: they become parts of metric names
 
 
 def _check_annotation(where: str, annotation: Any) -> None:
     origin = typing.get_origin(annotation)
-    if origin is list:
+    if origin is typing.Annotated:
+        base, *extras = typing.get_args(annotation)
+        if not all(isinstance(e, Range) for e in extras) or base not in (int, float):
+            raise ExperimentDefinitionError(f"{where}: Annotated[...] takes int or float with Range(...) bounds")
+    elif _is_union(origin):
+        for arg in typing.get_args(annotation):
+            _check_annotation(where, arg)
+    elif origin is dict:
+        key, value = typing.get_args(annotation)
+        if key is not str:
+            raise ExperimentDefinitionError(f"{where}: dict parameters map str names to values (dict[str, ...])")
+        _check_annotation(where, value)
+    elif _is_typed_dict(annotation):
+        for key, value in _typed_dict_fields(annotation).items():
+            _check_annotation(f"{where}, setting {key!r}", value)
+    elif origin is list:
         args = typing.get_args(annotation)
         if len(args) != 1:
             raise ExperimentDefinitionError(f"{where}: list needs one item type, as list[float]")
@@ -108,8 +251,13 @@ def _where(func: Callable) -> str:
     return f"{place}function {getattr(func, '__qualname__', repr(func))!r}"
 
 
-def experiment(name: str, *, metrics: dict[str, str], series: dict[str, str] | None = None):
-    """Register ``func`` as the experiment ``name``; see the module docstring."""
+def experiment(name: str, *, metrics: dict[str, str], series: dict[str, str] | None = None,
+               names: Callable[[dict], tuple[dict[str, str], dict[str, str]]] | None = None):
+    """Register ``func`` as the experiment ``name``; see the module docstring.
+
+    ``names(params)``, when given, returns the (metrics, series) for a claim's params; ``metrics``
+    and ``series`` are then what listings show (patterns such as ``test_acc_<arm>``).
+    """
 
     def register(func: Callable[..., dict]) -> Callable[..., dict]:
         where_func = f"{_where(func)} (experiment {name!r})"
@@ -119,7 +267,7 @@ def experiment(name: str, *, metrics: dict[str, str], series: dict[str, str] | N
             raise ExperimentDefinitionError(f"{where_func}: experiment {name!r} registered twice "
                                             f"(also {_where(_REGISTRY[name].func)})")
         try:
-            hints = typing.get_type_hints(func)
+            hints = typing.get_type_hints(func, include_extras=True)
             signature = inspect.signature(func)
         except Exception as e:  # noqa: BLE001 - an annotation that does not evaluate, a builtin...
             raise ExperimentDefinitionError(f"{where_func}: cannot read its signature "
@@ -151,6 +299,7 @@ def experiment(name: str, *, metrics: dict[str, str], series: dict[str, str] | N
             source_file=inspect.getsourcefile(func) or "",
             first_line=first_line,
             doc=inspect.getdoc(func) or "",
+            names=names,
         )
         return func
 
@@ -183,6 +332,38 @@ def check_value(annotation: Any, value: Any) -> tuple[bool, Any]:
     ``bool`` is never accepted for ``int``/``float``; an ``int`` is accepted for ``float``.
     """
     origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        base, *extras = typing.get_args(annotation)
+        ok, converted = check_value(base, value)
+        return (True, converted) if ok and all(converted in e for e in extras if isinstance(e, Range)) else (False, None)
+    if _is_union(origin):
+        for arg in typing.get_args(annotation):
+            ok, converted = check_value(arg, value)
+            if ok:
+                return True, converted
+        return False, None
+    if origin is dict:
+        item = typing.get_args(annotation)[1]
+        if not isinstance(value, dict) or not value:
+            return False, None
+        out = {}
+        for key, v in value.items():
+            ok, converted = check_value(item, v)
+            if not isinstance(key, str) or not re.match(NAME_PATTERN, key) or not ok:
+                return False, None
+            out[key] = converted
+        return True, out
+    if _is_typed_dict(annotation):
+        fields = _typed_dict_fields(annotation)
+        if not isinstance(value, dict) or set(value) - set(fields):
+            return False, None
+        out = {}
+        for key, v in value.items():
+            ok, converted = check_value(fields[key], v)
+            if not ok:
+                return False, None
+            out[key] = converted
+        return True, out
     if origin is list:
         (item,) = typing.get_args(annotation)
         if not isinstance(value, list):
@@ -220,6 +401,7 @@ def run_experiment(exp: Experiment, seed: int, params: dict[str, Any]) -> dict[s
     rng = np.random.default_rng(seed)
     kwargs = exp.defaults()
     kwargs.update(params)
+    exp = exp.resolved(kwargs)
     out = exp.func(rng, **kwargs)
     if not isinstance(out, dict):
         raise ExperimentError(f"experiment {exp.name!r} returned {type(out).__name__}, not a dict")

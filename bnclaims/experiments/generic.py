@@ -1,0 +1,255 @@
+"""Generic experiments: claims about training written in YAML alone.
+
+``train-compare`` trains the arms a claim declares in ``params.arms`` (a mapping from arm name
+to settings: normalization, learning rate or a grid of them, batch size and order, depth,
+width, optimizer, epochs, ghost batch size, running-statistics momentum) on the digits data
+and returns the standard metrics of every arm, named after it (``test_acc_<arm>``, ...).
+Every arm is one or more networks of `bnclaims.model.train_stack` (one per learning rate of
+its grid; arms with the same architecture and schedule share one stack). All runs are
+paired: the same seed gives every arm the same initial weights (where the sizes match), the
+same batches (where batch size and order match) and the same training subset.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Annotated, Literal, TypedDict
+
+import numpy as np
+
+from bnclaims import data, model
+from bnclaims.experiments import Range, experiment
+
+Positive = Annotated[float, Range(0, None, low_open=True)]
+
+
+class ArmSettings(TypedDict, total=False):
+    """One arm of train-compare; every key optional (defaults in ARM_DEFAULTS)."""
+
+    norm: Literal[model.NORMS]
+    lr: Positive | list[Positive]
+    batch_size: Annotated[int, Range(2, 4096)]
+    order: Literal["shuffled", "class-sorted"]
+    depth: Annotated[int, Range(1, 16)]
+    width: Annotated[int, Range(1, 4096)]
+    optimizer: Literal[model.OPTIMIZERS]
+    momentum: Annotated[float, Range(0, 1, high_open=True)]
+    epochs: Annotated[int, Range(1, 1000)]
+    ghost_batch_size: Annotated[int, Range(2, 4096)]
+    groups: Annotated[int, Range(1, 4096)]
+    running_momentum: Annotated[float, Range(0, 1, low_open=True)]
+    affine: bool
+
+
+ARM_DEFAULTS: dict = {
+    "norm": "batch", "lr": [0.01, 0.03, 0.1, 0.3, 1.0], "batch_size": 32, "order": "shuffled", "depth": 2,
+    "width": 64, "optimizer": "sgd", "momentum": None, "epochs": 10, "ghost_batch_size": 8, "groups": 8,
+    "running_momentum": 0.1, "affine": True,
+}
+MOMENTUM_DEFAULT = {"sgd": 0.0, "momentum": 0.9, "adam": 0.0}  # when an arm names no momentum
+
+PER_ARM_METRICS = {
+    "test_acc": "test accuracy at the arm's chosen learning rate (a diverged network scores 0)",
+    "val_acc": "validation accuracy at the end of training, chosen learning rate (diverged: 0)",
+    "final_loss": "mean training batch loss over the last 10 % of steps, chosen rate (diverged: the chance loss)",
+    "steps_to_target": "steps until validation accuracy first reached target_accuracy, chosen rate "
+                       "(never: steps trained + 1, censored; see reached_target)",
+    "reached_target": "1 if validation accuracy reached target_accuracy, else 0",
+    "max_lr_trains": "largest learning rate of the arm's grid that neither diverged nor got stuck (0: none)",
+    "best_lr": "learning rate chosen on validation (highest accuracy; ties to the smaller rate)",
+    "lr_edge": "1 if the chosen learning rate is the smallest or largest of a grid of 2 or more, else 0",
+    "diverged": "1 if training at the chosen rate diverged (a NaN/inf loss), else 0",
+    "stuck": "1 if training at the chosen rate stayed finite but at chance (final loss >= 95 % of chance), else 0",
+}
+AFFINE_METRICS = {
+    "gamma_step": "mean |change of gamma| per step, over features, layers and steps (chosen rate)",
+    "beta_step": "mean |change of beta| per step, over features, layers and steps (chosen rate)",
+    "gamma_fluct": "late fluctuation of gamma: std after a linear detrend over the last late_fraction "
+                   "of steps, mean over features and layers (chosen rate)",
+    "beta_fluct": "late fluctuation of beta, as gamma_fluct",
+}
+PER_ARM_SERIES = {
+    "curve_step": "steps at which the curves were evaluated (x axis)",
+    "curve_val_acc": "validation accuracy during training, chosen rate",
+    "curve_val_loss": "validation loss during training, chosen rate",
+    "grid_lr": "the arm's learning-rate grid (x axis)",
+    "grid_val_acc": "final validation accuracy at each learning rate of the grid (diverged: 0)",
+}
+
+
+def arm_settings(settings: dict) -> dict:
+    """An arm's settings with every default filled in; ``lr`` always a list."""
+    out = {**ARM_DEFAULTS, **settings}
+    if out["momentum"] is None:
+        out["momentum"] = MOMENTUM_DEFAULT[out["optimizer"]]
+    if not isinstance(out["lr"], list):
+        out["lr"] = [out["lr"]]
+    return out
+
+
+def _has_affine(settings: dict) -> bool:
+    return settings["norm"] != "none" and settings["affine"]
+
+
+def train_compare_names(params: dict) -> tuple[dict[str, str], dict[str, str]]:
+    """(metrics, series) of train-compare for a claim's params: ``<metric>_<arm>`` for every arm."""
+    metrics: dict[str, str] = {}
+    series: dict[str, str] = {}
+    for arm, settings in params["arms"].items():
+        s = arm_settings(settings)
+        per_arm = {**PER_ARM_METRICS, **(AFFINE_METRICS if _has_affine(s) else {})}
+        for base, text in per_arm.items():
+            metrics[f"{base}_{arm}"] = f"arm '{arm}': {text}"
+        for base, text in PER_ARM_SERIES.items():
+            series[f"{base}_{arm}"] = f"arm '{arm}': {text}"
+    if len(set(metrics) | set(series)) != len(metrics) + len(series):
+        raise ValueError("arm names make two metric names equal")
+    return metrics, series
+
+
+def check_arms(arms: dict, n_train: int) -> None:
+    """What the types cannot say: settings that depend on each other. Raises ValueError."""
+    for arm, settings in arms.items():
+        s = arm_settings(settings)
+        if s["norm"] == "ghost" and s["batch_size"] % s["ghost_batch_size"]:
+            raise ValueError(f"arm '{arm}': ghost_batch_size {s['ghost_batch_size']} must divide "
+                             f"batch_size {s['batch_size']}")
+        if s["norm"] == "group" and s["width"] % s["groups"]:
+            raise ValueError(f"arm '{arm}': groups {s['groups']} must divide width {s['width']}")
+        if s["batch_size"] > n_train:
+            raise ValueError(f"arm '{arm}': batch_size {s['batch_size']} exceeds the {n_train} training examples")
+        if s["optimizer"] == "momentum" and not s["momentum"] > 0:
+            raise ValueError(f"arm '{arm}': optimizer 'momentum' needs momentum > 0")
+
+
+def _step_size(trajectory: np.ndarray, steps: int) -> float:
+    """Mean |x_{t+1} - x_t| over the first ``steps`` updates; trajectory (T, ...) starts at step 0."""
+    if steps < 1:
+        return 0.0
+    return float(np.mean(np.abs(np.diff(trajectory[: steps + 1].astype(np.float64), axis=0))))
+
+
+def _late_fluctuation(trajectory: np.ndarray, steps: int, late_fraction: float) -> float:
+    """Std of each coordinate after a least-squares linear detrend over the last part of the run."""
+    run = trajectory[: steps + 1].astype(np.float64)
+    window = run[len(run) - max(3, int(round(late_fraction * len(run)))):].reshape(-1, run[0].size)
+    if len(window) < 3:
+        return 0.0
+    t = np.arange(len(window), dtype=np.float64)
+    t -= t.mean()
+    slope = (t @ (window - window.mean(axis=0))) / (t @ t)
+    residual = window - window.mean(axis=0) - np.outer(t, slope)
+    return float(np.mean(residual.std(axis=0)))
+
+
+def _censor(values: np.ndarray) -> np.ndarray:
+    """A curve with NaN for points that are missing or not finite (a diverged run)."""
+    return np.where(np.isfinite(values), values, np.nan)
+
+
+@experiment(
+    "train-compare",
+    metrics={f"{base}_<arm>": text for base, text in {**PER_ARM_METRICS, **AFFINE_METRICS}.items()},
+    series={f"{base}_<arm>": text for base, text in PER_ARM_SERIES.items()},
+    names=train_compare_names,
+)
+def train_compare(
+    rng: np.random.Generator,
+    *,
+    arms: dict[str, ArmSettings] = {"bn": {"norm": "batch"}, "plain": {"norm": "none"}},  # noqa: B006
+    target_accuracy: Annotated[float, Range(0, 1)] = 0.9,
+    validation_fraction: Annotated[float, Range(0, 1, low_open=True, high_open=True)] = 0.2,
+    train_per_class: Annotated[int, Range(0)] = 0,
+    evals_per_epoch: Annotated[int, Range(1, 1000)] = 1,
+    late_fraction: Annotated[float, Range(0, 1, low_open=True)] = 0.25,
+):
+    """Train the declared arms (MLPs on 8x8 digits, softmax cross-entropy) and compare them.
+
+    Each arm: an MLP 64 -> width x depth -> 10 with ``norm`` before each ReLU (``model.MLPConfig``),
+    trained for ``epochs`` with ``optimizer`` at every learning rate of its ``lr`` grid; the rate
+    with the best final validation accuracy is chosen (`model.select_lr`: ties to the smaller
+    rate, a diverged run counts as 0), and every ``<metric>_<arm>`` is measured at that rate,
+    except ``max_lr_trains``, which looks at the whole grid. ``train_per_class`` > 0 trains on
+    that many examples per class (a random subset per seed, the same for every arm). A diverged
+    arm is flagged (``diverged_<arm>`` = 1), never an error.
+    """
+    split = data.digits_split(0.25, validation_fraction, standardize=True, dtype=np.float32)
+    subset_rng, pair_rng = rng.spawn(2)
+    X, y = split.X_train, split.y_train
+    if train_per_class:
+        X, y = data.subsample(subset_rng, X, y, train_per_class)
+    check_arms(arms, len(y))
+
+    # one stack per (architecture, batch size, epochs): every learning rate of every arm that shares them
+    stacks: dict[tuple, list[tuple[str, float, model.Arm]]] = {}
+    for name, settings in arms.items():
+        s = arm_settings(settings)
+        config = model.MLPConfig(
+            sizes=(X.shape[1],) + (s["width"],) * s["depth"] + (10,), norm=s["norm"], affine=s["affine"],
+            ghost_batch_size=s["ghost_batch_size"], groups=s["groups"], momentum=s["running_momentum"],
+        )
+        for lr in s["lr"]:
+            arm = model.Arm(lr=lr, optimizer=s["optimizer"], momentum=s["momentum"], order=s["order"])
+            stacks.setdefault((config, s["batch_size"], s["epochs"]), []).append((name, lr, arm))
+
+    runs: dict[str, list[dict]] = {name: [] for name in arms}
+    for (config, batch_size, epochs), members in stacks.items():
+        steps_per_epoch = len(y) // batch_size
+        affine = [f"{p}{i}" for i in range(config.n_layers - 1) for p in ("gamma", "beta")] \
+            if config.norm != "none" and config.affine else []
+        trajectory = model.ParamTrajectory(affine) if affine else None
+        result = model.train_stack(
+            copy.deepcopy(pair_rng), config, X, y, [arm for _, _, arm in members], epochs=epochs,
+            batch_size=batch_size, X_eval=split.X_val, y_eval=split.y_val,
+            eval_every=max(1, steps_per_epoch // evals_per_epoch),
+            record=trajectory,
+        )
+        with np.errstate(all="ignore"):
+            logits, _, _ = model.forward(result.params, result.state, split.X_test, config, False)
+        test_acc = model.logits_accuracy(logits, split.y_test)
+        paths = trajectory.arrays() if trajectory else {}
+        for k, (name, lr, _) in enumerate(members):
+            diverged = bool(result.diverged[k])
+            runs[name].append({
+                "lr": lr, "diverged": diverged, "stuck": bool(result.stuck[k]), "steps": int(result.steps[k]),
+                "test_acc": 0.0 if diverged else float(test_acc[k]),
+                "val_acc": 0.0 if diverged else float(np.nan_to_num(result.eval_accuracy[-1, k])),
+                "final_loss": result.chance_loss if diverged else float(result.final_loss[k]),
+                "curve_step": result.eval_steps.astype(np.float64),
+                "curve_val_acc": result.eval_accuracy[:, k], "curve_val_loss": result.eval_loss[:, k],
+                "paths": {p: paths[p][:, k] for p in affine},
+            })
+
+    out: dict[str, object] = {}
+    for name, settings in arms.items():
+        s = arm_settings(settings)
+        grid = runs[name]
+        lrs = np.array([r["lr"] for r in grid])
+        val = np.array([r["val_acc"] for r in grid])
+        chosen = grid[model.select_lr(lrs, val, [r["diverged"] for r in grid])]
+        reached = np.flatnonzero(np.nan_to_num(chosen["curve_val_acc"]) >= target_accuracy)
+        trains = [r["lr"] for r in grid if not r["diverged"] and not r["stuck"]]
+        out.update({
+            f"test_acc_{name}": chosen["test_acc"],
+            f"val_acc_{name}": chosen["val_acc"],
+            f"final_loss_{name}": chosen["final_loss"],
+            f"steps_to_target_{name}": float(chosen["curve_step"][reached[0]]) if reached.size else chosen["steps"] + 1.0,
+            f"reached_target_{name}": float(reached.size > 0),
+            f"max_lr_trains_{name}": float(max(trains, default=0.0)),
+            f"best_lr_{name}": float(chosen["lr"]),
+            f"lr_edge_{name}": float(len(lrs) > 1 and chosen["lr"] in (lrs.min(), lrs.max())),
+            f"diverged_{name}": float(chosen["diverged"]),
+            f"stuck_{name}": float(chosen["stuck"]),
+            f"curve_step_{name}": chosen["curve_step"],
+            f"curve_val_acc_{name}": _censor(chosen["curve_val_acc"]),
+            f"curve_val_loss_{name}": _censor(chosen["curve_val_loss"]),
+            f"grid_lr_{name}": lrs.astype(np.float64),
+            f"grid_val_acc_{name}": val,
+        })
+        if _has_affine(s):
+            for p in ("gamma", "beta"):
+                layers = [v for key, v in chosen["paths"].items() if key.startswith(p)]
+                out[f"{p}_step_{name}"] = float(np.mean([_step_size(v, chosen["steps"]) for v in layers]))
+                out[f"{p}_fluct_{name}"] = float(np.mean(
+                    [_late_fluctuation(v, chosen["steps"], late_fraction) for v in layers]))
+    return out

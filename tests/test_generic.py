@@ -1,0 +1,158 @@
+"""Tests of the generic experiment train-compare: claims about training written in YAML alone."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bnclaims import experiments as registry
+from bnclaims.claims import load_claims
+from bnclaims.experiments import generic
+
+ROOT = Path(__file__).resolve().parents[1]
+THREADS = ROOT / "claims" / "threads"
+
+CLAIM = """\
+id: {id}
+title: Batch norm trains at its best learning rate at least as well as a plain MLP
+claim: A toy train-compare claim.
+source:
+  thread: 000_9d0fa3abc03cef76
+  quote: "With fluctuating beta and gamma, the distribution also fluctuates."
+tags: [toy]
+experiment: train-compare
+params:
+  arms:
+    bn: {{norm: batch, lr: [0.1, 0.3], epochs: 2, width: 32}}
+    plain: {{norm: none, lr: 0.1, epochs: 2, width: 32}}
+  target_accuracy: 0.8
+seeds: 3
+rule:
+  conditions:
+    - name: bn-at-least-as-good
+      holds: {holds}
+      tests: "With fluctuating"
+plots:
+  - title: validation accuracy
+    x: curve_step_bn
+    y: [{series}]
+explanation: A toy.
+scope: A toy scope.
+"""
+
+
+@pytest.fixture
+def claims_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "claims"
+    d.mkdir()
+    shutil.copytree(THREADS, d / "threads")
+    return d
+
+
+def load(claims_dir: Path, holds="mean(test_acc_bn - test_acc_plain) > -0.05", series="curve_val_acc_bn, curve_val_acc_plain"):
+    path = claims_dir / "toy-train-compare.yaml"
+    path.write_text(CLAIM.format(id="toy-train-compare", holds=holds, series=series), encoding="utf-8")
+    return load_claims([path])
+
+
+def test_a_train_compare_claim_passes_check(claims_dir):
+    claims, problems = load(claims_dir)
+    assert problems == [] and len(claims) == 1
+    exp = registry.get("train-compare")
+    metrics = exp.metric_names(claims[0].params)
+    assert {"test_acc_bn", "gamma_step_bn", "diverged_plain", "max_lr_trains_plain"} <= set(metrics)
+    assert "gamma_step_plain" not in metrics  # no gamma in an arm without normalization
+    assert "curve_val_acc_plain" in exp.series_names(claims[0].params)
+
+
+def test_a_train_compare_claim_passes_bnclaims_check_from_the_command_line(claims_dir):
+    load(claims_dir)
+    run = subprocess.run([sys.executable, "-m", "bnclaims", "check", str(claims_dir / "toy-train-compare.yaml")],
+                         cwd=claims_dir.parent, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_an_unknown_arm_metric_gets_did_you_mean(claims_dir):
+    _, problems = load(claims_dir, holds="mean(test_acc_bm - test_acc_plain) > -0.05")
+    (problem,) = problems
+    assert "unknown metric" in problem.message and "did you mean 'test_acc_bn'" in problem.message
+
+
+def test_an_unknown_arm_series_in_a_plot_gets_did_you_mean(claims_dir):
+    _, problems = load(claims_dir, series="curve_val_acc_bn, curve_val_acc_plian")
+    (problem,) = problems
+    assert "series" in problem.message and "did you mean 'curve_val_acc_plain'" in problem.message
+
+
+@pytest.mark.parametrize("arms, fragment", [
+    ("{bn: {norm: batchnorm}}", "parameter 'arms' must be mapping of name to settings"),
+    ("{bn: {norm: batch, lr_grid: [0.1]}}", "parameter 'arms'"),        # unknown setting
+    ("{bn: {norm: batch, lr: -0.1}}", "parameter 'arms'"),              # out of range
+    ("{bn: {norm: batch, epochs: 2.5}}", "parameter 'arms'"),           # wrong type
+    ("{Bad-Name: {norm: batch}}", "parameter 'arms'"),                  # not usable in a metric name
+    ("{}", "parameter 'arms'"),                                          # no arm at all
+])
+def test_bad_arm_settings_are_refused_at_check(claims_dir, arms, fragment):
+    text = CLAIM.format(id="toy-train-compare", holds="mean(test_acc_bn) > 0", series="curve_val_acc_bn")
+    start = text.index("  arms:\n")
+    end = text.index("  target_accuracy")
+    text = text[:start] + f"  arms: {arms}\n" + text[end:]
+    path = claims_dir / "toy-train-compare.yaml"
+    path.write_text(text, encoding="utf-8")
+    _, problems = load_claims([path])
+    assert any(fragment in p.message for p in problems), [p.message for p in problems]
+
+
+def test_params_schema_matches_the_checks():
+    schema = registry.get("train-compare").params_schema()
+    arms = schema["properties"]["arms"]
+    assert arms["type"] == "object" and arms["propertyNames"]["pattern"] == registry.NAME_PATTERN
+    settings = arms["additionalProperties"]
+    assert settings["additionalProperties"] is False
+    assert settings["properties"]["norm"]["enum"] == list(generic.model.NORMS)
+    assert settings["properties"]["lr"]["anyOf"][0] == {"type": "number", "exclusiveMinimum": 0}
+    assert settings["properties"]["epochs"] == {"type": "integer", "minimum": 1, "maximum": 1000}
+
+
+def test_a_diverging_arm_is_flagged_and_does_not_error_the_seed():
+    exp = registry.get("train-compare")
+    params = {"arms": {"wild": {"norm": "none", "lr": 1e4, "momentum": 0.9, "optimizer": "momentum", "epochs": 1,
+                                "width": 16},
+                       "calm": {"norm": "batch", "lr": [0.1, 1e4], "epochs": 1, "width": 16}}}
+    out = registry.run_experiment(exp, 0, params)
+    metrics = out["metrics"]
+    assert metrics["diverged_wild"] == 1.0 and metrics["test_acc_wild"] == 0.0 and metrics["max_lr_trains_wild"] == 0.0
+    assert metrics["diverged_calm"] == 0.0 and metrics["best_lr_calm"] == 0.1 and metrics["test_acc_calm"] > 0.5
+    assert all(np.isfinite(v) for v in metrics.values())
+    assert set(metrics) == set(exp.metric_names(params)) and set(out["series"]) == set(exp.series_names(params))
+    assert out["series"]["grid_val_acc_calm"][1] < 0.2  # the rate 1e4 does not train (BN: stuck at chance)
+
+
+def test_train_compare_is_deterministic_and_pairs_the_arms():
+    exp = registry.get("train-compare")
+    same = {"norm": "batch", "lr": 0.1, "epochs": 1, "width": 16}
+    params = {"arms": {"a": same, "b": dict(same)}, "train_per_class": 20}
+    first = registry.run_experiment(exp, 5, params)
+    assert first == registry.run_experiment(exp, 5, params)
+    # two arms with identical settings are the same network, trained on the same batches
+    assert first["metrics"]["test_acc_a"] == first["metrics"]["test_acc_b"]
+    assert first["series"]["curve_val_loss_a"] == first["series"]["curve_val_loss_b"]
+
+
+def test_settings_that_depend_on_each_other_are_checked():
+    with pytest.raises(ValueError, match="ghost_batch_size 12 must divide batch_size 32"):
+        generic.check_arms({"g": {"norm": "ghost", "ghost_batch_size": 12}}, 1000)
+
+
+def test_late_fluctuation_ignores_a_linear_trend():
+    steps = np.arange(101, dtype=np.float64)
+    trend = (0.01 * steps)[:, None]
+    assert generic._late_fluctuation(trend, 100, 0.5) < 1e-12
+    wiggle = trend + 0.1 * (-1.0) ** steps[:, None]
+    assert abs(generic._late_fluctuation(wiggle, 100, 0.5) - 0.1) < 1e-3
+    assert abs(generic._step_size(trend, 100) - 0.01) < 1e-12
