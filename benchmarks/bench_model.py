@@ -8,6 +8,11 @@ without normalization, and the 64-128-128-10 reference point of METHODS.md. Colu
 (NumPy), PyTorch when importable, and their ratio; then BN / plain per implementation.
 Everything runs on one thread. Times are CPU time of this process (so a busy machine that
 deschedules us does not count), best of several repeats, in milliseconds.
+
+Then the stacked step (issue 15's goal): K = 10 arms of a 64-128-128-10 BN MLP at batch 32,
+each arm with its own batch, as ONE step of `model.train_stack`'s code, against 10 single-network
+steps through the same code (`train_stack` with one arm runs the (N, D) layout). Goals: at most
+0.2 ms per arm-step, and at most 0.8x the 10 single steps. The two are timed interleaved.
 """
 
 import os
@@ -79,6 +84,54 @@ def torch_step(sizes, norm: str, batch: int):
     return step
 
 
+def loop_step(arms: int, sizes=(64, 128, 128, 10), batch: int = 32, norm: str = "batch"):
+    """One training step of `model.train_stack`'s loop body for `arms` arms (1: the (N, D) layout)."""
+    config = model.MLPConfig(sizes=sizes, norm=norm)
+    rng = np.random.default_rng(0)
+    params = model.init_stack([rng] * arms, config)
+    state = model.init_stack_state(config, arms)
+    optimizer = model.StackOptimizer([model.Arm(lr=0.01, momentum=0.9)] * arms, np.float32)
+    x = rng.standard_normal((arms, batch, sizes[0])).astype(np.float32)
+    y = rng.integers(0, sizes[-1], (arms, batch))
+    if arms == 1:  # what train_stack does for one arm: views in the single-network layout
+        run_params, run_state, x, y = model.arm_params(params, 0), model.arm_params(state, 0), x[0], y[0]
+    else:
+        run_params, run_state = params, state
+    holder = [run_state]
+
+    def step():
+        logits, tape, holder[0] = model.forward(run_params, holder[0], x, config, True)
+        _, dlogits = nn.softmax_cross_entropy(logits, y)
+        grads = model.backward(dlogits, tape)
+        if arms == 1:
+            grads = {k: v[None] if model.is_weight(k) else v[None, None] for k, v in grads.items()}
+        optimizer.step(params, grads)
+
+    return step
+
+
+def bench_stacked(arms: int = 10, rounds: int = 9):
+    """(ms per single step, ms per stacked step of `arms` arms), interleaved, best of `rounds`."""
+    single, stacked = loop_step(1), loop_step(arms)
+    single(), stacked()
+    times = {"single": [], "stacked": []}
+    for _ in range(rounds):
+        for name, fn, number in (("single", single, 400), ("stacked", stacked, 40)):
+            times[name].append(min(timeit.repeat(fn, number=number, repeat=1, timer=time.process_time)) / number)
+    return min(times["single"]) * 1e3, min(times["stacked"]) * 1e3
+
+
+def print_stacked(arms: int = 10) -> None:
+    single, stacked = bench_stacked(arms)
+    per_arm = stacked / arms
+    print(f"\nstacked step, {arms} arms of 64-128-128-10 BN, batch 32, float32, momentum SGD (train_stack's loop body)")
+    print(f"{'single step ms':>15s} {arms:>3d}x single ms {'stacked ms':>11s} {'per arm-step ms':>16s} "
+          f"{'stacked / 10 single':>20s}")
+    print(f"{single:15.3f} {arms * single:15.3f} {stacked:11.3f} {per_arm:16.3f} {stacked / (arms * single):19.2f}x")
+    print(f"goals: per arm-step <= 0.200 ms ({'met' if per_arm <= 0.2 else 'NOT met'}), "
+          f"stacked / 10 single <= 0.80x ({'met' if stacked <= 0.8 * arms * single else 'NOT met'})")
+
+
 def main() -> None:
     deep = (64, 256, 256, 256, 256, 10)
     rows = [(deep, b) for b in (32, 128, 512)] + [((64, 128, 128, 10), 32)]
@@ -105,6 +158,7 @@ def main() -> None:
         if have_torch:
             ratio += f", torch {times['batch', 'torch'] / times['none', 'torch']:.2f}"
         print(ratio)
+    print_stacked()
 
 
 if __name__ == "__main__":

@@ -3,7 +3,10 @@
 Run:  python benchmarks/bench_nn.py
 
 Columns: bnclaims.nn, a plain NumPy reference written below (the textbook formulas, one
-expression per step), and PyTorch CPU when it is importable; then the ratios. Everything runs
+expression per step), and PyTorch CPU when it is importable (the optional ``bench`` extra,
+``pip install torch==2.13.0``, the CPU wheel); then the ratios, and issue 15's goals (ours /
+torch at most 0.8x at 32x256, 0.85x at 256x256, 1.3x at 1024x1024). A second table times batch
+norm on a stack of 10 arms (``(10, 32, 128)``) against 10 single-network calls. Everything runs
 on one thread so the comparison is fair. Rows are added by functions named bench_<what>();
 `main()` prints them all.
 """
@@ -33,6 +36,8 @@ except ImportError:  # the torch column is skipped
 
 SHAPES = [(32, 256), (256, 256), (1024, 1024)]
 REPEAT = 15
+# issue 15's goals for batch norm forward + backward, float32, one thread: ours / torch autograd at most
+TORCH_GOALS = {(32, 256): 0.8, (256, 256): 0.85, (1024, 1024): 1.3}
 
 
 def time_side_by_side(fns: dict, repeat: int = REPEAT) -> dict:
@@ -110,6 +115,28 @@ def bench_batchnorm(shapes=SHAPES, dtype=np.float32):
     return rows
 
 
+def bench_stacked_batchnorm(arms: int = 10, shape=(32, 128), dtype=np.float32):
+    """Rows for batch norm on a stack of `arms` arms (K, N, D) against `arms` single calls."""
+    rng = np.random.default_rng(0)
+    n, d = shape
+    x = rng.standard_normal((arms, n, d)).astype(dtype)
+    dout = rng.standard_normal((arms, n, d)).astype(dtype)
+    gamma = rng.uniform(0.5, 1.5, (arms, 1, d)).astype(dtype)
+    beta = rng.standard_normal((arms, 1, d)).astype(dtype)
+
+    def stacked():
+        out, cache = nn.batchnorm_forward(x, gamma, beta)
+        return nn.batchnorm_backward(dout, cache)
+
+    def singles():
+        for k in range(arms):
+            out, cache = nn.batchnorm_forward(x[k], gamma[k, 0], beta[k, 0])
+            nn.batchnorm_backward(dout[k], cache)
+
+    times = time_side_by_side({"bnclaims.nn": stacked, f"{arms} single calls": singles})
+    return [(f"batchnorm fwd+bwd {arms}x{n}x{d} stacked", times)]
+
+
 # ----------------------------------------------------------------------------- printing
 
 def format_table(rows) -> str:
@@ -118,15 +145,19 @@ def format_table(rows) -> str:
     for _, times in rows:
         columns += [c for c in times if c not in columns]
     others = [c for c in columns if c != "bnclaims.nn"]
-    header = f"{'case':<36}" + "".join(f"{c + ' us min/med':>26}" for c in columns)
-    header += "".join(f"{'ours/' + c:>18}" for c in others)
+    width = {c: max(26, len(c) + 13) for c in columns}
+    ratio_width = {c: max(18, len(c) + 7) for c in others}
+    header = f"{'case':<40}" + "".join(f"{c + ' us min/med':>{width[c]}}" for c in columns)
+    header += "".join(f"{'ours/' + c:>{ratio_width[c]}}" for c in others)
     lines = [header, "-" * len(header)]
     for name, times in rows:
-        line = f"{name:<36}"
+        line = f"{name:<40}"
         for c in columns:
-            line += f"{'%.1f / %.1f' % (times[c][0] * 1e6, times[c][1] * 1e6):>26}" if c in times else f"{'-':>26}"
+            cell = "%.1f / %.1f" % (times[c][0] * 1e6, times[c][1] * 1e6) if c in times else "-"
+            line += f"{cell:>{width[c]}}"
         for c in others:
-            line += f"{times['bnclaims.nn'][0] / times[c][0]:>17.2f}x" if c in times else f"{'-':>18}"
+            cell = f"{times['bnclaims.nn'][0] / times[c][0]:.2f}x" if c in times else "-"
+            line += f"{cell:>{ratio_width[c]}}"
         lines.append(line)
     return "\n".join(lines)
 
@@ -136,6 +167,13 @@ def main() -> None:
           f"1 thread; ratios use the min times (< 1 means bnclaims.nn is faster)")
     rows = bench_batchnorm()
     print(format_table(rows))
+    if torch is not None:
+        for (n, d), goal in TORCH_GOALS.items():
+            times = dict(rows)[f"batchnorm fwd+bwd {n}x{d} float32"]
+            ratio = times["bnclaims.nn"][0] / times["torch"][0]
+            print(f"goal {n}x{d}: ours/torch {ratio:.2f}x <= {goal:.2f}x: {'met' if ratio <= goal else 'NOT met'}")
+    print()
+    print(format_table(bench_stacked_batchnorm()))
     print()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import bench_model  # the MLP SGD step rows (64-256x4-10 with BN at batch 32/128/512)
