@@ -771,8 +771,9 @@ class StackStepInfo:
     ``loss`` (K,) batch losses before the update, ``alive`` (K,) bool (False once an arm has
     diverged: its entries are frozen or garbage), ``x`` (K, B, D), ``y`` (K, B), ``logits``
     (K, B, C), ``params`` (after the update), ``grads``, ``state``, ``activations`` (per-layer
-    ``pre{i}``, ``norm{i}``, ``act{i}``, each (K, B, width)), ``config``.
-    Computed on first access: ``batch_accuracy`` (K,), ``moments``, ``deltas``.
+    ``pre{i}``, ``norm{i}``, ``act{i}``, each (K, B, width)), ``config``, ``params_before`` (a copy of
+    the parameters before the update; at step 0 always, later only if some hook lacks
+    ``needs_deltas = False``). Computed on first access: ``batch_accuracy`` (K,), ``moments``, ``deltas``.
     Valid only during the call: copy what you keep.
     """
 
@@ -782,7 +783,7 @@ class StackStepInfo:
         self.x, self.y, self.logits = x, y, logits
         self.params, self.grads, self.state, self.activations = params, grads, state, activations
         self.config = config
-        self._params_before = params_before
+        self.params_before = params_before
 
     @cached_property
     def batch_accuracy(self) -> np.ndarray:
@@ -800,7 +801,10 @@ class StackStepInfo:
 
     @cached_property
     def deltas(self) -> Params:
-        return {name: self.params[name] - before for name, before in self._params_before.items()}
+        """params after the step minus params before it (hooks with ``needs_deltas = False`` get them at step 0 only)."""
+        if self.params_before is None:
+            raise ValueError("deltas need the parameters before the step: every hook of this run says needs_deltas = False")
+        return {name: self.params[name] - before for name, before in self.params_before.items()}
 
 
 @dataclass(frozen=True)
@@ -980,6 +984,7 @@ def train_stack(
         eval_accuracy.append(np.where(alive, accuracy, np.nan))
 
     hooks = _hooks(record)
+    need_before = any(getattr(hook, "needs_deltas", True) for hook in hooks)  # copy params before each step?
     do_eval = X_eval is not None and y_eval is not None
     if do_eval:
         X_eval = np.asarray(X_eval, dtype=dtype)
@@ -1031,7 +1036,7 @@ def train_stack(
                     if value is not run_state[key]:
                         value[dead] = run_state[key][dead]
             optimizer.schedule(step)
-            before = copy_params(params) if hooks else None
+            before = copy_params(params) if hooks and (need_before or step == 0) else None
             optimizer.step(params, grads)
             run_state = new_state
             if do_eval and eval_every and (step + 1) % eval_every == 0:
@@ -1076,6 +1081,8 @@ class ParamTrajectory:
     """Hook: copies of the named parameters (e.g. ``gamma0``, ``beta0``) at step 0 (before
     training) and after every ``every``-th update. ``steps``: (T,); ``arrays()``: {name: (T, K, ...)}."""
 
+    needs_deltas = False  # the loop need not copy the parameters before every step
+
     def __init__(self, names, every: int = 1):
         self.names, self.every = list(names), every
         self.steps: list[int] = []
@@ -1085,7 +1092,7 @@ class ParamTrajectory:
         if step == 0:
             self.steps.append(0)
             for name in self.names:
-                self.values[name].append(info._params_before[name].copy())
+                self.values[name].append(info.params_before[name].copy())
         if (step + 1) % self.every == 0:
             self.steps.append(step + 1)
             for name in self.names:
@@ -1102,6 +1109,8 @@ class ProbeMoments:
     running statistics) or with the probe set's own batch statistics (``train=True``; not for the
     noisy norm). ``moments()``: {``pre0``, ``norm0``, ``act0``, ...: (mean, var) each (T, K, width)}.
     """
+
+    needs_deltas = False  # the loop need not copy the parameters before every step
 
     def __init__(self, X_probe: np.ndarray, every: int = 1, train: bool = False):
         self.X_probe, self.every, self.train = X_probe, every, train
@@ -1125,6 +1134,8 @@ class ProbeMoments:
 
 class GradientNorms:
     """Hook: per-arm L2 norm of each parameter's gradient every ``every`` steps; ``arrays()``: {name: (T, K)}."""
+
+    needs_deltas = False  # the loop need not copy the parameters before every step
 
     def __init__(self, every: int = 1):
         self.every = every
@@ -1187,7 +1198,7 @@ def train(
         def hook(step: int, info: StackStepInfo):
             single = StepInfo(
                 step, info.epoch, info.lr[0], float(info.loss[0]), info.x[0], info.y[0], info.logits[0],
-                arm_params(info.params, 0), arm_params(info._params_before, 0), arm_params(info.grads, 0),
+                arm_params(info.params, 0), arm_params(info.params_before, 0), arm_params(info.grads, 0),
                 arm_params(info.state, 0), {name: value[0] for name, value in info.activations.items()},
             )
             return record(step, single)
