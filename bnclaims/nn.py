@@ -165,13 +165,13 @@ def _rows_per_wide_row(n: int, d: int) -> int:
 def _per_feature(op, a: np.ndarray, v: np.ndarray, out=None) -> np.ndarray:
     """op(a, v) for a: (N, D) and a per-feature v: (D,), like broadcasting and bit-identical to it.
 
-    For a stack a: (..., N, D) with v: (D,) or (..., 1, D) it is the plain broadcast.
+    For a stack a: (..., N, D) with v: (D,) or (..., 1, D), each arm gets the same wide rows.
 
     Computed on the C-contiguous view (N / k, k * D) of a against v tiled k times, so that
     NumPy's per-row overhead is paid N / k times instead of N times.
     """
     if a.ndim != 2:                                   # a stack: v is (D,) or (..., 1, D)
-        return op(a, v, out=out)
+        return _per_feature_stacked(op, a, v, out)
     n, d = a.shape
     k = _rows_per_wide_row(n, d)
     if k == 1 or not a.flags.c_contiguous or (out is not None and not out.flags.c_contiguous):
@@ -180,6 +180,21 @@ def _per_feature(op, a: np.ndarray, v: np.ndarray, out=None) -> np.ndarray:
     tiled[...] = v
     wide_out = None if out is None else out.reshape(n // k, k * d)
     return op(a.reshape(n // k, k * d), tiled.reshape(k * d), out=wide_out).reshape(n, d)
+
+
+def _per_feature_stacked(op, a: np.ndarray, v: np.ndarray, out=None) -> np.ndarray:
+    """`_per_feature` for a stack a: (..., N, D), v: (D,) or (..., 1, D): the same wide rows per arm."""
+    n, d = a.shape[-2:]
+    k = _rows_per_wide_row(n, d)
+    if k == 1 or not a.flags.c_contiguous or (out is not None and not out.flags.c_contiguous):
+        return op(a, v, out=out)
+    lead = a.shape[:-2]
+    tiled = np.empty(v.shape[:-2] + (k, d), dtype=v.dtype)
+    tiled[...] = v
+    tiled = tiled.reshape(v.shape[:-2] + (1, k * d) if v.ndim > 1 else (k * d,))
+    wide = lead + (n // k, k * d)
+    wide_out = None if out is None else out.reshape(wide)
+    return op(a.reshape(wide), tiled, out=wide_out).reshape(a.shape)
 
 
 def _batch_moments(x: np.ndarray):
