@@ -552,6 +552,7 @@ def render_site(results: list[ClaimResult], claims_dir: Path) -> dict[str, bytes
     claim_template = env.get_template("claim.html")
     for r in results:
         exp = _experiment(r.claim.experiment)
+        exp = exp.resolved(r.claim.run_params()) if exp else None  # metric names may follow from params
         thread = thread_of[r.id]
         files[f"claims/{r.id}.html"] = claim_template.render(
             root="../", page="claim", r=r, claim=r.claim, thread=thread, exp=exp,

@@ -97,7 +97,7 @@ def _reasons(previous: dict | None, components: dict, use_cache: bool, n_missing
 def plan(claims: list[Claim], options: RunOptions, cache: Cache) -> list[Plan]:
     plans = []
     for claim in claims:
-        exp = registry.get(claim.experiment)
+        exp = registry.get(claim.experiment).resolved(claim.run_params())  # names may follow from params
         names = frozenset(exp.metrics), frozenset(exp.series)
         count = options.seeds or claim.seeds
         seeds = list(range(options.seed_base, options.seed_base + count))

@@ -13,15 +13,8 @@ import pytest
 
 from bnclaims import cache as cache_module
 from bnclaims.cache import Cache, code_hashes
-from helpers import add, bnclaims, make_project as make_full_project
+from helpers import add, bnclaims, make_project
 
-
-def make_project(root: Path) -> Path:
-    """A project with the real threads but not their sentence maps (which name the real claims, not these)."""
-    project = make_full_project(root)
-    for path in (project / "claims" / "threads").glob("*.map.yaml"):
-        path.unlink()
-    return project
 
 
 # --------------------------------------------------------------------------- 6: the user's import closure

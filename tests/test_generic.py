@@ -156,3 +156,22 @@ def test_late_fluctuation_ignores_a_linear_trend():
     wiggle = trend + 0.1 * (-1.0) ** steps[:, None]
     assert abs(generic._late_fluctuation(wiggle, 100, 0.5) - 0.1) < 1e-3
     assert abs(generic._step_size(trend, 100) - 0.01) < 1e-12
+
+
+def test_a_train_compare_claim_is_served_from_the_cache_and_its_page_describes_each_arm(claims_dir):
+    load(claims_dir)
+    for path in (claims_dir / "threads").glob("*.map.yaml"):
+        path.unlink()  # the real threads' maps name the real claims
+
+    def bnclaims(*args):
+        return subprocess.run([sys.executable, "-m", "bnclaims", *args, "--jobs", "1"], cwd=claims_dir.parent,
+                              capture_output=True, text=True, timeout=600)
+
+    first = bnclaims("run")
+    assert first.returncode == 0, first.stdout + first.stderr
+    second = bnclaims("build", "--out", "site", "--explain")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "warning" not in second.stderr.lower()
+    assert "to run" not in second.stdout  # every seed came from the cache
+    page = (claims_dir.parent / "site" / "claims" / "toy-train-compare.html").read_text()
+    assert "<code>test_acc_bn</code>" in page and "<code>test_acc_plain</code>" in page

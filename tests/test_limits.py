@@ -17,15 +17,8 @@ from bnclaims import experiments
 from bnclaims.claims import load_claims
 from bnclaims.cli import keyword_matcher, main
 from bnclaims.errors import ExperimentDefinitionError, ExperimentError, UserError
-from helpers import add, bnclaims, claim_text, env_for_toys, make_project as make_full_project
+from helpers import add, bnclaims, claim_text, env_for_toys, make_project
 
-
-def make_project(root: Path) -> Path:
-    """A project with the real threads but not their sentence maps (which name the real claims, not these)."""
-    project = make_full_project(root)
-    for path in (project / "claims" / "threads").glob("*.map.yaml"):
-        path.unlink()
-    return project
 
 
 @pytest.fixture

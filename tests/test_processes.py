@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import add, env_for_toys, make_project as make_full_project
+from helpers import add, env_for_toys, make_project
 
 EXPERIMENTS = '''
 import os, sys, time
@@ -59,13 +59,6 @@ def proc_slow(rng: np.random.Generator, *, sleep: float = 1.0) -> dict:
     return {"x": 1.0}
 '''
 
-
-def make_project(root: Path) -> Path:
-    """A project with the real threads but not their sentence maps (which name the real claims, not these)."""
-    project = make_full_project(root)
-    for path in (project / "claims" / "threads").glob("*.map.yaml"):
-        path.unlink()
-    return project
 
 
 @pytest.fixture

@@ -19,15 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import add, bnclaims, env_for_toys, make_project as make_full_project
+from helpers import add, bnclaims, env_for_toys, make_project
 
-
-def make_project(root: Path) -> Path:
-    """A project with the real threads but not their sentence maps (which name the real claims, not these)."""
-    project = make_full_project(root)
-    for path in (project / "claims" / "threads").glob("*.map.yaml"):
-        path.unlink()
-    return project
 
 
 def snapshot(root: Path) -> dict[str, str]:
