@@ -215,6 +215,40 @@ def versions() -> dict[str, str]:
     }
 
 
+@functools.cache
+def blas() -> str:
+    """The BLAS library numpy uses and the kernel it chose at run time, e.g. "scipy-openblas
+    0.3.31 (kernel Haswell)": results differ in late digits between kernels. What numpy reports,
+    plus OpenBLAS's own answer for the kernel where the library exposes it (no extra dependency)."""
+    import ctypes
+
+    import numpy
+
+    try:
+        info = numpy.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        name = f"{info.get('name', 'unknown')} {info.get('version', '')}".strip()
+    except Exception:  # noqa: BLE001 - an old numpy or an unusual build: say what we know
+        name = "unknown BLAS"
+    kernel = None
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as maps:
+            libraries = sorted({line.split()[-1] for line in maps if "openblas" in line.lower() and "/" in line})
+        for library in libraries:
+            handle = ctypes.CDLL(library)
+            for symbol in ("scipy_openblas_get_corename64_", "scipy_openblas_get_corename",
+                           "openblas_get_corename64_", "openblas_get_corename"):
+                function = getattr(handle, symbol, None)
+                if function is not None:
+                    function.restype = ctypes.c_char_p
+                    kernel = function().decode(errors="replace")
+                    break
+            if kernel:
+                break
+    except (OSError, AttributeError):
+        pass  # no /proc (not Linux) or no such symbol: the kernel is not known
+    return f"{name} (kernel {kernel})" if kernel else name
+
+
 def digest(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 

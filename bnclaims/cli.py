@@ -331,7 +331,9 @@ def _options(args, modules):
 
     return RunOptions(jobs=args.jobs or 0, seeds=args.seeds, seed_base=args.seed_base, use_cache=not args.no_cache,
                       cache_dir=args.cache_dir, timeout=args.timeout, modules=modules,
-                      memory_limit=args.memory_limit * 1024 * 1024, debug=args.debug)
+                      memory_limit=args.memory_limit * 1024 * 1024, debug=args.debug,
+                      # build: seeds the site in --out was built from are reused (a fresh clone runs none)
+                      seed_store=args.out / "results" if getattr(args, "out", None) else None)
 
 
 def _check_jobs(args) -> None:

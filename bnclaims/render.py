@@ -39,6 +39,7 @@ from markupsafe import Markup, escape
 import bnclaims
 from bnclaims import experiments as registry
 from bnclaims import coverage, mathtext, svg
+from bnclaims.cache import dumps
 from bnclaims.claims import Claim, schema_json, threads_dir_for
 from bnclaims.errors import UserError
 from bnclaims.results import ClaimResult
@@ -561,7 +562,7 @@ def render_site(results: list[ClaimResult], claims_dir: Path) -> dict[str, bytes
             quote=inline(r.claim.quote), conditions=condition_rows(r), beyond=condition_rows(r, beyond=True),
             headline=headline(r), level=f"{100 * r.verdict.level:.4g}%" if r.verdict else "95%",
             metrics=metric_rows(r, exp), plots=plot_views(r, exp), params=param_rows(r.claim, exp),
-            versions=r.components.get("versions", {}) if isinstance(r.components, dict) else {},
+            computed_by=_computed_by(r),
             **common)
 
     thread_template = env.get_template("thread.html")
@@ -609,11 +610,27 @@ def render_site(results: list[ClaimResult], claims_dir: Path) -> dict[str, bytes
                       "summary": _first_line(_experiment(name))} for name in sorted(used_experiments)],
         **common)
     files["claim.schema.json"] = schema_json()
-    # what each page was built from: `tests/test_site_current.py` compares it with the claims as they are now
-    files["manifest.json"] = json.dumps({
+    # what each page was built from: `tests/test_site_current.py` compares it with the claims as they are now;
+    # the hashes leave library versions out (the pages say which versions computed the results)
+    files["manifest.json"] = dumps({
         "bnclaims": bnclaims.__version__,
-        "claims": {r.id: {"input_hash": r.input_hash, "verdict": r.status} for r in sorted(results, key=lambda r: r.id)},
+        "claims": {r.id: {"input_hash": r.site_hash, "verdict": r.status, "seconds": round(r.seconds, 3),
+                          "cpu_seconds": round(sum(run.cpu_seconds for run in r.runs), 3)}
+                   for r in sorted(results, key=lambda r: r.id)},
     }, indent=1, sort_keys=True) + "\n"
+    # the seed runs the site was built from: a fresh clone's `bnclaims build` reuses them (runner.SeedStore)
+    from bnclaims.runner import store_key
+
+    for r in results:
+        if not all(k in r.components for k in ("experiment", "params", "code")):
+            continue  # not from a run (hand-made results): nothing a build could reuse
+        files[f"results/{r.id}.json"] = dumps({
+            "id": r.id, "experiment": r.claim.experiment, "params": r.components.get("params"),
+            "code": r.components.get("code"),
+            "runs": [{"key": store_key(r.components, run.seed), "seed": run.seed, "metrics": run.metrics,
+                      "series": run.series, "seconds": run.seconds, "cpu_seconds": run.cpu_seconds,
+                      "versions": run.versions, "blas": run.blas} for run in r.runs],
+        }, sort_keys=True, separators=(",", ":")) + "\n"
     files["style.css"] = env.loader.get_source(env, "style.css")[0]
     files[MARKER] = "A site built by bnclaims; `bnclaims build` replaces this directory as a whole.\n"
     return {path: (data.encode("utf-8") if isinstance(data, str) else data) for path, data in sorted(files.items())}
@@ -656,6 +673,19 @@ def _doc(module: str) -> str:
     import importlib
 
     return inspect.cleandoc(importlib.import_module(f"bnclaims.{module}").__doc__ or "").replace("``", "")
+
+
+def _computed_by(result: ClaimResult) -> list[str]:
+    """The library versions and BLAS kernels that computed a claim's seeds, one line per distinct set."""
+    seen: dict[str, int] = {}
+    for run in result.runs:
+        versions = run.versions or (result.components.get("versions", {}) if isinstance(result.components, dict) else {})
+        line = ", ".join(f"{k} {v}" for k, v in sorted(versions.items()))
+        line += f"; BLAS {run.blas}" if run.blas else ""
+        seen[line] = seen.get(line, 0) + 1
+    if len(seen) == 1:
+        return list(seen)
+    return [f"{line} ({n} seeds)" for line, n in sorted(seen.items())]
 
 
 def _first_line(exp: registry.Experiment | None) -> str:

@@ -20,6 +20,8 @@ class SeedRun:
     seconds: float  # wall-clock time of the seed in its worker
     cached: bool
     cpu_seconds: float = 0.0  # CPU time of the seed in its worker
+    versions: dict | None = None  # numpy, scipy, python, bnclaims versions that computed it
+    blas: str | None = None  # the BLAS library and kernel that computed it (late digits depend on it)
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ class ClaimResult:
     input_hash: str
     components: dict
     reasons: tuple[str, ...]  # why it ran (or did not)
+    site_hash: str = ""  # input_hash without library versions: what the committed site is keyed by
 
     @property
     def id(self) -> str:
@@ -97,6 +100,7 @@ class ClaimResult:
             "cached": self.cached,
             "error": self.error,
             "input_hash": self.input_hash,
+            "site_hash": self.site_hash,
         }
 
     def summary_record(self) -> dict:
@@ -137,6 +141,7 @@ def build_result(
     input_hash: str,
     components: dict,
     reasons: list[str],
+    site_hash: str | None = None,
 ) -> ClaimResult:
     seconds = sum(r.seconds for r in runs)
     cached = bool(runs) and all(r.cached for r in runs) and not errors
@@ -144,7 +149,7 @@ def build_result(
     series = {name: summarize_series([r.series[name] for r in runs]) for name in (runs[0].series if runs else {})}
     common = dict(claim=claim, seeds=tuple(seeds), runs=tuple(runs), metrics=metrics, series=series,
                   seconds=seconds, cached=cached, input_hash=input_hash, components=components,
-                  reasons=tuple(reasons))
+                  reasons=tuple(reasons), site_hash=site_hash or input_hash)
     if errors:
         first = min(errors)
         more = f" (and {len(errors) - 1} more seeds failed)" if len(errors) > 1 else ""

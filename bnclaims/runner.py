@@ -7,6 +7,7 @@ interrupted run keeps what it finished), aggregates per claim and judges the rul
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from bnclaims import experiments as registry
-from bnclaims.cache import Cache, code_hashes, digest, versions
+from bnclaims.cache import Cache, code_hashes, digest, valid_run, versions
 from bnclaims.claims import Claim
 from bnclaims.executor import Executor, Job, LocalExecutor, Outcome
 from bnclaims.results import ClaimResult, SeedRun, build_result
@@ -31,6 +32,7 @@ class RunOptions:
     timeout: float | None = None  # override every claim's timeout
     modules: tuple[str, ...] = ()  # extra experiment modules to import (workers too)
     memory_limit: int | None = None  # bytes of address space per worker
+    seed_store: Path | None = None  # a built site's results/ folder: seeds found there are not run again
     debug: bool = False  # show what experiments print (always shown, in short, for a seed that fails)
 
     def n_jobs(self) -> int:
@@ -48,6 +50,7 @@ class Plan:
     components: dict
     cached: dict[int, dict] = field(default_factory=dict)
     reasons: list[str] = field(default_factory=list)
+    site_hash: str = ""
 
 
 def _components(claim: Claim, seeds: list[int]) -> dict:
@@ -63,6 +66,50 @@ def _components(claim: Claim, seeds: list[int]) -> dict:
 
 def seed_key(components: dict, seed: int) -> str:
     return digest({k: components[k] for k in ("experiment", "params", "code", "versions")} | {"seed": seed})
+
+
+def store_key(components: dict, seed: int) -> str:
+    """A seed's key in a site's results: like ``seed_key`` but without library versions (the stored
+    run says which versions and BLAS kernel computed it)."""
+    return digest({k: components[k] for k in ("experiment", "params", "code")} | {"seed": seed})
+
+
+def site_hash(claim: Claim, components: dict, seeds: list[int]) -> str:
+    """What a claim's page depends on, without library versions: the committed site is keyed by it."""
+    return digest({"claim": claim.content_hash(), **{k: components[k] for k in ("experiment", "params", "code")},
+                   "seeds": seeds})
+
+
+class SeedStore:
+    """The seed runs a built site was made from (``<site>/results/<claim id>.json``), by ``store_key``.
+
+    ``bnclaims build`` reads them before the cache, so a fresh clone rebuilds the committed site
+    without running a seed and without changing a byte; ``--no-cache`` ignores them."""
+
+    def __init__(self, directory: Path | None):
+        self.directory = directory
+        self._runs: dict[str, dict] | None = None
+
+    @property
+    def runs(self) -> dict[str, dict]:
+        if self._runs is None:
+            self._runs = {}
+            if self.directory is not None and self.directory.is_dir():
+                for path in sorted(self.directory.glob("*.json")):
+                    try:
+                        data = json.loads(path.read_bytes())
+                    except (OSError, ValueError, RecursionError):
+                        continue  # not a results file: nothing to reuse from it
+                    for run in data.get("runs", []) if isinstance(data, dict) else []:
+                        if isinstance(run, dict) and isinstance(run.get("key"), str) and valid_run(run, run["key"]):
+                            self._runs[run["key"]] = run
+        return self._runs
+
+    def get(self, key: str, metrics: frozenset[str], series: frozenset[str]) -> dict | None:
+        run = self.runs.get(key)
+        if run is None or set(run["metrics"]) != metrics or set(run["series"]) != series:
+            return None
+        return run
 
 
 def _reasons(previous: dict | None, components: dict, use_cache: bool, n_missing: int, n_total: int) -> list[str]:
@@ -96,6 +143,7 @@ def _reasons(previous: dict | None, components: dict, use_cache: bool, n_missing
 
 def plan(claims: list[Claim], options: RunOptions, cache: Cache) -> list[Plan]:
     plans = []
+    store = SeedStore(options.seed_store) if options.use_cache and options.seed_store else None
     for claim in claims:
         exp = registry.get(claim.experiment).resolved(claim.run_params())  # names may follow from params
         names = frozenset(exp.metrics), frozenset(exp.series)
@@ -104,14 +152,19 @@ def plan(claims: list[Claim], options: RunOptions, cache: Cache) -> list[Plan]:
         components = _components(claim, seeds)
         keys = [seed_key(components, s) for s in seeds]
         input_hash = digest({"claim": claim.content_hash(), **components, "seeds": seeds})
-        p = Plan(claim, seeds, keys, input_hash, components)
+        p = Plan(claim, seeds, keys, input_hash, components, site_hash=site_hash(claim, components, seeds))
+        from_site = 0
         if options.use_cache:
             for seed, key in zip(seeds, keys):
-                hit = cache.get_run(key, *names)
+                hit = store.get(store_key(components, seed), *names) if store else None
+                from_site += hit is not None
+                hit = hit if hit is not None else cache.get_run(key, *names)
                 if hit is not None:
                     p.cached[seed] = hit
         p.reasons = _reasons(cache.get_claim(claim.id), components, options.use_cache,
                              len(seeds) - len(p.cached), len(seeds))
+        if from_site:
+            p.reasons.append(f"{from_site} of {len(seeds)} seeds from the results the site was built from")
         plans.append(p)
     return plans
 
@@ -182,12 +235,14 @@ def run_claims(
             if seed in p.cached:
                 entry = p.cached[seed]
                 runs.append(SeedRun(seed, entry["metrics"], entry["series"], entry["seconds"], True,
-                                    entry.get("cpu_seconds", entry["seconds"])))
+                                    entry.get("cpu_seconds", entry["seconds"]),
+                                    entry.get("versions", p.components["versions"]), entry.get("blas")))
             elif seed in fresh[id(p)]:
                 entry = fresh[id(p)][seed]
                 runs.append(SeedRun(seed, entry["metrics"], entry["series"], entry["seconds"], False,
-                                    entry["cpu_seconds"]))
-        result = build_result(p.claim, p.seeds, runs, errors[id(p)], p.input_hash, p.components, p.reasons)
+                                    entry["cpu_seconds"], p.components["versions"], entry.get("blas")))
+        result = build_result(p.claim, p.seeds, runs, errors[id(p)], p.input_hash, p.components, p.reasons,
+                              p.site_hash)
         cache.put_claim(p.claim.id, result.summary_record())
         results[id(p)] = result
         if on_claim:

@@ -26,6 +26,9 @@ def run_job(experiment: str, seed: int, params: dict, modules: tuple[str, ...]) 
         exp = experiments.get(experiment)
         payload = experiments.run_experiment(exp, seed, params)
         payload["cpu_seconds"] = time.process_time() - cpu_start  # unlike wall time, not inflated by load
+        from bnclaims.cache import blas
+
+        payload["blas"] = blas()  # late digits depend on the BLAS kernel: say which one computed this
         return "ok", payload, time.perf_counter() - start
     except experiments.ExperimentError as e:
         return "error", f"seed {seed}: {e}", time.perf_counter() - start

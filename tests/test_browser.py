@@ -131,7 +131,7 @@ PAGES = {
                              "Thread 002"]),
     "claim": ("claims/gamma-beta-redundant.html", ["Why this verdict", "95% confidence interval", "<svg",
                                                    "x is positive", "supported", "refuted", "Provenance"]),
-    "thread": (f"threads/{THREAD}.html", ['id="q-gamma-beta-redundant"', "± mixed", "γ", "𝒩",
+    "thread": (f"threads/{THREAD}.html", ['id="q-gamma-beta-redundant"', "± Partly right", "γ", "𝒩",
                                           'class="math display"']),
 }
 
