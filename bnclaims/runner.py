@@ -170,21 +170,36 @@ def plan(claims: list[Claim], options: RunOptions, cache: Cache) -> list[Plan]:
 
 
 class Progress:
-    """A one-line progress display on stderr, only when stderr is a terminal."""
+    """Progress on stderr: a one-line display on a terminal; elsewhere (CI, a log file) a plain
+    heartbeat line every ``HEARTBEAT`` seconds, so a long run is never silent."""
 
-    def __init__(self, total: int, enabled: bool):
+    HEARTBEAT = 10.0
+
+    def __init__(self, total: int, enabled: bool, claims: int = 0):
         self.total, self.done, self.errors = total, 0, 0
-        self.enabled = enabled and total > 0 and sys.stderr.isatty()
-        self.start = time.perf_counter()
+        self.claims, self.claims_done = claims, 0
+        self.tty = enabled and total > 0 and sys.stderr.isatty()
+        self.heartbeat = enabled and total > 0 and not self.tty
+        self.enabled = self.tty
+        self.start = self.last_beat = time.perf_counter()
+
+    def claim_done(self) -> None:
+        self.claims_done += 1
 
     def update(self, label: str, ok: bool) -> None:
         self.done += 1
         self.errors += not ok
-        if self.enabled:
-            elapsed = time.perf_counter() - self.start
+        now = time.perf_counter()
+        elapsed = now - self.start
+        errors = f", {self.errors} errors" if self.errors else ""
+        if self.tty:
             eta = elapsed / self.done * (self.total - self.done)
-            errors = f", {self.errors} errors" if self.errors else ""
             sys.stderr.write(f"\r\033[K[{self.done}/{self.total}] {label}{errors} — {elapsed:.0f}s, ~{eta:.0f}s left")
+            sys.stderr.flush()
+        elif self.heartbeat and (now - self.last_beat >= self.HEARTBEAT or self.done == self.total):
+            self.last_beat = now
+            claims = f"{self.claims_done}/{self.claims} claims done, " if self.claims else ""
+            sys.stderr.write(f"bnclaims: {claims}{self.done}/{self.total} seeds run{errors}, {elapsed:.0f} s\n")
             sys.stderr.flush()
 
     def clear(self) -> None:
@@ -227,7 +242,7 @@ def run_claims(
     errors: dict[int, dict[int, str]] = {id(p): {} for p in plans}
     left = {id(p): len(p.seeds) - len(p.cached) for p in plans}
     results: dict[int, ClaimResult] = {}
-    tracker = Progress(len(jobs), progress)
+    tracker = Progress(len(jobs), progress, len(plans))
 
     def finish(p: Plan) -> None:
         runs = []
@@ -245,6 +260,7 @@ def run_claims(
                               p.site_hash)
         cache.put_claim(p.claim.id, result.summary_record())
         results[id(p)] = result
+        tracker.claim_done()
         if on_claim:
             on_claim(result)
 
@@ -257,7 +273,6 @@ def run_claims(
         if outcome.status == "ok":
             entry = {**outcome.payload, "seconds": outcome.seconds}
             cache.put_run(sharing[0].keys[sharing[0].seeds.index(job.seed)], entry)
-        tracker.update(f"{sharing[0].claim.id} seed {job.seed}", outcome.status == "ok")
         if outcome.output and options.debug:
             tracker.clear()
             sys.stderr.write(f"--- output of {sharing[0].claim.id} seed {job.seed} ---\n{outcome.output}"
@@ -270,6 +285,7 @@ def run_claims(
             left[id(p)] -= 1
             if left[id(p)] == 0:
                 finish(p)
+        tracker.update(f"{sharing[0].claim.id} seed {job.seed}", outcome.status == "ok")
 
     try:
         if jobs:
