@@ -118,6 +118,9 @@ def _reasons(previous: dict | None, components: dict, use_cache: bool, n_missing
     if n_missing == 0:
         return [f"all {n_total} seeds cached"]
     if previous is None:
+        if n_missing < n_total:  # seeds are cached but the claim never finished: an interrupted run
+            return [f"{n_total - n_missing} of {n_total} seeds cached by an earlier run that did not finish; "
+                    f"{n_missing} to run"]
         return [f"first run ({n_missing} of {n_total} seeds to run)"]
     old = previous.get("components", {})
     reasons = []

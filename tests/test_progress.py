@@ -17,3 +17,21 @@ def test_a_piped_run_prints_plain_heartbeat_lines(tmp_path):
     assert "\r" not in out.stderr and "\033" not in out.stderr  # no terminal control codes in a log
     quiet = bnclaims(project, "run", "--jobs", "1", "--quiet", "--no-cache")
     assert not [line for line in quiet.stderr.splitlines() if "seeds run" in line]
+
+
+def test_explain_after_an_interrupted_run_counts_the_cached_seeds(tmp_path):
+    import shutil
+
+    project = make_project(tmp_path)
+    add(project, "toy-a")
+    first = bnclaims(project, "run", "--jobs", "1")
+    assert first.returncode == 0, first.stdout + first.stderr
+    cache = project / ".bnclaims-cache"
+    shutil.rmtree(cache / "claims")  # as after a kill: seeds stored, the claim never finished
+    runs = sorted((cache / "runs").rglob("*.json"))
+    for path in runs[:2]:
+        path.unlink()
+    again = bnclaims(project, "run", "--jobs", "1", "--explain")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "4 of 6 seeds cached by an earlier run that did not finish; 2 to run" in again.stdout
+    assert "first run" not in again.stdout
