@@ -45,7 +45,8 @@ def _selection(parser: argparse.ArgumentParser) -> None:
 
 def _run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", "-j", type=int, default=None, metavar="N",
-                        help="worker processes (default: all cores; at most 4 x the cores, or 256 with --executor dask)")
+                        help="worker processes (default: [tool.bnclaims] jobs, else all cores; at most 4 x the "
+                             "cores, or 256 with --executor dask)")
     parser.add_argument("--seeds", type=_seed_count, metavar="N",
                         help=f"override every claim's number of seeds (1..{MAX_SEEDS})")
     parser.add_argument("--seed-base", type=_nonnegative_int, default=0, metavar="N",
@@ -53,7 +54,8 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
                              "--seed-base 10000 to check a verdict is stable on disjoint seeds")
     parser.add_argument("--no-cache", action="store_true", help="run every seed again, ignoring cached results")
     parser.add_argument("--cache-dir", type=Path, metavar="DIR",
-                        help="where results are cached (default: $XDG_CACHE_HOME/bnclaims or ./.bnclaims-cache)")
+                        help="where results are cached (default: [tool.bnclaims] cache-dir, else "
+                             "$XDG_CACHE_HOME/bnclaims or ./.bnclaims-cache)")
     parser.add_argument("--timeout", type=_positive_float, metavar="SECONDS",
                         help="time limit per seed, overriding each claim's 'timeout'")
     parser.add_argument("--memory-limit", type=_memory_limit, default=4096, metavar="MIB",
@@ -72,11 +74,12 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--claims", type=Path, default=Path("claims"), metavar="DIR",
-                        help="directory of claim files (default: claims/)")
+    parser.add_argument("--claims", type=Path, default=None, metavar="DIR",
+                        help="directory of claim files (default: [tool.bnclaims] claims in the nearest "
+                             "pyproject.toml, else claims/)")
     parser.add_argument("--experiments-module", action="append", default=[], metavar="MODULE",
-                        help="also import experiments from this importable module (repeatable; "
-                             "also $BNCLAIMS_EXPERIMENTS, comma-separated)")
+                        help="also import experiments from this importable module (repeatable; else "
+                             "$BNCLAIMS_EXPERIMENTS, comma-separated, else [tool.bnclaims] experiments)")
     parser.add_argument("--quiet", "-q", action="store_true", help="print only problems and the summary line")
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks for internal errors")
 
@@ -256,13 +259,32 @@ def keyword_matcher(expr: str):
     return lambda s: evaluate(tree, s.lower())
 
 
+def _apply_project(args) -> None:
+    """Fill in what the command line left unset from ``[tool.bnclaims]`` of the nearest pyproject.toml
+    (``bnclaims.config``: the one place the CLI and the plugin read it), and put its paths on sys.path."""
+    from bnclaims import config
+
+    project = config.load()
+    args.project = project
+    config.add_import_paths(project)
+    if getattr(args, "claims", "unset") is None:
+        args.claims = project.claims if project.claims is not None else Path("claims")
+    if getattr(args, "cache_dir", "unset") is None:
+        args.cache_dir = project.cache_dir
+    args.jobs_source = "--jobs"
+    if getattr(args, "jobs", "unset") is None and project.jobs is not None:
+        args.jobs, args.jobs_source = project.jobs, project.where("jobs")
+
+
 def _import_experiments(args) -> tuple[str, ...]:
-    """Load the built-in experiments and any extra modules named by --experiments-module / env."""
+    """Load the built-in experiments and the extra modules named by --experiments-module, else
+    $BNCLAIMS_EXPERIMENTS, else [tool.bnclaims] experiments, else the pytest ini key (bnclaims.config)."""
     import importlib
 
-    from bnclaims import experiments
+    from bnclaims import config, experiments
 
-    modules = tuple(args.experiments_module) + experiments.env_modules()
+    project = getattr(args, "project", None) or config.ProjectConfig()
+    modules, _ = config.experiment_modules(args.experiments_module, project)
     experiments.load_all()
     for module in modules:
         try:
@@ -344,7 +366,7 @@ def _check_jobs(args) -> None:
     limit = MAX_DASK_JOBS if dask else 4 * (os.cpu_count() or 1)
     if not 1 <= args.jobs <= limit:
         where = "with --executor dask" if dask else f"on this machine ({os.cpu_count() or 1} cores)"
-        raise UserError(f"--jobs must be 1..{limit} {where} (found {args.jobs})")
+        raise UserError(f"{getattr(args, 'jobs_source', '--jobs')} must be 1..{limit} {where} (found {args.jobs})")
 
 
 def _executor(args, options):
@@ -653,8 +675,12 @@ def cmd_new(args) -> int:
     from bnclaims.scaffold import scaffold
 
     _import_experiments(args)
+    import shlex
+
     path = scaffold(args.id, args.claims, experiment=args.experiment, thread=args.thread, force=args.force)
-    print(f"created {path}; edit it, then run: bnclaims check {path}")
+    # the next command works as printed: modules named on this command line are named on it too
+    extra = "".join(f" --experiments-module {shlex.quote(m)}" for m in args.experiments_module)
+    print(f"created {path}; edit it, then run: bnclaims check {shlex.quote(str(path))}{extra}")
     return EXIT_OK
 
 
@@ -727,6 +753,8 @@ def main(argv: list[str] | None = None) -> int:
     if stdout is not None and not isinstance(stdout, _Stdout):
         sys.stdout = _Stdout(stdout)
     try:
+        if args.command != "schema":
+            _apply_project(args)
         return commands[args.command](args)
     except UserError as e:
         if args.debug:

@@ -55,25 +55,54 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--bnclaims-no-cache", action="store_true", help="run every seed again, ignoring cached results")
     group.addoption("--bnclaims-jobs", type=_int_at_least(0, lambda: 4 * (os.cpu_count() or 1)), default=0,
                     metavar="N",
-                    help="worker processes (default: all cores; under xdist, cores / xdist workers)")
+                    help="worker processes (default: [tool.bnclaims] jobs, else all cores; under xdist, "
+                         "that / xdist workers)")
     group.addoption("--bnclaims-cache-dir", metavar="DIR",
-                    help="result cache (default: the CLI's, $XDG_CACHE_HOME/bnclaims or ./.bnclaims-cache)")
+                    help="result cache (default: the CLI's, [tool.bnclaims] cache-dir, else "
+                         "$XDG_CACHE_HOME/bnclaims or ./.bnclaims-cache)")
     group.addoption("--bnclaims-experiments", action="append", default=[], metavar="MODULE",
-                    help="also import experiments from this module (repeatable; also $BNCLAIMS_EXPERIMENTS, "
-                         "comma-separated, and the ini option bnclaims_experiments)")
+                    help="also import experiments from this module (repeatable; else $BNCLAIMS_EXPERIMENTS, "
+                         "comma-separated, else [tool.bnclaims] experiments, else the ini option "
+                         "bnclaims_experiments)")
     parser.addini("bnclaims_experiments", type="linelist", default=[],
-                  help="modules with extra experiments for bnclaims claims")
+                  help="modules with extra experiments for bnclaims claims (an alias of [tool.bnclaims] "
+                       "experiments, which wins)")
+
+
+def project_config(config: pytest.Config):
+    """``[tool.bnclaims]`` of the nearest pyproject.toml from the invocation directory (``bnclaims.config``,
+    read as the CLI reads it), once per session."""
+    project = config.stash.get(_PROJECT, None)
+    if project is None:
+        from bnclaims import config as bnconfig
+        from bnclaims.errors import UserError
+
+        try:
+            project = bnconfig.load(config.invocation_params.dir)
+        except UserError as e:
+            raise pytest.UsageError(f"bnclaims: {e}") from None
+        config.stash[_PROJECT] = project
+    return project
 
 
 def experiment_modules(config: pytest.Config) -> tuple[str, ...]:
-    names = list(config.getini("bnclaims_experiments")) + list(config.getoption("bnclaims_experiments"))
-    from bnclaims.experiments import env_modules
+    """--bnclaims-experiments, else $BNCLAIMS_EXPERIMENTS, else [tool.bnclaims] experiments, else the ini key."""
+    from bnclaims import config as bnconfig
 
-    names += env_modules()
-    return tuple(dict.fromkeys(names))  # unique, in order
+    modules, _ = bnconfig.experiment_modules(config.getoption("bnclaims_experiments"), project_config(config),
+                                             config.getini("bnclaims_experiments"))
+    return modules
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    from bnclaims import config as bnconfig
+
+    project = project_config(config)
+    bnconfig.add_import_paths(project)  # before importing the modules; workers inherit sys.path
+    cores = os.cpu_count() or 1
+    if project.jobs is not None and not config.getoption("bnclaims_jobs") and project.jobs > 4 * cores:
+        raise pytest.UsageError(f"bnclaims: {project.where('jobs')} must be 1..{4 * cores} on this machine "
+                                f"({cores} cores) (found {project.jobs})")
     for module in experiment_modules(config):
         try:
             importlib.import_module(module)
@@ -181,14 +210,16 @@ class ClaimRunner:
         from bnclaims.runner import RunOptions
 
         config = self.config
+        project = project_config(config)
         jobs = config.getoption("bnclaims_jobs")
-        if not jobs and self.xdist_workers:
-            jobs = max(1, (os.cpu_count() or 1) // self.xdist_workers)  # xdist already runs workers in parallel
+        if not jobs and self.xdist_workers:  # xdist already runs workers in parallel
+            jobs = max(1, (project.jobs or os.cpu_count() or 1) // self.xdist_workers)
+        jobs = jobs or project.jobs or 0
         cache_dir = config.getoption("bnclaims_cache_dir")
         return RunOptions(
             jobs=jobs, seeds=config.getoption("bnclaims_seeds"), seed_base=config.getoption("bnclaims_seed_base"),
             use_cache=not config.getoption("bnclaims_no_cache"),
-            cache_dir=config.invocation_params.dir / cache_dir if cache_dir else None,
+            cache_dir=config.invocation_params.dir / cache_dir if cache_dir else project.cache_dir,
             modules=experiment_modules(config),
         )
 
@@ -223,6 +254,7 @@ class ClaimRunner:
 
 
 _RUNNER = pytest.StashKey[ClaimRunner]()
+_PROJECT = pytest.StashKey[object]()  # the bnclaims.config.ProjectConfig of the session
 
 
 # --------------------------------------------------------------------------- reporting

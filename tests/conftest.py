@@ -13,3 +13,7 @@ import bnclaims.runner  # noqa: F401
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
 
 pytest_plugins = ["pytester"]
+
+# a user's project (its own pyproject.toml, claims and tests), run by tests/test_config.py in a copy:
+# never collected in place
+collect_ignore = ["project"]

@@ -1,0 +1,1 @@
+"""A user's project with its own bnclaims experiment."""
