@@ -285,3 +285,15 @@ def test_jobs_from_the_table_are_bounded_as_the_flag_is(tmp_path, monkeypatch, c
     assert main(["run"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("bnclaims: error: pyproject.toml [tool.bnclaims] jobs must be 1..") and "(found 100000)" in err
+
+
+def test_the_readme_table_is_valid(tmp_path, monkeypatch, clean_env):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    blocks = [b for b in readme.split("```toml\n")[1:] if "[tool.bnclaims]" in b.split("```")[0]]
+    assert blocks, "the README shows no [tool.bnclaims] table"
+    for block in blocks:
+        write(tmp_path / "pyproject.toml", block.split("```")[0])
+        (tmp_path / "src").mkdir(exist_ok=True)
+        monkeypatch.chdir(tmp_path)
+        project = config.load()
+        assert project.keys == set(config.KEYS)  # shows every key
