@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import os
 import re
 import stat
 from dataclasses import dataclass
@@ -258,10 +259,15 @@ def find_quote(thread_text: str, quote: str) -> tuple[int, int] | None:
 
 
 def display_path(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path)
+    """``path`` relative to the working directory where it lies below it. The link itself, not its
+    target, is shown (a claim file linked from elsewhere is named by where it stands)."""
+    cwd = Path.cwd().resolve()
+    for candidate in (Path(os.path.abspath(path)), Path(os.path.abspath(path)).parent.resolve() / Path(path).name):
+        try:
+            return str(candidate.relative_to(cwd))
+        except ValueError:
+            continue
+    return str(path)
 
 
 class _Checker:

@@ -22,7 +22,7 @@ from helpers import QUOTE, bnclaims_cmd, claim_text, make_project, measured_at_o
 SECONDS = 45  # per command; a loader without its guards hangs (alias bomb, quadratic rule) or blows memory
 MAX_RSS_MIB = 600  # the CLI itself takes ~110 MiB; an expanded alias bomb or a read-all of /dev/zero takes GiBs
 B = claim_text("bad")  # lines: 1 id, 2 title, 5 thread, 6 quote, 7 tags, 8 experiment, 9 params,
-#                        10 seeds, 14 holds, 15 expected, 16 explanation
+#                        10 seeds, 14 holds, 15 tests, 16 expected, 17 explanation, 18 scope
 
 
 def sub(text: str, old: str, new: str) -> str:
@@ -51,7 +51,7 @@ CORPUS: dict[str, tuple[str | bytes, str]] = {
     # --- syntax
     "syntax-error": (sub(B, "tags: [toy]", "tags: [toy"), "7:7: invalid YAML: unclosed '[': the list that starts here has no ']' before line 8 (found ':')"),
     "tab-indent": (sub(B, "  thread: 000", "\tthread: 000"), "5:1: invalid YAML: a tab cannot indent YAML; use spaces (found a tab)"),
-    "two-documents": (B + "---\nid: again\n", "17:1: invalid YAML: more than one YAML document"),
+    "two-documents": (B + "---\nid: again\n", "19:1: invalid YAML: more than one YAML document"),
     "empty-file": ("", ": file is empty"),
     "only-comments": ("# nothing here\n# at all\n", ": file holds no YAML document"),
     "not-a-mapping": ("- a\n- list\n", "1:1: a claim file must be a YAML mapping (found a list)"),
@@ -71,7 +71,7 @@ CORPUS: dict[str, tuple[str | bytes, str]] = {
     "null-key": (sub(B, "seeds: 6", "~: 6"), "10:1: keys must be strings (found None)"),
     "complex-key": (sub(B, "seeds: 6", "? [a, b]\n: 6"), "10:3: keys must be strings (found a list)"),
     # --- duplicate keys (PyYAML would keep the last silently)
-    "duplicate-key": (B + "seeds: 7\n", "17:1: duplicate key 'seeds' (first defined on line 10)"),
+    "duplicate-key": (B + "seeds: 7\n", "19:1: duplicate key 'seeds' (first defined on line 10)"),
     "duplicate-nested-key": (sub(B, "  thread: 000", "  quote: x\n  thread: 000"),
                              "7:3: duplicate key 'quote' (first defined on line 5)"),
     # --- huge values
@@ -86,11 +86,11 @@ CORPUS: dict[str, tuple[str | bytes, str]] = {
     "huge-rule": (sub(B, "holds: mean(x) > 0", "holds: mean(x) > 0" + " x" * 450_000),
                   "14:14: rule.conditions[0].holds must be at most 500 characters (found 900011)"),
     "huge-key": (sub(B, "seeds: 6", "k" * 100_000 + ": 6"), "10:100001: invalid YAML: could not find expected ':'"),
-    "many-keys": (B + "".join(f"extra{i}: {i}\n" for i in range(2_000)), "17:1: unknown key (found 'extra0')"),
+    "many-keys": (B + "".join(f"extra{i}: {i}\n" for i in range(2_000)), "19:1: unknown key (found 'extra0')"),
     "deep-nesting": (sub(B, "{mu: 1.0}", "[" * 200_000 + "]" * 200_000), "9:40: nesting deeper than 32 levels"),
     "deep-block-nesting": (sub(B, "params: {mu: 1.0}", "params:\n" + "".join(" " * i + f"k{i}:\n" for i in range(1, 60))
                                 + " " * 60 + "v: 1"), "40:32: nesting deeper than 32 levels"),
-    "multi-megabyte": (B + "#" + "x" * (5 << 20) + "\n", ": file is larger than 1 MiB (found 5243228 bytes)"),
+    "multi-megabyte": (B + "#" + "x" * (5 << 20) + "\n", ": file is larger than 1 MiB (found " + str(len((B + "#" + "x" * (5 << 20) + "\n").encode())) + " bytes)"),
     "just-over-limit": (B + "#" + "x" * (1 << 20) + "\n", ": file is larger than 1 MiB"),
     # --- YAML tags that would run code, and aliases
     "python-apply": (sub(B, "title: Toy claim bad", "title: !!python/object/apply:os.system ['touch @SENTINEL@/pwned-apply']"),
@@ -137,6 +137,17 @@ CORPUS: dict[str, tuple[str | bytes, str]] = {
     "thread-absolute": (sub(B, "thread: 000_9d0fa3abc03cef76", "thread: /etc/passwd"), "5:11: source.thread must match"),
     "thread-outside-link": (sub(B, "thread: 000_9d0fa3abc03cef76", "thread: outside"),
                             "5:11: thread must be a file under claims/threads"),
+    # --- rules that could never be judged, and the scope/tests/beyond format (issues 14, 17)
+    "geomean-nonpositive": (sub(B, "holds: mean(x) > 0", "holds: geomean(x) > 0"),
+                            "14:14: invalid rule: a geomean is always positive"),
+    "threshold-overflow": (sub(B, "holds: mean(x) > 0", "holds: mean(x) > 1e309"),
+                           "14:14: invalid rule: thresholds must be finite numbers"),
+    "tests-not-in-quote": (sub(B, 'tests: "With fluctuating"', 'tests: "<b>gamma is a scalar</b>"'),
+                           "15:14: tests: must be words of the quote"),
+    "duplicate-condition": (sub(B, "expected: supported", "  beyond:\n    - name: again\n      holds: mean( x )>0\n"
+                                "expected: supported"), "18:14: the same condition appears twice in the rule"),
+    "old-format": (sub(sub(B, "scope: A toy scope.\n", ""), '      tests: "With fluctuating"\n', ""),
+                   "13:7: missing required key 'tests' in rule.conditions[0]"),
 }
 
 
@@ -271,7 +282,9 @@ def hostile(tmp_path_factory):
     threads = project / "claims" / "threads"
     (threads / "markup.txt").write_text(MARKUP_THREAD, encoding="utf-8")
     (threads / "outside.txt").symlink_to(sentinel / "outside.txt")
-    expected = {}
+    (sentinel / "secret.env").write_text("API_KEY=hunter2-never-echo-this\n", encoding="utf-8")
+    (project / "claims" / "leak.yaml").symlink_to(sentinel / "secret.env")  # issue 17: never read, never echoed
+    expected = {"leak": "claims/leak.yaml: a link to a file outside claims/"}
     for name, (data, line) in corpus_for(sentinel).items():
         (project / "claims" / f"{name}.yaml").write_bytes(data)
         expected[name] = line
@@ -293,13 +306,15 @@ def test_every_bad_file_gets_its_one_line_error(hostile, command):
     missing = {name: line for name, line in hostile["expected"].items() if not any(x.startswith(line) for x in lines)}
     assert not missing, f"{command}: no line for {missing}\n{output[-3000:]}"
     assert "Traceback" not in result.stdout + result.stderr
+    assert "hunter2" not in result.stdout + result.stderr  # a linked file outside claims/ is never echoed
     if command == "pytest":
         # a collection error per file, the valid claim still runs (as the plugin does for `bnclaims run`)
         assert result.returncode == 2, result.stdout[-3000:]
         assert f"1 passed, {len(hostile['expected'])} errors" in lines[-1]
     else:
         assert result.returncode == 2, (command, result.stderr[-3000:])
-        strays = [x for x in lines if not x.startswith("claims/")]
+        heartbeat = [x for x in lines if x.startswith("bnclaims: ") and " seeds run" in x]  # progress in a log
+        strays = [x for x in lines if not x.startswith("claims/") and x not in heartbeat]
         assert not strays, f"{command} printed more than one-line problems on stderr: {strays[:5]}"
 
 
@@ -313,7 +328,7 @@ def test_fast_and_bounded_memory(hostile, command):
 @pytest.mark.parametrize("command", list(COMMANDS))
 def test_nothing_executed_and_nothing_written_outside_the_output_dir(hostile, command):
     _, touched = hostile["runs"][command]
-    assert sorted(os.listdir(hostile["sentinel"])) == ["outside.txt"]  # no pwned-* file from a tag or rule
+    assert sorted(os.listdir(hostile["sentinel"])) == ["outside.txt", "secret.env"]  # no pwned-* file
     outside = sorted(p for p in touched if not p.startswith("project/out/"))
     assert outside == [], f"{command} wrote outside project/out: {outside}"
 
