@@ -41,7 +41,13 @@ rule:
       tests: "With fluctuating"
     - name: ordered
       holds: mean(x - y) between -10 and 10
-      tests: "With fluctuating"
+      tests: "beta and gamma, the distribution"
+  beyond:
+    - name: ratio
+      holds: geomean(x / y) > 0.5
+    - name: spread
+      tests: "also fluctuates"
+      holds: max(x) < 100
 expected: supported
 scope: A toy scope.
 explanation: >
