@@ -332,6 +332,11 @@ def _load(args, targets: list[str]):
             from bnclaims.coverage import load_maps
 
             problems += load_maps(args.claims, dir_claims)[1]
+            from bnclaims.answers import load_answers
+
+            _, answer_problems, answer_warnings = load_answers(args.claims, dir_claims)
+            problems += answer_problems
+            args.warnings = answer_warnings  # printed by check (exit 0)
     if getattr(args, "keyword", None):
         match = keyword_matcher(args.keyword)
         claims = [c for c in claims if match(c.id)]
@@ -551,6 +556,10 @@ def cmd_run(args, build: bool = False) -> int:
             written = build_site(results, args.out, claims_dir=args.claims)
             if not args.quiet:
                 print(f"site written to {args.out}/ ({written} pages); open {args.out / 'index.html'}", file=human)
+            from bnclaims.answers import broken, load_answers
+
+            # an answer citing a claim that errored or did not run: the page marks it, the build fails
+            failed += broken(load_answers(args.claims, [r.claim for r in results])[0], {r.id: r for r in results})
         except OSError as e:
             failed.append(f"cannot write the site to {args.out} ({e.strerror or e})")
     print(_summary(results, problems), file=human)
@@ -564,6 +573,7 @@ def cmd_check(args) -> int:
     human = sys.stderr if json_mode == "stdout" else sys.stdout
     claims, problems, _ = _load(args, args.targets)
     _print_problems(problems)
+    _print_problems(getattr(args, "warnings", []))  # answers written against other verdicts, typed figures
     if not args.quiet:
         for c in claims:
             print(f"ok  {c.path}", file=human)

@@ -39,6 +39,7 @@ from markupsafe import Markup, escape
 import bnclaims
 from bnclaims import experiments as registry
 from bnclaims import coverage, mathtext, svg
+from bnclaims.answers import load_answers
 from bnclaims.cache import dumps
 from bnclaims.claims import Claim, schema_json, threads_dir_for
 from bnclaims.errors import UserError
@@ -460,6 +461,66 @@ def headline(result: ClaimResult) -> dict | None:
     return {"c": c, "name": c.name}
 
 
+# --------------------------------------------------------------------------- answers
+
+def _reference_html(ref, results: dict, root: str) -> str:
+    """One ``[[...]]`` reference as HTML: a verdict badge, a number with its interval, or a mark."""
+    result = results.get(ref.claim_id)
+    href = f"{root}claims/{urlquote(ref.claim_id)}.html"
+    if result is None or result.status == "error":
+        state = "did not run" if result is None else "errored"
+        return f'<span class="ref-broken" title="no result">[[{escape(ref.text)}]]: the claim {state}</span>'
+    if ref.metric is not None:
+        m = result.metrics.get(ref.metric)
+        if m is None:
+            return f'<span class="ref-broken">[[{escape(ref.text)}]]: no such metric in the results</span>'
+        text = f"{fmt(m.mean)} [95% CI {fmt(m.ci_low)}, {fmt(m.ci_high)}]" if m.n > 1 else fmt(m.mean)
+        return (f'<a class="ref-num" href="{href}#m-{escape(slug(ref.metric))}" '
+                f'title="{escape(ref.metric)}: mean over {m.n} seeds, claim {escape(ref.claim_id)}">{escape(text)}</a>')
+    if ref.condition is not None:
+        judged = result.verdict.beyond if ref.beyond else result.verdict.conditions
+        if not 1 <= ref.condition <= len(judged):
+            return f'<span class="ref-broken">[[{escape(ref.text)}]]: no such condition</span>'
+        c = judged[ref.condition - 1]
+        anchor = f"{'b' if ref.beyond else 'c'}-{ref.condition}"
+        return (f'<a class="badge v-{c.verdict}" href="{href}#{anchor}" title="{escape(c.name)}">'
+                f'<span aria-hidden="true">{VERDICT_SYMBOL[c.verdict]}</span> {escape(c.name)}: {c.verdict}</a>')
+    return (f'<a class="badge v-{result.status}" href="{href}" title="{escape(result.claim.title)}">'
+            f'<span aria-hidden="true">{VERDICT_SYMBOL[result.status]}</span> {ANSWER[result.status]} '
+            f'<span class="vword">{result.status}</span></a>')
+
+
+def answer_html(text: str, results: dict, root: str = "../") -> Markup:
+    """Paragraphs of an answer's text: escaped prose (as ``prose``) with its references resolved."""
+    from bnclaims.answers import REFERENCE, parse_reference
+
+    text = (text or "").strip()
+    separator = r"\n\s*\n" if re.search(r"\n\s*\n", text) else r"\n"
+    out = []
+    for paragraph in (" ".join(p.split()) for p in re.split(separator, text) if p.strip()):
+        pieces, position = [], 0
+        for match in REFERENCE.finditer(paragraph):
+            pieces.append(str(inline(paragraph[position:match.start()])))
+            ref = parse_reference(match.group(1))
+            pieces.append(_reference_html(ref, results, root) if ref else str(escape(match.group())))
+            position = match.end()
+        pieces.append(str(inline(paragraph[position:])))
+        out.append(f"<p>{''.join(pieces)}</p>")
+    return Markup("\n".join(out))
+
+
+def _answer_view(answer, results: dict) -> dict:
+    changed = [{"id": claim_id, "was": was, "now": results[claim_id].status}
+               for claim_id, was in sorted(answer.written_against.items())
+               if claim_id in results and results[claim_id].status != was]
+    missing = sorted({ref.claim_id for ref in answer.references()
+                      if ref.claim_id not in results or results[ref.claim_id].status == "error"})
+    return {"summary": answer_html(answer.summary, results),
+            "questions": [{"quote": inline(q.quote), "anchor": f"a-{i + 1}", "answer": answer_html(q.answer, results)}
+                          for i, q in enumerate(answer.questions)],
+            "changed": changed, "missing": missing}
+
+
 # --------------------------------------------------------------------------- the site
 
 def _environment() -> Environment:
@@ -545,10 +606,11 @@ def render_site(results: list[ClaimResult], claims_dir: Path) -> dict[str, bytes
     common = {"counts": counts, "n_claims": len(results)}
     by_verdict = {v: [r for r in results if r.status == v] for v in VERDICT_ORDER}
     maps = coverage.load_maps(claims_dir, [r.claim for r in results])[0]  # an invalid map shows no coverage
+    answers = load_answers(claims_dir, [r.claim for r in results])[0]  # an invalid answer file is not published
     files["index.html"] = env.get_template("index.html").render(
         root="", page="index", results=results, by_verdict=by_verdict, threads=list(threads.values()),
         thread_of=thread_of, snippet=_quote_snippet, coverage=coverage.report(maps) if maps else None,
-        maps=maps, **common)
+        maps=maps, answered={name for name in answers}, **common)
 
     claim_template = env.get_template("claim.html")
     for r in results:
@@ -565,6 +627,15 @@ def render_site(results: list[ClaimResult], claims_dir: Path) -> dict[str, bytes
             computed_by=_computed_by(r),
             **common)
 
+    by_id = {r.id: r for r in results}
+    answer_template = env.get_template("answer.html")
+    for name, answer in sorted(answers.items()):
+        t = threads.get(name)
+        if t is None:
+            continue
+        files[f"answers/{t.stem}.html"] = answer_template.render(
+            root="../", page="answer", thread=t, answer=_answer_view(answer, by_id), **common)
+
     thread_template = env.get_template("thread.html")
     for t in threads.values():
         marks = [QuoteMark(r.id, r.claim.quote_span[0], r.claim.quote_span[1], r.status, r.claim.title,
@@ -574,6 +645,7 @@ def render_site(results: list[ClaimResult], claims_dir: Path) -> dict[str, bytes
         marks += [untested_mark(entry, i + 1) for i, entry in enumerate(untested)]
         files[f"threads/{t.stem}.html"] = thread_template.render(
             root="../", page="thread", thread=t, body=thread_html(t.text, marks), sentence_map=sentence_map,
+            answer_href=f"../answers/{urlquote(t.stem)}.html" if t.name in answers else None,
             untested=[{"anchor": f"q-u-{i + 1}", "line": e.sentence.line, "text": e.sentence.text, "note": e.note}
                       for i, e in enumerate(untested)],
             thread_counts=Counter(r.status for r in t.results), **common)
