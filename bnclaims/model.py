@@ -899,6 +899,7 @@ def train_stack(
     params: Params | None = None,
     state: State | None = None,
     max_loss: float = math.inf,
+    plan: np.ndarray | None = None,
 ) -> StackResult:
     """Train K MLPs of one architecture at once, as one stacked computation -- the one training loop.
 
@@ -908,7 +909,9 @@ def train_stack(
     the same way, so arms sharing a Generator are paired (same initial weights, same batches
     where their orders match, same noise). ``params``/``state`` start from given values instead
     (single-network dicts are copied to every arm; stacked ones are copied). Give exactly one of
-    ``steps`` and ``epochs``; every arm takes the same number of steps.
+    ``steps`` and ``epochs``; every arm takes the same number of steps. ``plan`` gives the batches
+    instead of drawing them (each arm's order is then ignored): example indices ``(steps, B)`` for
+    every arm or ``(K, steps, B)`` per arm, e.g. from `batch_plan` with a Generator of the caller's.
 
     An arm whose loss becomes NaN/inf (or exceeds ``max_loss``) is marked diverged and frozen
     (no update from that step on); the others go on, and the loop ends when none is left.
@@ -957,7 +960,14 @@ def train_stack(
     plan_keys: dict[tuple, int] = {}
     plans: list[np.ndarray] = []
     arm_plan = np.empty(k_arms, dtype=np.int64)
-    for k, (arm, (_, batch_rng, _)) in enumerate(zip(arms, streams)):
+    if plan is not None:
+        plan = np.asarray(plan, dtype=np.int64)
+        if plan.ndim not in (2, 3) or plan.shape[-2] < total or (plan.ndim == 3 and len(plan) != k_arms):
+            raise ValueError(f"plan must be (steps, batch) or ({k_arms}, steps, batch) with at least {total} steps; "
+                             f"got shape {plan.shape}")
+        plans = [plan] if plan.ndim == 2 else list(plan)
+        arm_plan[:] = 0 if plan.ndim == 2 else np.arange(k_arms)
+    for k, (arm, (_, batch_rng, _)) in enumerate(zip(arms, streams) if plan is None else ()):
         key = (id(rngs[k]), arm.order)
         if key not in plan_keys:
             plan_keys[key] = len(plans)
@@ -1108,21 +1118,30 @@ class ProbeMoments:
     The network of each arm (after the update) is run on X_probe in eval mode (``train=False``,
     running statistics) or with the probe set's own batch statistics (``train=True``; not for the
     noisy norm). ``moments()``: {``pre0``, ``norm0``, ``act0``, ...: (mean, var) each (T, K, width)}.
+    ``initial=True`` (train mode only: the hook never sees the running statistics before the first
+    step) also records the network before training, as step 0 (from ``params_before``).
     """
 
     needs_deltas = False  # the loop need not copy the parameters before every step
 
-    def __init__(self, X_probe: np.ndarray, every: int = 1, train: bool = False):
-        self.X_probe, self.every, self.train = X_probe, every, train
+    def __init__(self, X_probe: np.ndarray, every: int = 1, train: bool = False, initial: bool = False):
+        if initial and not train:
+            raise ValueError("ProbeMoments(initial=True) needs train=True (batch statistics of the probe)")
+        self.X_probe, self.every, self.train, self.initial = X_probe, every, train, initial
         self.steps: list[int] = []
         self.values: dict[str, list] = {}
 
     def __call__(self, step: int, info: StackStepInfo) -> None:
+        if self.initial and step == 0:
+            self._record(0, info.params_before, info.state, info.config)
         if (step + 1) % self.every:
             return
+        self._record(step + 1, info.params, info.state, info.config)
+
+    def _record(self, step: int, params: Params, state: State, config: MLPConfig) -> None:
         record: dict[str, np.ndarray] = {}
-        forward(info.params, info.state, self.X_probe, info.config, self.train, record=record)
-        self.steps.append(step + 1)
+        forward(params, state, self.X_probe, config, self.train, record=record)
+        self.steps.append(step)
         for name, value in record.items():
             if name != "logits":
                 v = value.astype(np.float64)

@@ -1,106 +1,90 @@
-"""Fast checks of bnclaims.experiments.dynamics: the stacked MLP, the measurements, the experiments."""
+"""Fast checks of bnclaims.experiments.dynamics: training through model.train_stack, the measurements, the experiments."""
 
 from __future__ import annotations
+
+from dataclasses import replace
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from bnclaims import experiments as registry
-from bnclaims import nn
+from bnclaims import model
 from bnclaims.experiments import dynamics as dyn
 
 EXPERIMENTS = [name for name, exp in registry.load_all().items() if exp.module == dyn.__name__]
 
 
-def _random_net(rng, norm: bool, depth: int = 2, width: int = 5, arms: int = 3, d_in: int = 4) -> dyn.Net:
-    """A float64 stack with every parameter random (gamma, beta and biases too)."""
-    net = dyn.init_net(1, arms, depth, width, norm, d_in=d_in)
-    for name in ("W", "b", "gamma", "beta"):
-        params = getattr(net, name)
-        for i, p in enumerate(params):
-            if p is not None:
-                params[i] = rng.standard_normal(p.shape)
-    return net
+DATA = dyn.load()
 
 
-# ----------------------------------------------------------------------------- layers and network
+def _plan(seed: int, steps: int) -> np.ndarray:
+    return model.batch_plan(np.random.default_rng(seed), len(DATA.y_train), 32, steps)
 
 
-def test_stacked_batchnorm_matches_nn_per_arm():
-    rng = np.random.default_rng(0)
-    z = rng.standard_normal((4, 9, 6)) * 3 + 1
-    gamma, beta = rng.standard_normal((4, 6)), rng.standard_normal((4, 6))
-    dy = rng.standard_normal(z.shape)
-    y, cache, mean, var = dyn.bn_forward(z, gamma, beta)
-    dz, dgamma, dbeta = dyn.bn_backward(dy, cache)
-    tol = 100 * np.finfo(np.float64).eps
-    for a in range(4):
-        out, ref_cache = nn.batchnorm_forward(z[a], gamma[a], beta[a], eps=dyn.EPS)
-        ref_dx, ref_dgamma, ref_dbeta = nn.batchnorm_backward(dy[a], ref_cache)
-        assert np.abs(out - y[a]).max() < tol
-        assert np.abs(ref_dx - dz[a]).max() < tol
-        assert np.abs(ref_dgamma - dgamma[a]).max() < tol
-        assert np.abs(ref_dbeta - dbeta[a]).max() < tol
-        assert np.abs(mean[a] - z[a].mean(0)).max() < tol and np.abs(var[a] - z[a].var(0)).max() < tol
+# ----------------------------------------------------------------------------- training through model.train_stack
 
 
-@pytest.mark.parametrize("norm", [True, False])
-def test_stacked_mlp_gradients_match_finite_differences(norm):
-    rng = np.random.default_rng(1)
-    net = _random_net(rng, norm)
-    x = rng.standard_normal((3, 6, 4))
-    y = rng.integers(0, 10, size=(3, 6))
-
-    def total_loss():
-        return dyn.softmax_xent(dyn.forward_train(net, x)[0], y)[0].sum()
-
-    logits, cache, _ = dyn.forward_train(net, x)
-    _, dlogits = dyn.softmax_xent(logits, y)
-    grads = dyn.backward(net, dlogits, cache)
-    params = net.params()
-    assert len(grads) == len(params)
-    for p, g in zip(params, grads):
-        numeric = np.zeros_like(p)
-        for ix in np.ndindex(p.shape):
-            old = p[ix]
-            p[ix] = old + 1e-6
-            up = total_loss()
-            p[ix] = old - 1e-6
-            down = total_loss()
-            p[ix] = old
-            numeric[ix] = (up - down) / 2e-6
-        assert np.abs(numeric - g).max() / np.abs(numeric).max() < 1e-7
-
-
-def test_arms_are_independent_and_paired():
-    """An arm trained inside a stack follows exactly the trajectory it has when trained alone."""
-    data = dyn.load()
-    idx = dyn.batch_stream(np.random.default_rng(2), len(data.y_train), 32, "shuffled", data.y_train, 40)
-    both = dyn.train_stack(dyn.init_net(7, 2, 2, 16, True), data, idx, [0.01, 0.3])
-    alone = dyn.train_stack(dyn.init_net(7, 1, 2, 16, True), data, idx, [0.3])
-    np.testing.assert_allclose(both.gamma[1][:, 1], alone.gamma[1][:, 0], rtol=1e-5, atol=1e-6)
+def test_arms_are_paired_and_trajectories_start_at_the_shared_init():
+    """Arms of a stack start from the run's init seed and see one batch plan; an arm inside the stack
+    follows exactly the trajectory it has alone; BN and no-norm nets of one size share W."""
+    plan = _plan(2, 40)
+    both = dyn.train(7, DATA, dyn.mlp(2, 16, True), [0.01, 0.3], plan=plan, trajectory=True)
+    alone = dyn.train(7, DATA, dyn.mlp(2, 16, True), [0.3], plan=plan, trajectory=True)
+    assert both.gamma[1].shape == (41, 2, 16) and np.all(both.gamma[0][0] == 1) and np.all(both.beta[0][0] == 0)
+    np.testing.assert_array_equal(both.gamma[1][:, 1], alone.gamma[1][:, 0])
     assert not np.allclose(both.gamma[1][-1, 0], both.gamma[1][-1, 1])
-    # the same seed gives BN and no-norm nets the same initial weights
-    bn, plain = dyn.init_net(3, 1, 2, 8, True), dyn.init_net(3, 1, 2, 8, False)
-    assert all(np.array_equal(a, b) for a, b in zip(bn.W, plain.W))
+    plain = dyn.train(7, DATA, dyn.mlp(2, 16, False), [0.3], plan=plan)
+    assert all(np.array_equal(both.init[f"W{i}"], plain.init[f"W{i}"]) for i in range(3))
 
 
-def test_a_diverging_arm_is_flagged_and_leaves_the_others_alone():
-    data = dyn.load()
-    idx = dyn.batch_stream(np.random.default_rng(3), len(data.y_train), 32, "shuffled", data.y_train, 60)
-    rec = dyn.train_stack(dyn.init_net(5, 2, 3, 32, False), data, idx, [0.05, 1e4])
-    assert rec.diverged.tolist() == [False, True]
-    assert np.isfinite(rec.loss[:, 0]).all()
-    assert np.isnan(rec.net.W[0][1]).all() and np.isfinite(rec.net.W[0][0]).all()
+def test_a_diverged_arm_records_nan_afterwards_and_scores_zero():
+    plan = _plan(3, 60)
+    probe = DATA.X_train[:50]
+    run = dyn.train(5, DATA, dyn.mlp(3, 32, False), [0.05, 1e4], plan=plan, probe=probe, eval_every=10)
+    assert run.diverged.tolist() == [False, True]
+    assert run.val_acc[1] == 0.0 and run.test_acc[1] == 0.0 and run.val_acc[0] > 0.3
+    mean, std = run.probe["pre0"]
+    step = run.result.taken[1]                 # recorded after `step` updates: NaN from the diverging step on
+    assert np.isfinite(mean[:step, 1]).all() and np.isnan(mean[step:, 1]).all() and np.isfinite(std[:, 0]).all()
+    assert np.all(run.curve[run.eval_steps >= step, 1] == 0) and np.isfinite(run.curve).all()
 
 
 def test_momentum_arm_with_zero_momentum_equals_sgd():
-    data = dyn.load()
-    idx = dyn.batch_stream(np.random.default_rng(4), len(data.y_train), 32, "shuffled", data.y_train, 30)
-    mixed = dyn.train_stack(dyn.init_net(9, 2, 2, 16, True), data, idx, [0.1, 0.1], [0.0, 0.9])
-    sgd = dyn.train_stack(dyn.init_net(9, 1, 2, 16, True), data, idx, [0.1])
-    np.testing.assert_allclose(mixed.beta[0][:, 0], sgd.beta[0][:, 0], rtol=1e-5, atol=1e-6)
+    plan = _plan(4, 30)
+    mixed = dyn.train(9, DATA, dyn.mlp(2, 16, True), [0.1, 0.1], [0.0, 0.9], plan=plan, trajectory=True)
+    sgd = dyn.train(9, DATA, dyn.mlp(2, 16, True), [0.1], plan=plan, trajectory=True)
+    np.testing.assert_array_equal(mixed.beta[0][:, 0], sgd.beta[0][:, 0])
     assert not np.allclose(mixed.beta[0][-1, 0], mixed.beta[0][-1, 1])
+
+
+def test_block_averages_and_probe_moments_are_what_the_trajectory_says():
+    plan = _plan(6, 25)
+    probe = DATA.X_train[:40]
+    run = dyn.train(1, DATA, dyn.mlp(2, 8, True), [0.05, 0.5], plan=plan, trajectory=True, probe=probe, block=5)
+    blocks = run.blocks["gamma1"]
+    assert blocks.shape == (5, 2, 8) and run.blocks["W0"].shape == (5, 2, 64, 8)
+    for b in range(5):
+        np.testing.assert_allclose(blocks[b], run.gamma[1][1 + 5 * b: 6 + 5 * b].mean(axis=0), rtol=1e-6)
+    # the probe moments start before training: the BN input's mean on the probe is probe @ W0 (+ b0 = 0)
+    mean, std = run.probe["pre0"]
+    assert mean.shape == (26, 2, 8)
+    np.testing.assert_allclose(mean[0, 0], (probe @ run.init["W0"]).mean(axis=0), atol=1e-5)
+    # in training mode on the probe, BN's output mean is beta and its std |gamma| (up to eps)
+    out_mean, out_std = run.probe["norm1"]
+    np.testing.assert_allclose(out_mean[-1], run.beta[1][-1], atol=1e-5)
+    np.testing.assert_allclose(out_std[-1], np.abs(run.gamma[1][-1]), rtol=1e-3)
+
+
+def test_choose_lr_extends_the_grid_beyond_an_edge():
+    plan = _plan(8, 33)
+    choice = dyn.choose_lr(2, DATA, plan, dyn.mlp(2, 16, True), (0.001, 0.003), max_extend=2)
+    assert choice.lrs == (0.001, 0.003) and choice.grid.val_acc.shape == (2,)
+    # a grid of two always has its best at an edge: it grows half a decade at a time, at most twice
+    assert 3 <= len(choice.tried) <= 4 and choice.best_lr in choice.tried
+    steps = np.diff(np.log10(choice.tried))
+    assert np.isclose(steps, 0.5).sum() == len(choice.tried) - 2 and np.isclose(steps, np.log10(3)).sum() == 1
+    assert choice.at_edge == (choice.best_lr in (choice.tried[0], choice.tried[-1]))
 
 
 # ----------------------------------------------------------------------------- measurements
@@ -155,26 +139,6 @@ def test_a_parameter_still_drifting_late_is_not_settled_early():
     assert dyn.settle_fraction(blocks, np.zeros((1, 8)))[0] > 0.7
 
 
-def test_accuracy_counts_non_finite_logits_as_wrong():
-    y = np.array([0, 1, 2, 0])
-    logits = np.full((3, 4, 10), -1.0)
-    logits[:, np.arange(4), y] = 1.0                        # every arm right on every example ...
-    logits[1] = np.nan                                      # ... except arm 1: all NaN (diverged)
-    logits[2, 0, 5] = np.inf                                # arm 2: one inf logit on example 0
-    logits[2, 3, 0] = np.nan                                # and one NaN logit on example 3
-    np.testing.assert_array_equal(dyn.accuracy(logits, y), [1.0, 0.0, 0.5])
-    # np.argmax alone would give the all-NaN arm class 0 everywhere: 2 of 4 "right"
-    assert (np.argmax(logits[1], axis=1) == y).mean() == 0.5
-
-
-def test_a_diverged_arm_scores_zero_accuracy():
-    data = dyn.load()
-    idx = dyn.batch_stream(np.random.default_rng(3), len(data.y_train), 32, "shuffled", data.y_train, 60)
-    rec = dyn.train_stack(dyn.init_net(5, 2, 3, 32, False), data, idx, [0.05, 1e4])
-    assert rec.diverged[1] and rec.val_acc[1] == 0.0 and rec.test_acc[1] == 0.0
-    assert rec.val_acc[0] > 0.3
-
-
 def test_probe_drift_and_relative_step():
     mean = np.array([[[0.0, 0.0]], [[0.1, -0.1]], [[0.1, -0.1]]])   # (T + 1 = 3, A = 1, D = 2)
     std = np.array([[[1.0, 1.0]], [[1.0, 1.0]], [[1.0, 1.5]]])
@@ -195,16 +159,22 @@ def test_steps_to_target_and_log_slope():
 def test_a_bn_layer_with_gamma_sigma_beta_mu_is_the_identity():
     """The fact the cancel experiment relies on: gamma = sigma, beta = mu makes BN the identity."""
     rng = np.random.default_rng(5)
-    net = _random_net(rng, True, depth=2, width=6, arms=2, d_in=4)
+    config = replace(dyn.mlp(2, 6, True, d_in=4), dtype="float64")
+    params = model.init_stack([np.random.default_rng(s) for s in (1, 2)], config)
+    for name in params:                             # every parameter random, biases too
+        params[name] = rng.standard_normal(params[name].shape)
     X = rng.standard_normal((200, 4))
-    for i in range(net.depth):                     # set each layer, in order, to undo itself
-        means, stds = dyn.population_moments(net, X)
-        net.gamma[i] = np.sqrt(stds[i] ** 2 + dyn.EPS)
-        net.beta[i] = means[i]
-    scale, shift = dyn.identity_mismatch(net, X)
-    assert scale.max() < 1e-4 and shift.max() < 1e-12
-    np.testing.assert_allclose(dyn.forward_population(net, X, X), dyn.forward_bn_removed(net, X),
+    for i in range(2):                              # set each layer, in order, to undo itself
+        means, stds = dyn.population_moments(params, config, X)
+        params[f"gamma{i}"] = np.sqrt(stds[i] ** 2 + config.eps)[:, None, :]
+        params[f"beta{i}"] = means[i][:, None, :]
+    scale, shift = dyn.identity_mismatch(params, config, X)
+    assert scale.shape == (2, 12) and scale.max() < 1e-4 and shift.max() < 1e-12
+    np.testing.assert_allclose(dyn.forward_population(params, config, X, X), dyn.forward_bn_removed(params, config, X),
                                rtol=1e-9, atol=1e-9)
+    # at initialization (gamma = 1, beta = 0) of a single network: one value per unit
+    single = model.init_params(np.random.default_rng(0), config)
+    assert dyn.identity_mismatch(single, config, X)[0].shape == (12,)
 
 
 def test_lr_name():
@@ -240,7 +210,9 @@ def test_all_seven_experiments_are_registered():
 
 def test_dead_fraction_counts_units_that_never_fire():
     rng = np.random.default_rng(6)
-    net = dyn.init_net(2, 2, 2, 8, True, d_in=64)
-    net.beta[1][0] = -1e3                           # arm 0: every unit of layer 2 is pushed below zero
-    x = rng.standard_normal((50, 64)).astype(dyn.DTYPE)
-    assert dyn.dead_fraction(net, x, 1).tolist() == [1.0, 0.0]
+    config = dyn.mlp(2, 8, True)
+    params = model.init_stack([np.random.default_rng(2)] * 2, config)
+    params["beta1"][0] = -1e3                       # arm 0: every unit of layer 2 is pushed below zero
+    result = SimpleNamespace(params=params, state=model.init_stack_state(config, 2), config=config)
+    x = rng.standard_normal((50, 64)).astype(np.float32)
+    assert dyn.dead_fraction(result, x, 1).tolist() == [1.0, 0.0]

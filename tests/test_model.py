@@ -540,3 +540,36 @@ def test_stuck_is_finite_at_chance_and_not_diverged():
     stack = model.train_stack(np.random.default_rng(0), config, DIGITS.X_train, DIGITS.y_train,
                               [model.Arm(lr=0.0), model.Arm(lr=0.1)], steps=60, batch_size=32)
     assert stack.stuck.tolist() == [True, False] and not stack.diverged.any()
+
+def test_a_given_plan_replaces_the_drawn_batches():
+    config = MLPConfig(sizes=STACK_SIZES, norm="batch")
+    rng = np.random.default_rng(3)
+    plan = model.batch_plan(np.random.default_rng(9), len(DIGITS.y_train), 16, 12)
+    shared = model.train_stack(rng, config, DIGITS.X_train, DIGITS.y_train, [model.Arm(lr=0.1)] * 2,
+                               steps=12, batch_size=16, plan=plan)
+    # the same plan given per arm trains identically; a hook sees exactly the plan's batches
+    per_arm = model.train_stack(np.random.default_rng(3), config, DIGITS.X_train, DIGITS.y_train,
+                                [model.Arm(lr=0.1)] * 2, steps=12, batch_size=16, plan=np.stack([plan, plan]))
+    for name in shared.params:
+        assert np.array_equal(shared.params[name], per_arm.params[name])
+    seen = []
+    model.train_stack(np.random.default_rng(3), config, DIGITS.X_train, DIGITS.y_train, model.Arm(lr=0.1),
+                      steps=12, batch_size=16, plan=plan, record=lambda step, info: seen.append(info.y[0].copy()))
+    assert all(np.array_equal(s, DIGITS.y_train[plan[i]]) for i, s in enumerate(seen))
+    with pytest.raises(ValueError, match="plan must be"):
+        model.train_stack(rng, config, DIGITS.X_train, DIGITS.y_train, model.Arm(), steps=13, batch_size=16, plan=plan)
+
+
+def test_probe_moments_can_start_before_training():
+    config = MLPConfig(sizes=STACK_SIZES, norm="batch")
+    probe = model.ProbeMoments(DIGITS.X_test[:64], every=5, train=True, initial=True)
+    stack = model.train_stack(np.random.default_rng(0), config, DIGITS.X_train, DIGITS.y_train,
+                              [model.Arm(lr=0.1), model.Arm(lr=0.3)], steps=10, batch_size=16, record=probe)
+    assert probe.steps == [0, 5, 10]
+    mean, var = probe.moments()["pre0"]
+    start = model.init_params(model._streams([np.random.default_rng(0)])[0][0], config)
+    expected = DIGITS.X_test[:64].astype(np.float32) @ start["W0"]
+    assert np.allclose(mean[0, 0], expected.mean(axis=0), atol=1e-5) and np.allclose(mean[0, 0], mean[0, 1])
+    assert not np.allclose(mean[-1, 0], mean[-1, 1]) and stack.steps.tolist() == [10, 10]
+    with pytest.raises(ValueError, match="train=True"):
+        model.ProbeMoments(DIGITS.X_test[:64], initial=True)

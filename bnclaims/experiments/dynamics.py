@@ -1,18 +1,20 @@
 """Training dynamics of batch norm's gamma and beta, and BN vs no-norm training, on the digits.
 
-One shared, fast training routine (`train_stack`) trains a *stack* of networks at once: the
-arms of a comparison (learning rates, optimisers, batch orders) share one initialisation and
-one batch stream per order (paired), and sit on a leading axis A so that every layer is one
-batched matmul. It records what the claims of thread 000 need:
+Every network here is a `bnclaims.model` MLP stack trained by `model.train_stack`: the arms of a
+comparison (learning rates, optimisers, batch orders) are one stack, paired -- the same initial
+weights (drawn from the run's init seed, so a BN and a no-norm net of one size share W) and the
+same batches (one `model.batch_plan` per batch order, from the run's order seed). The net is
+x -> [linear -> (BN) -> ReLU] x depth -> linear, He-initialised, plain SGD (or heavy-ball
+momentum), softmax cross-entropy; evaluation uses the running statistics (PyTorch convention).
+A diverged arm (non-finite loss) is frozen by the loop; here everything it would record after
+that step is NaN and its accuracy is 0.
 
-* gamma, beta of every BN layer at every step (per-step changes, late fluctuation),
-* block averages of gamma, beta and W (when do they settle),
-* the moments of every hidden layer on a FIXED probe set at every step (distribution drift),
+This module keeps only what the experiments measure, through recorders on the loop:
+
+* gamma, beta of every BN layer at every step (`model.ParamTrajectory`: per-step changes, late
+  fluctuation), block averages of gamma, beta and W (`BlockAverages`: when do they settle),
+* the moments of every hidden layer on a FIXED probe set at every step (`model.ProbeMoments`),
 * validation accuracy every few steps (steps to a target), final validation/test accuracy.
-
-The MLP is  x -> [linear -> (BN) -> ReLU] x depth -> linear -> softmax, He-initialised.
-BN layers have no linear bias (beta replaces it); no-norm layers have one. Evaluation uses
-the running statistics (PyTorch convention, momentum 0.1, unbiased variance).
 
 Registered experiments (each docstring says its arms and scale):
 ``bn-vs-plain-probe-drift``, ``gamma-beta-step-vs-lr``, ``gamma-beta-lr-order-grid``,
@@ -21,399 +23,161 @@ Registered experiments (each docstring says its arms and scale):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from bnclaims.data import batches, digits_split
+from bnclaims import model
+from bnclaims.data import digits_split
 from bnclaims.experiments import experiment
 
-DTYPE = np.float32
-EPS = 1e-5
-RUNNING_MOMENTUM = 0.1
 N_CLASSES = 10
 
 
-# ----------------------------------------------------------------------------- data
+def load():
+    """The shared digits split: test 25 % (fixed), validation 20 % of the rest, standardized, float32.
 
-
-@dataclass(frozen=True)
-class Digits:
-    """The shared digits split: test 25 % (fixed), validation 20 % of the rest, standardized."""
-
-    X_train: np.ndarray  # (1078, 64) float32
-    y_train: np.ndarray  # (1078,)
-    X_val: np.ndarray    # (269, 64)
-    y_val: np.ndarray
-    X_test: np.ndarray   # (450, 64)
-    y_test: np.ndarray
-
-
-def load() -> Digits:
-    s = digits_split(0.25, 0.2, standardize=True, dtype=DTYPE)
-    return Digits(s.X_train, s.y_train, s.X_val, s.y_val, s.X_test, s.y_test)
-
-
-def batch_stream(rng: np.random.Generator, n: int, batch_size: int, order: str, labels: np.ndarray,
-                 steps: int) -> np.ndarray:
-    """(steps, batch_size) int64 indices: epochs of `data.batches` in `order`, concatenated."""
-    out: list[np.ndarray] = []
-    while len(out) < steps:
-        out.extend(batches(rng, n, batch_size, order, labels))
-    return np.stack(out[:steps])
-
-
-# ----------------------------------------------------------------------------- batched layers
-# Shapes: A arms, N examples, D features. Per-feature parameters are (A, D).
-
-
-def bn_forward(z: np.ndarray, gamma: np.ndarray, beta: np.ndarray):
-    """Training-mode batch norm of a stack. z: (A, N, D); gamma, beta: (A, D).
-
-    Returns y (A, N, D), cache (xhat, inv_std (A, 1, D), gamma), batch mean and biased var (A, D).
+    X_train (1078, 64), X_val (269, 64), X_test (450, 64) and their labels.
     """
-    mean = z.mean(axis=1, keepdims=True)
-    zc = z - mean
-    var = np.einsum("and,and->ad", zc, zc) / z.shape[1]
-    inv_std = 1.0 / np.sqrt(var + EPS)[:, None, :]
-    xhat = zc * inv_std
-    y = xhat * gamma[:, None, :] + beta[:, None, :]
-    return y, (xhat, inv_std, gamma), mean[:, 0, :], var
+    return digits_split(0.25, 0.2, standardize=True, dtype=np.float32)
 
 
-def bn_backward(dy: np.ndarray, cache):
-    """dy: (A, N, D) -> dz (A, N, D), dgamma (A, D), dbeta (A, D)."""
-    xhat, inv_std, gamma = cache
-    n = dy.shape[1]
-    dbeta = dy.sum(axis=1)
-    dgamma = np.einsum("and,and->ad", dy, xhat)
-    # dz = inv_std * gamma * (dy - mean(dy) - xhat * mean(dy * xhat))
-    dz = dy - (dbeta / n)[:, None, :]
-    dz -= xhat * (dgamma / n)[:, None, :]
-    dz *= (gamma[:, None, :] * inv_std)
-    return dz, dgamma, dbeta
+def mlp(depth: int, width: int, norm: bool, d_in: int = 64) -> model.MLPConfig:
+    """The MLP d_in-width x depth-10 with batch norm before each ReLU (or none), float32."""
+    return model.MLPConfig(sizes=(d_in,) + (width,) * depth + (N_CLASSES,), norm="batch" if norm else "none")
 
 
-def softmax_xent(logits: np.ndarray, y: np.ndarray):
-    """Mean cross-entropy per arm. logits: (A, N, C); y: (A, N) or (N,) ints.
+# ----------------------------------------------------------------------------- training (model.train_stack)
 
-    Returns loss (A,) float64 and dlogits (A, N, C) (gradient of each arm's mean loss).
+
+class BlockAverages:
+    """Recorder: averages of the named parameters over consecutive blocks of `block` steps.
+
+    ``arrays()``: {name: (K_blocks, arms, ...)}; block b covers steps b * block .. (b + 1) * block - 1
+    (a last, incomplete block is dropped).
     """
-    a, n, c = logits.shape
-    y = np.broadcast_to(y, (a, n))
-    shifted = logits - logits.max(axis=2, keepdims=True)
-    exp = np.exp(shifted)
-    sum_exp = exp.sum(axis=2)
-    picked = np.take_along_axis(shifted, y[:, :, None], axis=2)[:, :, 0]
-    loss = (np.log(sum_exp) - picked).mean(axis=1, dtype=np.float64)
-    exp /= sum_exp[:, :, None]
-    np.put_along_axis(exp, y[:, :, None], np.take_along_axis(exp, y[:, :, None], axis=2) - 1.0, axis=2)
-    exp *= 1.0 / n
-    return loss, exp
+
+    needs_deltas = False
+
+    def __init__(self, names, block: int):
+        self.names, self.block = list(names), block
+        self.sums: dict[str, np.ndarray] = {}
+        self.values: dict[str, list] = {name: [] for name in self.names}
+
+    def __call__(self, step: int, info: model.StackStepInfo) -> None:
+        for name in self.names:
+            if name in self.sums:
+                self.sums[name] += info.params[name]
+            else:
+                self.sums[name] = info.params[name].astype(np.float64)
+        if (step + 1) % self.block == 0:
+            for name in self.names:
+                self.values[name].append(self.sums.pop(name) / self.block)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {name: np.stack(v) for name, v in self.values.items()}
 
 
-# ----------------------------------------------------------------------------- the network
+def _nan_after_divergence(values: np.ndarray, steps, result: model.StackResult) -> np.ndarray:
+    """values (T', arms, ...) recorded after `steps` (T',) updates, NaN from the step each arm diverged at."""
+    values = np.array(values, dtype=np.float64)
+    if result.diverged.any():
+        after = np.asarray(steps)[:, None] >= np.where(result.diverged, result.taken, np.iinfo(np.int64).max)
+        values[after] = np.nan
+    return values
 
 
 @dataclass
-class Net:
-    """A stack of A MLPs with identical architecture. Lists are per layer (hidden layers, then output)."""
+class Run:
+    """What `train` recorded for a stack of K arms (T steps, L hidden layers, D width)."""
 
-    norm: bool
-    W: list[np.ndarray]                      # (A, d_in, d_out)
-    b: list[np.ndarray | None]               # (A, d_out) or None (BN hidden layers have no bias)
-    gamma: list[np.ndarray] = field(default_factory=list)         # (A, D) per hidden layer (BN only)
-    beta: list[np.ndarray] = field(default_factory=list)
-    running_mean: list[np.ndarray] = field(default_factory=list)
-    running_var: list[np.ndarray] = field(default_factory=list)
-
-    @property
-    def depth(self) -> int:
-        return len(self.W) - 1
-
-    @property
-    def arms(self) -> int:
-        return self.W[0].shape[0]
-
-    def params(self) -> list[np.ndarray]:
-        out = list(self.W) + [b for b in self.b if b is not None]
-        return out + list(self.gamma) + list(self.beta)
-
-
-def init_net(seed: int, arms: int, depth: int, width: int, norm: bool, d_in: int = 64) -> Net:
-    """He-initialised stack; every arm gets the SAME initial weights (paired arms).
-
-    The weights come from `seed` alone, so a BN and a no-norm net built from one seed share W.
-    """
-    rng = np.random.default_rng(seed)
-    sizes = [d_in] + [width] * depth + [N_CLASSES]
-    W, b = [], []
-    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        w = (rng.standard_normal((fan_in, fan_out)) * np.sqrt(2.0 / fan_in)).astype(DTYPE)
-        W.append(np.repeat(w[None], arms, axis=0))
-        last = i == depth
-        b.append(np.zeros((arms, fan_out), DTYPE) if (last or not norm) else None)
-    net = Net(norm, W, b)
-    if norm:
-        for _ in range(depth):
-            net.gamma.append(np.ones((arms, width), DTYPE))
-            net.beta.append(np.zeros((arms, width), DTYPE))
-            net.running_mean.append(np.zeros((arms, width), DTYPE))
-            net.running_var.append(np.ones((arms, width), DTYPE))
-    return net
-
-
-def forward_train(net: Net, x: np.ndarray, keep_moments: bool = False):
-    """Training-mode forward. x: (A, N, 64) or (N, 64). Returns logits (A, N, 10), caches, moments.
-
-    moments (when asked): per hidden layer, (mean, std) over the N examples, each (A, D), of the
-    distribution the next stage sees: BN output gamma * xhat + beta, or the no-norm pre-activation.
-    """
-    h = x
-    caches, moments = [], []
-    for i in range(net.depth):
-        z = h @ net.W[i]                    # (N, d) @ (A, d, D) broadcasts to (A, N, D)
-        if net.norm:
-            y, bn_cache, mean, var = bn_forward(z, net.gamma[i], net.beta[i])
-        else:
-            y, bn_cache = z + net.b[i][:, None, :], None
-            mean = var = None
-        if keep_moments:
-            m = y.mean(axis=1)
-            yc = y - m[:, None, :]
-            moments.append((m, np.sqrt(np.einsum("and,and->ad", yc, yc) / y.shape[1])))
-        out = np.maximum(y, 0)
-        caches.append((h, bn_cache, out, mean, var))
-        h = out
-    logits = h @ net.W[-1] + net.b[-1][:, None, :]
-    return logits, (caches, h), moments
-
-
-def backward(net: Net, dlogits: np.ndarray, cache):
-    """Gradients of every parameter, in the order of `net.params()`."""
-    caches, h_last = cache
-    dW = [None] * (net.depth + 1)
-    db = [None] * (net.depth + 1)
-    dgamma = [None] * net.depth
-    dbeta = [None] * net.depth
-    dW[-1] = np.swapaxes(h_last, 1, 2) @ dlogits
-    db[-1] = dlogits.sum(axis=1)
-    dh = dlogits @ np.swapaxes(net.W[-1], 1, 2)
-    for i in reversed(range(net.depth)):
-        h_in, bn_cache, out, _, _ = caches[i]
-        dy = dh * (out > 0)
-        if net.norm:
-            dz, dgamma[i], dbeta[i] = bn_backward(dy, bn_cache)
-        else:
-            dz = dy
-            db[i] = dy.sum(axis=1)
-        dW[i] = np.swapaxes(h_in, -1, -2) @ dz   # (d_in, N) or (A, d_in, N) @ (A, N, D)
-        if i > 0:
-            dh = dz @ np.swapaxes(net.W[i], 1, 2)
-    grads = list(dW) + [g for g in db if g is not None]
-    return grads + dgamma + dbeta if net.norm else grads
-
-
-def hidden_eval(net: Net, x: np.ndarray, arms=slice(None)) -> list[np.ndarray]:
-    """Inference-mode (running statistics) ReLU outputs of every hidden layer, each (A', N, D),
-    for the arms `arms`. x: (N, 64)."""
-    h, hidden = x, []
-    for i in range(net.depth):
-        z = h @ net.W[i][arms]
-        if net.norm:
-            scale = net.gamma[i][arms] / np.sqrt(net.running_var[i][arms] + EPS)
-            y = (z - net.running_mean[i][arms][:, None, :]) * scale[:, None, :] + net.beta[i][arms][:, None, :]
-        else:
-            y = z + net.b[i][arms][:, None, :]
-        h = np.maximum(y, 0)
-        hidden.append(h)
-    return hidden
-
-
-def forward_eval(net: Net, x: np.ndarray, arms=slice(None)) -> np.ndarray:
-    """Inference-mode logits (A', N, 10) of the arms `arms`, with the running statistics. x: (N, 64)."""
-    return hidden_eval(net, x, arms)[-1] @ net.W[-1][arms] + net.b[-1][arms][:, None, :]
-
-
-def dead_fraction(net: Net, x: np.ndarray, layer: int) -> np.ndarray:
-    """(A,) fraction of hidden layer `layer`'s units whose ReLU output is 0 for every example of x (eval mode)."""
-    return (hidden_eval(net, x)[layer].max(axis=1) <= 0).mean(axis=1)
-
-
-def accuracy(logits: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """(A,) fraction of correct argmax; an example with any non-finite logit (NaN or inf) counts as wrong.
-
-    (np.argmax over all-NaN logits returns 0, which would score a diverged arm at about 10 %.)
-    """
-    with np.errstate(invalid="ignore"):
-        correct = (logits.argmax(axis=2) == y[None, :]) & np.isfinite(logits).all(axis=2)
-    return correct.mean(axis=1)
-
-
-# ----------------------------------------------------------------------------- training
-
-
-@dataclass
-class Record:
-    """What `train_stack` recorded. T steps, A arms, L hidden layers, D width, K blocks."""
-
-    loss: np.ndarray                    # (T, A) training mini-batch loss
-    diverged: np.ndarray                # (A,) bool: a non-finite loss or parameter at some step
-    gamma: list[np.ndarray]             # L x (T + 1, A, D): value before step 0 .. after the last step
+    result: model.StackResult
+    val_acc: np.ndarray                 # (K,) final, eval mode; 0 if diverged
+    test_acc: np.ndarray                # (K,)
+    gamma: list[np.ndarray]             # L x (T + 1, K, D): before step 0 .. after the last step (trajectory=True)
     beta: list[np.ndarray]
-    probe_mean: list[np.ndarray]        # L x (T + 1, A, D) moments on the probe (empty if no probe)
-    probe_std: list[np.ndarray]
-    input_mean: list[np.ndarray]        # BN only: moments of the BN *input* z on the probe
-    input_std: list[np.ndarray]
-    block_W: list[np.ndarray]           # L x (K, A, d_in, D) block averages of W (empty unless asked)
-    block_gamma: list[np.ndarray]       # L x (K, A, D)
-    block_beta: list[np.ndarray]
-    init_W: list[np.ndarray]            # L x (A, d_in, D)
-    eval_steps: np.ndarray              # (E,) steps after which validation accuracy was taken
-    val_acc_curve: np.ndarray           # (E, A') of the evaluated arms
-    val_acc: np.ndarray                 # (A,) final
-    test_acc: np.ndarray                # (A,) final
-    net: Net
+    probe: dict[str, tuple[np.ndarray, np.ndarray]]   # pre{i}/norm{i}/act{i} -> (mean, std), (T + 1, K, D)
+    blocks: dict[str, np.ndarray]       # W{i}, gamma{i}, beta{i} -> (K_blocks, K, ...) block averages
+    init: model.Params                  # the initial parameters (one network; every arm starts there)
+    curve: np.ndarray                   # (E, K) validation accuracy after `eval_steps` (0 once diverged)
+
+    @property
+    def diverged(self) -> np.ndarray:
+        return self.result.diverged
+
+    @property
+    def eval_steps(self) -> np.ndarray:
+        return self.result.eval_steps
 
 
-def train_stack(
-    net: Net,
-    data: Digits,
-    idx: np.ndarray,
-    lrs,
-    momentum=0.0,
-    *,
-    probe: np.ndarray | None = None,
-    block: int = 0,
-    eval_every: int = 0,
-    eval_arms=None,
-) -> Record:
-    """Train every arm of `net` with SGD (+ momentum) and record the dynamics.
+def accuracy(result: model.StackResult, X: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(K,) eval-mode accuracy (`model.logits_accuracy`) of every arm; 0 for a diverged arm."""
+    with np.errstate(all="ignore"):
+        logits, _, _ = model.forward(result.params, result.state, X, result.config, False)
+    return np.where(result.diverged, 0.0, model.logits_accuracy(logits, y))
 
-    idx: (T, B) batch indices shared by all arms, or (T, A, B) one stream per arm.
-    lrs, momentum: scalars or (A,) per arm. PyTorch SGD: v = mu v + g; theta -= lr v.
-    probe: (P, 64) fixed examples whose per-layer moments are recorded at every step.
-    block: > 0 records block averages of W, gamma, beta over consecutive `block` steps.
-    eval_every: > 0 records validation accuracy every `eval_every` steps, of the arms `eval_arms`
-    (a list of arm indices; all arms when None).
-    A diverged arm (non-finite loss) is frozen at NaN and flagged; the others carry on.
+
+def train(init_seed: int, data, config: model.MLPConfig, lrs, momentum=0.0, *, plan: np.ndarray,
+          trajectory: bool = False, probe: np.ndarray | None = None, block: int = 0,
+          eval_every: int | None = None) -> Run:
+    """Train one arm per lr (SGD, or heavy-ball momentum per arm) from the weights of `init_seed`.
+
+    plan: (T, B) batch indices shared by every arm, or (K, T, B) one stream per arm.
+    trajectory: record gamma, beta of every BN layer at every step. probe: (P, 64) fixed examples
+    whose per-layer moments (batch statistics of the probe) are recorded at every step. block: > 0
+    records block averages of W, gamma, beta of the hidden layers. eval_every: validation accuracy
+    every `eval_every` steps (and at 0).
     """
-    a = net.arms
-    steps = idx.shape[0]
-    lr = np.broadcast_to(np.asarray(lrs, DTYPE), (a,)).copy()
-    mu = np.broadcast_to(np.asarray(momentum, DTYPE), (a,)).copy()
-    params = net.params()
-    velocity = [np.zeros_like(p) for p in params] if np.any(mu > 0) else None
-    shape_of = [(a,) + (1,) * (p.ndim - 1) for p in params]
-    lr_of = [lr.reshape(s) for s in shape_of]
-    mu_of = [mu.reshape(s) for s in shape_of]
-    with np.errstate(all="ignore"):         # diverging arms overflow on purpose; they are flagged
-        return _train_loop(net, data, idx, lr_of, mu_of, shape_of, params, velocity, probe, block, eval_every,
-                           slice(None) if eval_arms is None else np.asarray(eval_arms))
-
-
-def _train_loop(net, data, idx, lr_of, mu_of, shape_of, params, velocity, probe, block, eval_every, eval_arms):
-    a, steps, L = net.arms, idx.shape[0], net.depth
-    diverged = np.zeros(a, bool)
-    losses = np.empty((steps, a))
-    traj_gamma = [[g.copy()] for g in net.gamma]
-    traj_beta = [[b.copy()] for b in net.beta]
-    p_mean, p_std, i_mean, i_std = ([[] for _ in range(L)] for _ in range(4))
-    init_W = [w.copy() for w in net.W[:L]]
-
-    def probe_record():
-        _, (caches, _), moments = forward_train(net, probe, keep_moments=True)
-        for i in range(L):
-            p_mean[i].append(moments[i][0])
-            p_std[i].append(moments[i][1])
-            if net.norm:
-                i_mean[i].append(caches[i][3])
-                i_std[i].append(np.sqrt(caches[i][4]))
-
+    lrs = np.atleast_1d(np.asarray(lrs, dtype=np.float64))
+    momenta = np.broadcast_to(np.asarray(momentum, dtype=np.float64), lrs.shape)
+    arms = [model.Arm(lr=float(lr), momentum=float(mu)) for lr, mu in zip(lrs, momenta)]
+    init = model.init_params(np.random.default_rng(init_seed), config)
+    depth = config.n_layers - 1
+    bn = [f"{p}{i}" for i in range(depth) for p in ("gamma", "beta")] if config.norm != "none" else []
+    hooks = []
+    if trajectory:
+        hooks.append(model.ParamTrajectory(bn))
     if probe is not None:
-        probe_record()
-    n_blocks = steps // block if block else 0
-    sums_W = [np.zeros_like(w) for w in net.W[:L]] if block else []
-    sums_g = [np.zeros_like(g) for g in net.gamma] if block else []
-    sums_b = [np.zeros_like(g) for g in net.beta] if block else []
-    block_W, block_g, block_b = [[] for _ in range(L)], [[] for _ in range(L)], [[] for _ in range(L)]
-    eval_steps, val_curve = [], []
-
-    for t in range(steps):
-        bidx = idx[t]
-        xb = data.X_train[bidx]             # (B, 64) shared or (A, B, 64) per arm
-        yb = data.y_train[bidx]
-        logits, cache, _ = forward_train(net, xb)
-        loss, dlogits = softmax_xent(logits, yb)
-        losses[t] = loss
-        bad = ~np.isfinite(loss)
-        if bad.any() and not diverged[bad].all():
-            diverged |= bad
-            for p in params:                # freeze diverged arms at NaN: flagged, never "stuck"
-                p[diverged] = np.nan
-            lr_of = [np.where(diverged.reshape(s), 0, l) for s, l in zip(shape_of, lr_of)]
-        grads = backward(net, dlogits, cache)
-        if velocity is None:
-            for p, g, l in zip(params, grads, lr_of):
-                g *= l
-                p -= g
-        else:
-            for p, v, g, l, m in zip(params, velocity, grads, lr_of, mu_of):
-                v *= m
-                v += g
-                p -= l * v
-        if net.norm:                        # running statistics of this batch, unbiased variance
-            n = xb.shape[-2]
-            for i in range(L):
-                mean, var = cache[0][i][3], cache[0][i][4]
-                net.running_mean[i] *= 1 - RUNNING_MOMENTUM
-                net.running_mean[i] += RUNNING_MOMENTUM * mean
-                net.running_var[i] *= 1 - RUNNING_MOMENTUM
-                net.running_var[i] += (RUNNING_MOMENTUM * n / (n - 1)) * var
-            for i in range(L):
-                traj_gamma[i].append(net.gamma[i].copy())
-                traj_beta[i].append(net.beta[i].copy())
-        if probe is not None:
-            probe_record()
-        if block and t < n_blocks * block:
-            for i in range(L):
-                sums_W[i] += net.W[i]
-                if net.norm:
-                    sums_g[i] += net.gamma[i]
-                    sums_b[i] += net.beta[i]
-            if (t + 1) % block == 0:
-                for i in range(L):
-                    block_W[i].append(sums_W[i] / block)
-                    sums_W[i][:] = 0
-                    if net.norm:
-                        block_g[i].append(sums_g[i] / block)
-                        block_b[i].append(sums_b[i] / block)
-                        sums_g[i][:] = 0
-                        sums_b[i][:] = 0
-        if eval_every and (t + 1) % eval_every == 0:
-            eval_steps.append(t + 1)
-            val_curve.append(accuracy(forward_eval(net, data.X_val, eval_arms), data.y_val))
-
-    stack = lambda xs: np.stack(xs) if xs else np.empty((0,))  # noqa: E731
-    return Record(
-        loss=losses,
-        diverged=diverged,
-        gamma=[stack(g) for g in traj_gamma],
-        beta=[stack(b) for b in traj_beta],
-        probe_mean=[stack(m) for m in p_mean],
-        probe_std=[stack(s) for s in p_std],
-        input_mean=[stack(m) for m in i_mean],
-        input_std=[stack(s) for s in i_std],
-        block_W=[stack(w) for w in block_W],
-        block_gamma=[stack(g) for g in block_g],
-        block_beta=[stack(b) for b in block_b],
-        init_W=init_W,
-        eval_steps=np.asarray(eval_steps, dtype=np.int64),
-        val_acc_curve=stack(val_curve),
-        val_acc=accuracy(forward_eval(net, data.X_val), data.y_val),
-        test_acc=accuracy(forward_eval(net, data.X_test), data.y_test),
-        net=net,
+        hooks.append(model.ProbeMoments(probe, train=True, initial=True))
+    if block:
+        hooks.append(BlockAverages([f"W{i}" for i in range(depth)] + bn, block))
+    result = model.train_stack(
+        np.random.default_rng(init_seed), config, data.X_train, data.y_train, arms, steps=plan.shape[-2],
+        plan=plan, params=init, record=hooks,
+        X_eval=data.X_val if eval_every else None, y_eval=data.y_val if eval_every else None, eval_every=eval_every,
     )
+    gamma, beta, moments, blocks = [], [], {}, {}
+    for hook in hooks:
+        if isinstance(hook, model.ParamTrajectory):
+            values = {n: _nan_after_divergence(v[:, :, 0], hook.steps, result) for n, v in hook.arrays().items()}
+            gamma = [values[f"gamma{i}"] for i in range(depth)]
+            beta = [values[f"beta{i}"] for i in range(depth)]
+        elif isinstance(hook, model.ProbeMoments):
+            moments = {n: (_nan_after_divergence(m, hook.steps, result), np.sqrt(_nan_after_divergence(v, hook.steps, result)))
+                       for n, (m, v) in hook.moments().items()}
+        elif isinstance(hook, BlockAverages):
+            arrays = hook.arrays()
+            ends = block * np.arange(1, len(next(iter(arrays.values()))) + 1)
+            blocks = {n: _nan_after_divergence(v if n.startswith("W") else v[:, :, 0], ends, result)
+                      for n, v in arrays.items()}
+    curve = np.nan_to_num(result.eval_accuracy, nan=0.0)
+    return Run(result, accuracy(result, data.X_val, data.y_val), accuracy(result, data.X_test, data.y_test),
+               gamma, beta, moments, blocks, init, curve)
+
+
+def shuffled_plan(order_seed: int, data, epochs: int, batch_size: int, order: str = "shuffled") -> np.ndarray:
+    """(T, B) batch indices: `epochs` epochs of `order` batches drawn from `order_seed`."""
+    n = len(data.y_train)
+    return model.batch_plan(np.random.default_rng(order_seed), n, batch_size, _steps(epochs, batch_size, n),
+                            order, data.y_train)
+
+
+def dead_fraction(result: model.StackResult, X: np.ndarray, layer: int) -> np.ndarray:
+    """(arms,) fraction of hidden layer `layer`'s units whose ReLU output is 0 for every example of X (eval mode)."""
+    record: dict = {}
+    with np.errstate(all="ignore"):
+        model.forward(result.params, result.state, X, result.config, False, record=record)
+    return (record[f"act{layer}"].max(axis=-2) <= 0).mean(axis=-1)
 
 
 # ----------------------------------------------------------------------------- measurements
@@ -554,21 +318,10 @@ def _steps(epochs: int, batch_size: int, n_train: int) -> int:
     return epochs * (n_train // batch_size)
 
 
-def _probe(seed: int, data: Digits, size: int) -> np.ndarray:
+def _probe(seed: int, data, size: int) -> np.ndarray:
     """A fixed probe set: `size` training examples drawn once per run, never changed."""
     pick = np.random.default_rng(seed).choice(len(data.y_train), size=size, replace=False)
     return data.X_train[np.sort(pick)]
-
-
-def best_arm(record: Record) -> int:
-    """Index of the arm with the best final validation accuracy (ties: lower late training loss).
-
-    Diverged arms are never chosen (unless every arm diverged: then arm 0).
-    """
-    late = record.loss[-max(record.loss.shape[0] // 20, 1):].mean(axis=0)
-    acc = np.where(record.diverged, -1.0, record.val_acc)
-    late = np.where(np.isfinite(late), late, np.inf)
-    return int(np.lexsort((late, -acc))[0])
 
 
 # ----------------------------------------------------------------------------- 1. probe drift
@@ -618,15 +371,13 @@ def probe_drift_experiment(rng: np.random.Generator, *, lr_common: float = 0.1, 
     data = load()
     init_seed, order_seed, probe_seed = _seeds(rng)
     steps = _steps(epochs, batch_size, len(data.y_train))
-    idx = batch_stream(np.random.default_rng(order_seed), len(data.y_train), batch_size, "shuffled",
-                       data.y_train, steps)
+    idx = shuffled_plan(order_seed, data, epochs, batch_size)
     probe = _probe(probe_seed, data, probe_size)
-    bn = train_stack(init_net(init_seed, 2, 2, width, True), data, idx, [lr_common, lr_bn_best], probe=probe)
-    plain = train_stack(init_net(init_seed, 2, 2, width, False), data, idx, [lr_common, lr_plain_best],
-                        probe=probe)
-    d_bn = [probe_drift(m, s) for m, s in zip(bn.probe_mean, bn.probe_std)]           # L x (T, 2)
-    d_plain = [probe_drift(m, s) for m, s in zip(plain.probe_mean, plain.probe_std)]
-    d_input = [probe_drift(m, s) for m, s in zip(bn.input_mean, bn.input_std)]
+    bn = train(init_seed, data, mlp(2, width, True), [lr_common, lr_bn_best], plan=idx, probe=probe)
+    plain = train(init_seed, data, mlp(2, width, False), [lr_common, lr_plain_best], plan=idx, probe=probe)
+    d_bn = [probe_drift(*bn.probe[f"norm{i}"]) for i in range(2)]           # L x (T, 2)
+    d_plain = [probe_drift(*plain.probe[f"pre{i}"]) for i in range(2)]
+    d_input = [probe_drift(*bn.probe[f"pre{i}"]) for i in range(2)]
     spe = len(data.y_train) // batch_size
     return {
         "drift_bn_l1": d_bn[0][:, 0].mean(), "drift_plain_l1": d_plain[0][:, 0].mean(),
@@ -650,7 +401,7 @@ def probe_drift_experiment(rng: np.random.Generator, *, lr_common: float = 0.1, 
 STEP_LRS = (0.001, 0.00316, 0.01, 0.0316, 0.1)
 
 
-def _gb_steps(record: Record) -> tuple[np.ndarray, np.ndarray]:
+def _gb_steps(record: Run) -> tuple[np.ndarray, np.ndarray]:
     """Mean per-step |d gamma| and |d beta| over steps, units and BN layers: (A,), (A,)."""
     dg = np.mean([np.abs(np.diff(g, axis=0)).mean(axis=(0, 2)) for g in record.gamma], axis=0)
     db = np.mean([np.abs(np.diff(b, axis=0)).mean(axis=(0, 2)) for b in record.beta], axis=0)
@@ -697,12 +448,10 @@ def step_vs_lr(rng: np.random.Generator, *, momentum: float = 0.9, epochs: int =
     """
     data = load()
     init_seed, order_seed, _ = _seeds(rng)
-    steps = _steps(epochs, batch_size, len(data.y_train))
-    idx = batch_stream(np.random.default_rng(order_seed), len(data.y_train), batch_size, "shuffled",
-                       data.y_train, steps)
+    idx = shuffled_plan(order_seed, data, epochs, batch_size)
     lrs = np.array(STEP_LRS * 2)
     mus = np.array([0.0] * len(STEP_LRS) + [momentum] * len(STEP_LRS))
-    rec = train_stack(init_net(init_seed, len(lrs), 2, width, True), data, idx, lrs, mus)
+    rec = train(init_seed, data, mlp(2, width, True), lrs, mus, plan=idx, trajectory=True)
     dg, db = _gb_steps(rec)
     dg = np.where(rec.diverged, np.nan, dg)
     db = np.where(rec.diverged, np.nan, db)
@@ -731,14 +480,14 @@ DIVERGED_FLUCT = 1000.0  # the fluctuation metric of a diverged arm (gamma ran o
 ORDERS = ("shuffled", "class-sorted")
 
 
-def _rel_steps(record: Record) -> tuple[np.ndarray, np.ndarray]:
+def _rel_steps(record: Run) -> tuple[np.ndarray, np.ndarray]:
     """Per-step |d gamma| and |d beta| relative to mean |gamma|, averaged over the BN layers: (A,), (A,)."""
     g = np.mean([relative_step(gam, gam) for gam in record.gamma], axis=0)
     b = np.mean([relative_step(bet, gam) for bet, gam in zip(record.beta, record.gamma)], axis=0)
     return g, b
 
 
-def _fluct(record: Record) -> np.ndarray:
+def _fluct(record: Run) -> np.ndarray:
     """Late-training detrended fluctuation of gamma and beta (last 25 %), mean over BN layers: (A,)."""
     return np.mean([late_fluctuation(g, b) for g, b in zip(record.gamma, record.beta)], axis=0)
 
@@ -792,11 +541,11 @@ def lr_order_grid(rng: np.random.Generator, *, epochs: int = 20, batch_size: int
     n = len(data.y_train)
     steps = _steps(epochs, batch_size, n)
     order_rngs = np.random.default_rng(order_seed).spawn(2)
-    streams = [batch_stream(r, n, batch_size, o, data.y_train, steps) for r, o in zip(order_rngs, ORDERS)]
+    streams = [model.batch_plan(r, n, batch_size, steps, o, data.y_train) for r, o in zip(order_rngs, ORDERS)]
     k = len(GRID_LRS)
-    idx = np.stack([streams[0]] * k + [streams[1]] * k, axis=1)          # (T, 2k, B)
+    idx = np.stack([streams[0]] * k + [streams[1]] * k)          # (2k, T, B)
     lrs = np.array(GRID_LRS * 2)
-    rec = train_stack(init_net(init_seed, 2 * k, 2, width, True), data, idx, lrs)
+    rec = train(init_seed, data, mlp(2, width, True), lrs, plan=idx, trajectory=True)
     g, b = _rel_steps(rec)
     fl = np.where(rec.diverged, np.nan, _fluct(rec))
     acc = np.where(rec.diverged, 0.0, rec.val_acc)
@@ -884,18 +633,18 @@ def settling(rng: np.random.Generator, *, epochs: int = 20, batch_size: int = 32
     """
     data = load()
     init_seed, order_seed, _ = _seeds(rng)
-    n = len(data.y_train)
-    steps = _steps(epochs, batch_size, n)
-    idx = batch_stream(np.random.default_rng(order_seed), n, batch_size, "shuffled", data.y_train, steps)
+    idx = shuffled_plan(order_seed, data, epochs, batch_size)
     lrs = np.array(SETTLE_LRS)
-    rec = train_stack(init_net(init_seed, len(lrs), 2, width, True), data, idx, lrs, block=block_steps)
-    L = len(rec.gamma)
-    s_gamma = np.mean([settle_fraction(rec.block_gamma[i], rec.gamma[i][0]) for i in range(L)], axis=0)
-    s_beta = np.mean([settle_fraction(rec.block_beta[i], rec.beta[i][0]) for i in range(L)], axis=0)
+    rec = train(init_seed, data, mlp(2, width, True), lrs, plan=idx, trajectory=True, block=block_steps)
+    L, a = len(rec.gamma), len(lrs)
+    blocks = rec.blocks
+    init = {name: np.broadcast_to(value, (a,) + value.shape) for name, value in rec.init.items()}
+    s_gamma = np.mean([settle_fraction(blocks[f"gamma{i}"], init[f"gamma{i}"]) for i in range(L)], axis=0)
+    s_beta = np.mean([settle_fraction(blocks[f"beta{i}"], init[f"beta{i}"]) for i in range(L)], axis=0)
     s_gb = 0.5 * (s_gamma + s_beta)
-    s_wdir = np.mean([settle_fraction(unit_directions(rec.block_W[i]), unit_directions(rec.init_W[i]))
+    s_wdir = np.mean([settle_fraction(unit_directions(blocks[f"W{i}"]), unit_directions(init[f"W{i}"]))
                       for i in range(L)], axis=0)
-    s_wraw = np.mean([settle_fraction(rec.block_W[i], rec.init_W[i]) for i in range(L)], axis=0)
+    s_wraw = np.mean([settle_fraction(blocks[f"W{i}"], init[f"W{i}"]) for i in range(L)], axis=0)
     fl = _fluct(rec)
     out: dict = {}
     for a, lr in enumerate(SETTLE_LRS):
@@ -913,11 +662,11 @@ def settling(rng: np.random.Generator, *, epochs: int = 20, batch_size: int = 32
         final = flat[-max(int(round(SETTLE_FINAL_FRACTION * flat.shape[0])), 3):].mean(axis=0)
         return np.linalg.norm(flat - final, axis=1) / np.linalg.norm(init[mid].ravel() - final)
 
-    dist_gb = np.mean([rel_dist(rec.block_gamma[i], rec.gamma[i][0]) for i in range(L)]
-                      + [rel_dist(rec.block_beta[i], rec.beta[i][0]) for i in range(L)], axis=0)
-    dist_w = np.mean([rel_dist(unit_directions(rec.block_W[i]), unit_directions(rec.init_W[i]))
+    dist_gb = np.mean([rel_dist(blocks[f"gamma{i}"], init[f"gamma{i}"]) for i in range(L)]
+                      + [rel_dist(blocks[f"beta{i}"], init[f"beta{i}"]) for i in range(L)], axis=0)
+    dist_w = np.mean([rel_dist(unit_directions(blocks[f"W{i}"]), unit_directions(init[f"W{i}"]))
                       for i in range(L)], axis=0)
-    k_blocks = rec.block_gamma[0].shape[0]
+    k_blocks = blocks["gamma0"].shape[0]
     out.update({
         "lr": lrs, "settle_gb": s_gb, "settle_gamma": s_gamma, "settle_beta": s_beta,
         "settle_wdir": s_wdir, "settle_wraw": s_wraw,
@@ -938,47 +687,39 @@ HALF_DECADE = 10 ** 0.5
 class LrChoice:
     """An lr grid trained as one stack, with the lr chosen on validation (edges extended)."""
 
-    grid: Record          # the stack over the fixed grid
+    grid: Run             # the stack over the fixed grid
     lrs: tuple            # the fixed grid
     best_lr: float
     best_val: float
     best_test: float
     at_edge: bool         # the best lr is still at an edge of the (extended) grid
+    tried: tuple          # every lr trained, ascending (the grid and its extensions)
 
 
-def _late_loss(record: Record) -> np.ndarray:
-    """(A,) mean training loss over the last 5 % of steps (inf where not finite)."""
-    late = record.loss[-max(record.loss.shape[0] // 20, 1):].mean(axis=0)
-    return np.where(np.isfinite(late), late, np.inf)
+def choose_lr(init_seed: int, data, plan: np.ndarray, config: model.MLPConfig, lrs: tuple,
+              eval_every: int | None = None, max_extend: int = 2) -> LrChoice:
+    """Train the grid `lrs` as one stack; pick the lr with `model.select_lr` on validation accuracy.
 
-
-def choose_lr(init_seed: int, data: Digits, idx: np.ndarray, depth: int, width: int, norm: bool,
-              lrs: tuple, eval_every: int = 0, eval_arms=None, max_extend: int = 2) -> LrChoice:
-    """Train the grid `lrs` as one stack; pick the lr with the best validation accuracy.
-
-    Ties go to the lower late training loss; diverged runs are never picked. If the best lr is
-    at an edge of the grid, one more lr half a decade beyond is trained (up to `max_extend`
-    times), so the choice is not an artefact of where the grid stops.
+    If the best lr is at an edge of the grid, one more lr half a decade beyond is trained (up to
+    `max_extend` times), so the choice is not an artefact of where the grid stops.
     """
-    grid = train_stack(init_net(init_seed, len(lrs), depth, width, norm), data, idx, np.array(lrs),
-                       eval_every=eval_every, eval_arms=eval_arms)
-    # one row per candidate lr: (lr, validation accuracy, late loss, test accuracy, diverged)
-    rows = [list(r) for r in zip(lrs, grid.val_acc, _late_loss(grid), grid.test_acc, grid.diverged)]
+    grid = train(init_seed, data, config, lrs, plan=plan, eval_every=eval_every)
+    # one row per candidate lr: (lr, validation accuracy, test accuracy, diverged)
+    rows = [list(r) for r in zip(lrs, grid.val_acc, grid.test_acc, grid.diverged)]
 
     def best_index() -> int:
-        return max(range(len(rows)), key=lambda i: (-1.0, -np.inf) if rows[i][4] else (rows[i][1], -rows[i][2]))
+        return model.select_lr([r[0] for r in rows], [r[1] for r in rows], [r[3] for r in rows])
 
     for _ in range(max_extend):
         best = best_index()
         if 0 < best < len(rows) - 1:
             break
         new = rows[0][0] / HALF_DECADE if best == 0 else rows[-1][0] * HALF_DECADE
-        extra = train_stack(init_net(init_seed, 1, depth, width, norm), data, idx, [new])
-        row = [new, extra.val_acc[0], _late_loss(extra)[0], extra.test_acc[0], extra.diverged[0]]
-        rows.insert(0 if best == 0 else len(rows), row)
+        extra = train(init_seed, data, config, [new], plan=plan)
+        rows.insert(0 if best == 0 else len(rows), [new, extra.val_acc[0], extra.test_acc[0], extra.diverged[0]])
     best = best_index()
-    return LrChoice(grid, tuple(lrs), float(rows[best][0]), float(rows[best][1]), float(rows[best][3]),
-                    best in (0, len(rows) - 1))
+    return LrChoice(grid, tuple(lrs), float(rows[best][0]), float(rows[best][1]), float(rows[best][2]),
+                    best in (0, len(rows) - 1), tuple(float(r[0]) for r in rows))
 
 
 @experiment(
@@ -1017,24 +758,23 @@ def need_shallow_deep(rng: np.random.Generator, *, shallow: int = 2, deep: int =
     """
     data = load()
     init_seed, order_seed, _ = _seeds(rng)
-    n = len(data.y_train)
-    steps = _steps(epochs, batch_size, n)
-    idx = batch_stream(np.random.default_rng(order_seed), n, batch_size, "shuffled", data.y_train, steps)
+    steps = _steps(epochs, batch_size, len(data.y_train))
+    idx = shuffled_plan(order_seed, data, epochs, batch_size)
     lrs = tuple(sorted(set(NEED_LRS) | {lr_common}))
     common = lrs.index(lr_common)
     out: dict = {"lr": np.array(lrs)}
     edges = 0
     for dname, depth in (("shallow", shallow), ("deep", deep)):
         for net in ("bn", "plain"):
-            choice = choose_lr(init_seed + depth, data, idx, depth, width, net == "bn", lrs, eval_every, [common])
+            choice = choose_lr(init_seed + depth, data, idx, mlp(depth, width, net == "bn"), lrs, eval_every)
             rec = choice.grid
-            curve = rec.val_acc_curve[:, 0]
+            curve = rec.curve[:, common]
             never = steps + eval_every
             out[f"test_acc_{net}_{dname}"] = choice.best_test
             out[f"best_lr_{net}_{dname}"] = choice.best_lr
             out[f"steps_{net}_{dname}"] = steps_to_target(curve[:, None], rec.eval_steps, target, never)[0]
             out[f"curve_{net}_{dname}"] = curve
-            out[f"val_{net}_{dname}"] = np.where(rec.diverged, 0.0, rec.val_acc)
+            out[f"val_{net}_{dname}"] = rec.val_acc
             out["eval_step"] = rec.eval_steps.astype(float)
             edges += choice.at_edge
     out["n_at_edge"] = float(edges)
@@ -1047,7 +787,7 @@ STABILITY_LRS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
 TRAINS_ACC = 0.5   # "trains": finite loss throughout and final validation accuracy >= 0.5 (chance is 0.1)
 
 
-def _max_trained_lr(rec: Record, lrs: tuple) -> float:
+def _max_trained_lr(rec: Run, lrs: tuple) -> float:
     """Largest lr of the grid at which the arm trains; half a decade below the grid if none does."""
     ok = ~rec.diverged & (rec.val_acc >= TRAINS_ACC)
     return float(max((lr for lr, good in zip(lrs, ok) if good), default=lrs[0] / HALF_DECADE))
@@ -1102,22 +842,19 @@ def lr_stability(rng: np.random.Generator, *, depth: int = 4, width: int = 64, l
     """
     data = load()
     init_seed, order_seed, _ = _seeds(rng)
-    n = len(data.y_train)
-    steps = _steps(epochs, batch_size, n)
-    idx = batch_stream(np.random.default_rng(order_seed), n, batch_size, "shuffled", data.y_train, steps)
+    steps = _steps(epochs, batch_size, len(data.y_train))
+    idx = shuffled_plan(order_seed, data, epochs, batch_size)
     lrs = tuple(sorted(set(STABILITY_LRS) | {lr_high, lr_moderate}))
-    bn = train_stack(init_net(init_seed, len(lrs), depth, width, True), data, idx, np.array(lrs),
-                     eval_every=eval_every)
-    plain = train_stack(init_net(init_seed, len(lrs), depth, width, False), data, idx, np.array(lrs),
-                        eval_every=eval_every)
+    bn = train(init_seed, data, mlp(depth, width, True), lrs, plan=idx, eval_every=eval_every)
+    plain = train(init_seed, data, mlp(depth, width, False), lrs, plan=idx, eval_every=eval_every)
     never = steps + eval_every
     hi, mod = lrs.index(lr_high), lrs.index(lr_moderate)
-    best_bn, best_plain = best_arm(bn), best_arm(plain)
-    steps_bn = steps_to_target(bn.val_acc_curve, bn.eval_steps, target, never)
-    steps_plain = steps_to_target(plain.val_acc_curve, plain.eval_steps, target, never)
+    best_bn = model.select_lr(lrs, bn.val_acc, bn.diverged)
+    best_plain = model.select_lr(lrs, plain.val_acc, plain.diverged)
+    steps_bn = steps_to_target(bn.curve, bn.eval_steps, target, never)
+    steps_plain = steps_to_target(plain.curve, plain.eval_steps, target, never)
     stuck = lambda r: (~r.diverged & (r.val_acc < TRAINS_ACC)).astype(float)  # noqa: E731
-    with np.errstate(all="ignore"):
-        dead = np.where(bn.diverged, 1.0, dead_fraction(bn.net, data.X_val, depth - 1))
+    dead = np.where(bn.diverged, 1.0, dead_fraction(bn.result, data.X_val, depth - 1))
     return {
         "max_lr_bn": _max_trained_lr(bn, lrs), "max_lr_plain": _max_trained_lr(plain, lrs),
         "best_lr_bn": lrs[best_bn], "best_lr_plain": lrs[best_plain],
@@ -1129,14 +866,13 @@ def lr_stability(rng: np.random.Generator, *, depth: int = 4, width: int = 64, l
         "n_stuck_bn": stuck(bn).sum(), "n_stuck_plain": stuck(plain).sum(),
         "dead_last_bn_high": dead[hi], "dead_last_bn_best": dead[best_bn],
         "lr": np.array(lrs),
-        "val_acc_bn": np.where(bn.diverged, 0.0, bn.val_acc),
-        "val_acc_plain": np.where(plain.diverged, 0.0, plain.val_acc),
+        "val_acc_bn": bn.val_acc, "val_acc_plain": plain.val_acc,
         "diverged_bn": bn.diverged.astype(float), "diverged_plain": plain.diverged.astype(float),
         "stuck_bn": stuck(bn), "stuck_plain": stuck(plain),
         "eval_step": bn.eval_steps.astype(float),
-        "curve_bn_high": np.where(bn.diverged[hi], np.nan, bn.val_acc_curve[:, hi]),
-        "curve_bn_moderate": bn.val_acc_curve[:, mod],
-        "curve_plain_best": plain.val_acc_curve[:, best_plain],
+        "curve_bn_high": np.where(bn.diverged[hi], np.nan, bn.curve[:, hi]),
+        "curve_bn_moderate": bn.curve[:, mod],
+        "curve_plain_best": plain.curve[:, best_plain],
     }
 
 
@@ -1147,45 +883,59 @@ IDENTITY_SCALE = np.log(1.2)   # |log(gamma / sigma)| below this ...
 IDENTITY_SHIFT = 0.2           # ... and |beta - mu| / sigma below this: the unit undoes its normalization
 
 
-def population_moments(net: Net, X: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Mean and std, per arm and unit, of every BN layer's input over all of X (one batch): L x (A, D)."""
-    _, (caches, _), _ = forward_train(net, X)
-    return [c[3] for c in caches], [np.sqrt(c[4]) for c in caches]
+def _gb(params: model.Params, name: str) -> np.ndarray:
+    """A per-feature parameter as (arms, D) from the stack layout (arms, 1, D), or (D,) for one network."""
+    value = params[name]
+    return value[:, 0] if value.ndim == 3 else value
 
 
-def forward_population(net: Net, X_stats: np.ndarray, X: np.ndarray) -> np.ndarray:
-    """Logits (A, N, 10) of X with each BN layer normalizing by the population statistics of X_stats."""
-    means, stds = population_moments(net, X_stats)
-    h = X
-    for i in range(net.depth):
-        z = h @ net.W[i]
-        scale = net.gamma[i] / np.sqrt(stds[i] ** 2 + EPS)
-        h = np.maximum((z - means[i][:, None, :]) * scale[:, None, :] + net.beta[i][:, None, :], 0)
-    return h @ net.W[-1] + net.b[-1][:, None, :]
+def population_moments(params: model.Params, config: model.MLPConfig, X: np.ndarray):
+    """Mean and std, per arm and unit, of every BN layer's input over all of X (one batch): L x (arms, D).
+
+    (In training mode on all of X each BN layer normalizes by X's own statistics, so layer i's input
+    is what it is when every earlier layer uses the population statistics of X.)
+    """
+    record: dict = {}
+    stack = params["W0"].shape[:-2]
+    state = model.init_stack_state(config, stack[0]) if stack else model.init_state(config)
+    with np.errstate(all="ignore"):
+        model.forward(params, state, X, config, True, record=record)
+    pre = [record[f"pre{i}"].astype(np.float64) for i in range(config.n_layers - 1)]
+    return [p.mean(axis=-2) for p in pre], [p.std(axis=-2) for p in pre]
 
 
-def forward_bn_removed(net: Net, X: np.ndarray) -> np.ndarray:
-    """Logits of the same weights with every BN layer replaced by the identity (no bias: BN layers have none)."""
-    h = X
-    for i in range(net.depth):
-        h = np.maximum(h @ net.W[i], 0)
-    return h @ net.W[-1] + net.b[-1][:, None, :]
+def forward_population(params: model.Params, config: model.MLPConfig, X_stats: np.ndarray, X: np.ndarray):
+    """Logits (arms, N, 10) of X in eval mode with each BN layer's running statistics replaced by the
+    population statistics (biased variance) of its input over X_stats."""
+    means, stds = population_moments(params, config, X_stats)
+    state = {}
+    for i, (m, s) in enumerate(zip(means, stds)):
+        state[f"running_mean{i}"], state[f"running_var{i}"] = m[..., None, :], (s * s)[..., None, :]
+    with np.errstate(all="ignore"):
+        return model.forward(params, state, X, config, False)[0]
 
 
-def identity_mismatch(net: Net, X: np.ndarray):
+def forward_bn_removed(params: model.Params, config: model.MLPConfig, X: np.ndarray) -> np.ndarray:
+    """Logits of the same weights with every BN layer replaced by the identity."""
+    plain = {name: value for name, value in params.items() if not name.startswith(("gamma", "beta"))}
+    with np.errstate(all="ignore"):
+        return model.forward(plain, {}, X, replace(config, norm="none"), False)[0]
+
+
+def identity_mismatch(params: model.Params, config: model.MLPConfig, X: np.ndarray):
     """Per unit, how far each BN layer is from undoing its normalization (gamma = sigma, beta = mu).
 
-    Returns (scale, shift), each (A, L * D): |log(gamma / sigma)| (inf where gamma <= 0) and
-    |beta - mu| / sigma, with mu, sigma the layer input's mean and std over X.
+    Returns (scale, shift), each (arms, L * D) (or (L * D,) for one network): |log(gamma / sigma)|
+    (inf where gamma <= 0) and |beta - mu| / sigma, with mu, sigma the layer input's mean and std over X.
     """
-    means, stds = population_moments(net, X)
+    means, stds = population_moments(params, config, X)
     scale, shift = [], []
-    for i in range(net.depth):
-        g = net.gamma[i].astype(np.float64)
+    for i in range(len(means)):
+        g, b = _gb(params, f"gamma{i}").astype(np.float64), _gb(params, f"beta{i}")
         with np.errstate(divide="ignore", invalid="ignore"):
             scale.append(np.where(g > 0, np.abs(np.log(g / stds[i])), np.inf))
-        shift.append(np.abs(net.beta[i] - means[i]) / stds[i])
-    return np.concatenate(scale, axis=1), np.concatenate(shift, axis=1)
+        shift.append(np.abs(b - means[i]) / stds[i])
+    return np.concatenate(scale, axis=-1), np.concatenate(shift, axis=-1)
 
 
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
@@ -1231,32 +981,30 @@ def cancel_check(rng: np.random.Generator, *, width: int = 64, epochs: int = 20,
     """
     data = load()
     init_seed, order_seed, _ = _seeds(rng)
-    n = len(data.y_train)
-    steps = _steps(epochs, batch_size, n)
-    idx = batch_stream(np.random.default_rng(order_seed), n, batch_size, "shuffled", data.y_train, steps)
-    net = init_net(init_seed, len(CANCEL_LRS), 2, width, True)
-    scale0, shift0 = identity_mismatch(net, data.X_train)
-    train_stack(net, data, idx, np.array(CANCEL_LRS))
-    scale1, shift1 = identity_mismatch(net, data.X_train)
-    with np.errstate(all="ignore"):
-        logits_bn = forward_population(net, data.X_train, data.X_test)
-        logits_removed = forward_bn_removed(net, data.X_test)
-    acc_bn = accuracy(logits_bn, data.y_test)
-    acc_removed = accuracy(logits_removed, data.y_test)
+    idx = shuffled_plan(order_seed, data, epochs, batch_size)
+    config = mlp(2, width, True)
+    run = train(init_seed, data, config, CANCEL_LRS, plan=idx)
+    params = run.result.params
+    scale0, shift0 = identity_mismatch(run.init, config, data.X_train)
+    scale1, shift1 = identity_mismatch(params, config, data.X_train)
+    logits_bn = forward_population(params, config, data.X_train, data.X_test)
+    logits_removed = forward_bn_removed(params, config, data.X_test)
+    acc_bn = model.logits_accuracy(logits_bn, data.y_test)
+    acc_removed = model.logits_accuracy(logits_removed, data.y_test)
     agree = (logits_bn.argmax(axis=2) == logits_removed.argmax(axis=2)).mean(axis=1)
-    identity = lambda sc, sh: ((sc < IDENTITY_SCALE) & (sh < IDENTITY_SHIFT)).mean(axis=1)  # noqa: E731
+    identity = lambda sc, sh: ((sc < IDENTITY_SCALE) & (sh < IDENTITY_SHIFT)).mean(axis=-1)  # noqa: E731
     frac0, frac1 = identity(scale0, shift0), identity(scale1, shift1)
-    mis0, mis1 = np.median(scale0 + shift0, axis=1), np.median(scale1 + shift1, axis=1)
+    mis0, mis1 = np.median(scale0 + shift0, axis=-1), np.median(scale1 + shift1, axis=-1)
     mid = CANCEL_LRS.index(0.1)
-    means0, stds0 = population_moments(init_net(init_seed, 1, 2, width, True), data.X_train)
-    means1, stds1 = population_moments(net, data.X_train)
-    g1 = np.concatenate([g[mid] for g in net.gamma])
-    b1 = np.concatenate([b[mid] for b in net.beta])
+    means0, stds0 = population_moments(run.init, config, data.X_train)
+    means1, stds1 = population_moments(params, config, data.X_train)
+    g1 = np.concatenate([_gb(params, f"gamma{i}")[mid] for i in range(2)])
+    b1 = np.concatenate([_gb(params, f"beta{i}")[mid] for i in range(2)])
     s1, m1 = np.concatenate([s[mid] for s in stds1]), np.concatenate([m[mid] for m in means1])
-    s0, m0 = np.concatenate([s[0] for s in stds0]), np.concatenate([m[0] for m in means0])
+    s0, m0 = np.concatenate(stds0), np.concatenate(means0)
     with np.errstate(divide="ignore", invalid="ignore"):
         log_ratio_end = np.log(np.abs(g1) / s1)
-    out: dict = {"frac_identity_init": frac0[0], "mismatch_init": mis0[0]}
+    out: dict = {"frac_identity_init": frac0, "mismatch_init": mis0}
     for a, lr in enumerate(CANCEL_LRS):
         tag = lr_name(lr)
         out[f"frac_identity_{tag}"] = frac1[a]
