@@ -286,10 +286,9 @@ def thread_html(text: str, quotes: list[QuoteMark]) -> Markup:
         return "</span>" if m.kind == "untested" else "</mark>"
 
     def badge(m: QuoteMark) -> str:
-        if m.kind == "untested":  # a text label, so the difference does not rest on colour
-            return (f'<span class="badge untested-label" title="{escape(m.title)}">untested</span>'
-                    f'<span class="side untested-note"><span class="side-verdict">Testable, not tested yet:</span> '
-                    f'{escape(m.title.split(": ", 1)[-1])}</span>')
+        if m.kind == "untested":  # a text label, so the difference does not rest on colour; the note is listed on top
+            return f'<span class="badge untested-label" title="{escape(m.title)}">untested</span>'
+
         # the badge sits right after the passage; the note beside it goes to the margin on wide screens
         summary = f'<span class="side-summary">{escape(m.summary)}</span>' if m.summary else ""
         return (f'<a class="badge v-{m.verdict}" href="{escape(m.href)}" title="{escape(m.title)}">'
