@@ -175,12 +175,12 @@ def env_experiments() -> tuple[str, ...] | None:
     return tuple(dict.fromkeys(names)) or None
 
 
-def experiment_modules(cli, project: ProjectConfig, ini=()) -> tuple[tuple[str, ...], str]:
+def experiment_modules(cli, project: ProjectConfig, ini=None) -> tuple[tuple[str, ...], str]:
     """The experiments modules and where they came from: the first source that names any, in the order
     command line > ``$BNCLAIMS_EXPERIMENTS`` > ``[tool.bnclaims] experiments`` > the ini key ``bnclaims_experiments``.
 
-    ``ini`` is the plugin's ``config.getini`` value; the CLI passes nothing and the ini key is read from the
-    pyproject.toml. An empty ``experiments = []`` in the table counts as set (it silences the ini key)."""
+    ``ini`` is the plugin's ``config.getini`` value (pytest's own configuration file decides); the CLI passes
+    None and the ini key is read from the pyproject.toml's ``[tool.pytest.ini_options]``. An empty ``experiments = []`` in the table counts as set (it silences the ini key)."""
     cli = tuple(dict.fromkeys(m.strip() for m in cli or () if m.strip()))
     if cli:
         return cli, "command line"
@@ -189,7 +189,7 @@ def experiment_modules(cli, project: ProjectConfig, ini=()) -> tuple[tuple[str, 
         return env, f"${ENV_EXPERIMENTS}"
     if project.experiments is not None:
         return project.experiments, project.where("experiments")
-    ini = tuple(dict.fromkeys(m.strip() for m in (ini or project.ini_experiments) if m.strip()))
+    ini = tuple(dict.fromkeys(m.strip() for m in (project.ini_experiments if ini is None else ini) if m.strip()))
     return ini, INI_EXPERIMENTS if ini else "none"
 
 
