@@ -32,9 +32,9 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
-from typing import Callable, Literal
+from typing import Callable, Literal, NamedTuple
 
 import numpy as np
 
@@ -67,6 +67,12 @@ class MLPConfig:
         grad_through_stats, noise_mean_shift, noise_scale_spread: options of the
         ghost / group / renorm / running / noisy variants (see `bnclaims.nn`).
     dtype: "float32" (fast) or "float64" (gradient checks).
+    reference_rows: with norm="batch" and M > 0, training-mode batch norm takes its statistics
+        from the first M rows of x only (a reference set forwarded with the batch) and normalizes
+        every row with them, gradients flowing through them (`reference_batchnorm_forward`);
+        ``train_stack(X_reference=...)`` prepends the M reference rows to every batch and puts the
+        loss on the batch rows only. With the whole training set as reference this is batch norm
+        without sampling noise that is still a correct optimizer of the mini-batch loss.
     """
 
     sizes: tuple[int, ...] = (64, 128, 128, 10)
@@ -86,9 +92,13 @@ class MLPConfig:
     noise_mean_shift: float = 0.5
     noise_scale_spread: float = 1.25
     dtype: Literal["float32", "float64"] = "float32"
+    reference_rows: int = 0
 
     def __post_init__(self):
         object.__setattr__(self, "sizes", tuple(int(s) for s in self.sizes))
+        if self.reference_rows < 0 or (self.reference_rows and self.norm != "batch"):
+            raise ValueError(f"MLPConfig.reference_rows must be 0, or > 0 with norm='batch'; "
+                             f"got {self.reference_rows} with norm={self.norm!r}")
         for name, value, allowed in (
             ("activation", self.activation, ACTIVATIONS),
             ("norm", self.norm, NORMS),
@@ -205,7 +215,11 @@ def _norm(h, i, params, state, new_state, config, train, rng, tape):
         tape.append((nn.batchnorm_eval_backward, cache, names))
         return out
     n = h.shape[-2]
-    if kind == "batch":
+    if kind == "batch" and config.reference_rows:
+        out, cache = reference_batchnorm_forward(h, gamma, beta, config.reference_rows, eps)
+        backward = reference_batchnorm_backward
+        n = config.reference_rows
+    elif kind == "batch":
         out, cache = nn.batchnorm_forward(h, gamma, beta, eps)
         backward = nn.batchnorm_backward
     elif kind == "ghost":
@@ -234,6 +248,52 @@ def _norm(h, i, params, state, new_state, config, train, rng, tape):
         running_mean, running_var, batch_mean, batch_var, n, config.momentum
     )
     return out
+
+
+class ReferenceBatchNormCache(NamedTuple):
+    xhat: np.ndarray              # (..., N, D) every row normalized with the reference statistics
+    inv_std: np.ndarray           # (D,) or (..., 1, D)
+    gamma: np.ndarray | None
+    rows: int                     # M: the first M rows gave the statistics
+    batch_mean: np.ndarray        # (D,) or (..., 1, D): the reference rows' mean
+    batch_var: np.ndarray         # their biased variance
+
+
+def reference_batchnorm_forward(x, gamma, beta, rows: int, eps: float = 1e-5):
+    """Batch norm whose statistics are those of the first ``rows`` rows of x, applied to every row.
+
+    out = gamma * (x - mean_M) / sqrt(var_M + eps) + beta, (mean_M, var_M) the mean and biased
+    variance of x[..., :rows, :]; gradients flow through them into those rows. x: (N, D) or a
+    stack (..., N, D); gamma, beta as in `nn.batchnorm_forward` (or both None). With rows = N it
+    is `nn.batchnorm_forward`.
+    """
+    x = np.asarray(x)
+    if not 2 <= rows <= x.shape[-2]:
+        raise ValueError(f"reference batch norm needs 2 <= rows <= N = {x.shape[-2]}; got rows={rows}")
+    mean = x[..., :rows, :].mean(axis=-2, keepdims=True)
+    xhat = x - mean
+    var = np.square(xhat[..., :rows, :]).mean(axis=-2, keepdims=True)
+    inv_std = 1.0 / np.sqrt(var + eps)
+    xhat *= inv_std
+    out = xhat if gamma is None else xhat * gamma + beta
+    squeeze = (lambda v: v[0]) if x.ndim == 2 else (lambda v: v)  # noqa: E731  statistics shape
+    return out, ReferenceBatchNormCache(xhat, squeeze(inv_std), gamma, rows, squeeze(mean), squeeze(var))
+
+
+def reference_batchnorm_backward(dout, cache: ReferenceBatchNormCache):
+    """dout (..., N, D) -> dx, dgamma, dbeta (None when affine off) of `reference_batchnorm_forward`."""
+    xhat, inv_std, gamma, m, _, _ = cache
+    dout = np.asarray(dout, dtype=xhat.dtype)
+    sum_dout = dout.sum(axis=-2)
+    sum_dout_xhat = np.multiply(dout, xhat).sum(axis=-2)
+    if xhat.ndim > 2:                                 # statistics shape (..., 1, D)
+        sum_dout, sum_dout_xhat = sum_dout[..., None, :], sum_dout_xhat[..., None, :]
+    scale = inv_std if gamma is None else gamma * inv_std
+    dx = dout * scale                                 # every row through its own x_hat
+    dx[..., :m, :] -= (sum_dout + xhat[..., :m, :] * sum_dout_xhat) * (scale / m)   # through mean_M, var_M
+    if gamma is None:
+        return dx, None, None
+    return dx, nn._grad_like(sum_dout_xhat, gamma), nn._grad_like(sum_dout, gamma)   # a shared (D,) gamma: summed
 
 
 def _covariate_noise(rng, h: np.ndarray, config: MLPConfig):
@@ -358,6 +418,33 @@ def evaluate(
 def accuracy(params: Params, state: State, X: np.ndarray, y: np.ndarray, config: MLPConfig, train: bool = False) -> float:
     """Fraction of (X, y) classified correctly; eval mode unless ``train``."""
     return float(np.mean(predict(params, state, X, config, train) == np.asarray(y)))
+
+
+def population_state(params: Params, X: np.ndarray, config: MLPConfig) -> State:
+    """Running statistics set to the population statistics of X ("precise batch norm").
+
+    Per hidden layer, the mean and biased variance over all rows of X of the norm's input, layer
+    by layer in training mode with plain batch statistics of X (each layer normalized with them):
+    eval mode (`forward` with ``train=False``) with this state computes what training-mode batch
+    norm computes on the whole of X. Stacked params give stacked state ``(K, 1, width)``. Empty
+    for norms without running statistics.
+    """
+    if config.norm not in RUNNING_NORMS:
+        return {}
+    stats_config = replace(config, norm="batch", reference_rows=0)
+    stack = params["W0"].ndim == 3
+    start = init_stack_state(stats_config, len(params["W0"])) if stack else init_state(stats_config)
+    record: dict[str, np.ndarray] = {}
+    forward(params, start, X, stats_config, True, record=record)
+    state: State = {}
+    for i in range(len(config.hidden_sizes)):
+        pre = record[f"pre{i}"].astype(np.float64)
+        mean = pre.mean(axis=-2, keepdims=True)
+        var = np.square(pre - mean).mean(axis=-2, keepdims=True)
+        if not stack:
+            mean, var = mean[0], var[0]
+        state[f"running_mean{i}"], state[f"running_var{i}"] = mean.astype(config.np_dtype), var.astype(config.np_dtype)
+    return state
 
 
 def activations(
@@ -900,6 +987,7 @@ def train_stack(
     state: State | None = None,
     max_loss: float = math.inf,
     plan: np.ndarray | None = None,
+    X_reference: np.ndarray | None = None,
 ) -> StackResult:
     """Train K MLPs of one architecture at once, as one stacked computation -- the one training loop.
 
@@ -919,6 +1007,10 @@ def train_stack(
     `ParamTrajectory`, `ProbeMoments`, `GradientNorms`), called after every step; one returning
     True stops training. Eval-mode loss and accuracy on (X_eval, y_eval) every ``eval_every``
     steps, at 0 and at the end.
+
+    ``X_reference`` (M, D), with ``config.reference_rows = M``: prepended to every training batch
+    (the norm takes its statistics from these rows); the loss, and ``info.logits``, cover the batch
+    rows only (``info.activations`` hold the M reference rows first).
     """
     if (steps is None) == (epochs is None):
         raise ValueError("give exactly one of steps and epochs")
@@ -951,6 +1043,11 @@ def train_stack(
     else:
         state = {name: np.array(value, dtype=dtype) for name, value in state.items()}
     optimizer = StackOptimizer(list(arms), dtype)
+    m_ref = config.reference_rows
+    if (X_reference is None) != (m_ref == 0) or (X_reference is not None and len(X_reference) != m_ref):
+        raise ValueError(f"X_reference must have config.reference_rows = {m_ref} rows (and is needed exactly then)")
+    if X_reference is not None:
+        X_reference = np.asarray(X_reference, dtype=dtype)
     # one arm runs through the (N, D) layout (views of the stacked arrays): the same numbers, less overhead
     single = k_arms == 1
     run_params = arm_params(params, 0) if single else params
@@ -1015,8 +1112,17 @@ def train_stack(
                 index = np.stack([plan[step] for plan in plans])[arm_plan]   # (K, B)
             xb, yb = X[index], y[index]
             acts = {} if hooks else None
-            logits, tape, new_state = forward(run_params, run_state, xb, config, True, noise_rngs, acts)
-            loss, dlogits = nn.softmax_cross_entropy(logits, yb)
+            if m_ref:   # the reference rows first: they give the statistics, the loss is on the batch rows
+                reference = X_reference if xb.ndim == 2 else np.broadcast_to(X_reference, xb.shape[:-2] + X_reference.shape)
+                all_logits, tape, new_state = forward(run_params, run_state, np.concatenate([reference, xb], axis=-2),
+                                                      config, True, noise_rngs, acts)
+                logits = all_logits[..., m_ref:, :]
+                loss, batch_dlogits = nn.softmax_cross_entropy(logits, yb)
+                dlogits = np.zeros_like(all_logits)
+                dlogits[..., m_ref:, :] = batch_dlogits
+            else:
+                logits, tape, new_state = forward(run_params, run_state, xb, config, True, noise_rngs, acts)
+                loss, dlogits = nn.softmax_cross_entropy(logits, yb)
             ran = step + 1
             if single:  # python floats: the per-step bookkeeping of one arm costs nothing
                 losses[0, step] = loss

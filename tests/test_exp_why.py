@@ -1,136 +1,77 @@
-"""Tests of bnclaims.experiments.why: the batched MLP core against bnclaims.nn and numerical
-gradients, the exact identities the claims rely on, and every experiment at tiny sizes."""
+"""Tests of bnclaims.experiments.why: the measurements (exact identities, ICS, drift, coupling), the
+pairing of the arms, and every experiment at tiny sizes. The network and its training loop are
+`bnclaims.model`'s (tested in test_model.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from bnclaims import experiments, nn
+from bnclaims import experiments, model
 from bnclaims.experiments import why
 
 
-def _tiny(rng, sizes=(5, 6, 4, 3), arms=2, norm=True):
-    params = why._to64(why.init_params(rng, list(sizes), arms, norm=norm))
-    for key in ("gamma", "beta", "b"):   # non-trivial affine parameters and biases
-        if params[key] is not None:
-            params[key] = [None if p is None else p + 0.3 * rng.standard_normal(p.shape) for p in params[key]]
+def _tiny(rng, config: model.MLPConfig, arms=2):
+    """Stacked float64 parameters with non-trivial biases, gamma and beta."""
+    params = model.init_stack([rng] * arms, config)
+    for name in params:
+        if not name.startswith("W"):
+            params[name] = params[name] + 0.3 * rng.standard_normal(params[name].shape)
     return params
 
 
-# ----------------------------------------------------------------------------- core vs bnclaims.nn
-
-@pytest.mark.parametrize("group", [None, 2, 4])
-def test_batched_norm_matches_nn_per_arm(group):
-    rng = np.random.default_rng(0)
-    z = rng.standard_normal((3, 8, 5))
-    gamma, beta = rng.standard_normal((3, 1, 5)), rng.standard_normal((3, 1, 5))
-    dout = rng.standard_normal(z.shape)
-    out, cache = why._norm_forward(z, gamma, beta, why.Stats(group=group), 0)
-    dz, dgamma, dbeta = why._norm_backward(dout, gamma, cache)
-    for a in range(3):
-        if group is None:
-            ref, ref_cache = nn.batchnorm_forward(z[a], gamma[a, 0], beta[a, 0])
-            ref_dz, ref_dgamma, ref_dbeta = nn.batchnorm_backward(dout[a], ref_cache)
-        else:
-            ref, ref_cache = nn.ghost_batchnorm_forward(z[a], gamma[a, 0], beta[a, 0], group)
-            ref_dz, ref_dgamma, ref_dbeta = nn.ghost_batchnorm_backward(dout[a], ref_cache)
-        np.testing.assert_allclose(out[a], ref, rtol=1e-12, atol=1e-12)
-        np.testing.assert_allclose(dz[a], ref_dz, rtol=1e-10, atol=1e-12)
-        np.testing.assert_allclose(dgamma[a, 0], ref_dgamma, rtol=1e-10, atol=1e-12)
-        np.testing.assert_allclose(dbeta[a, 0], ref_dbeta, rtol=1e-10, atol=1e-12)
-
-
-def test_rows_statistics_over_all_rows_equal_batch_norm():
-    rng = np.random.default_rng(1)
-    z = rng.standard_normal((2, 7, 4))
-    gamma, beta = rng.standard_normal((2, 1, 4)), rng.standard_normal((2, 1, 4))
-    dout = rng.standard_normal(z.shape)
-    out_b, cache_b = why._norm_forward(z, gamma, beta, why.BATCH, 0)
-    out_r, cache_r = why._norm_forward(z, gamma, beta, why.Stats("rows", rows=7), 0)
-    np.testing.assert_allclose(out_r, out_b, rtol=1e-13, atol=1e-13)
-    for got, ref in zip(why._norm_backward(dout, gamma, cache_r), why._norm_backward(dout, gamma, cache_b)):
-        np.testing.assert_allclose(got, ref, rtol=1e-11, atol=1e-12)
-
-
-# ----------------------------------------------------------------------------- numerical gradients
-
-def _numerical_check(params, x, y, stats, weights=None):
-    """Largest normwise relative error ||numeric - analytic|| / (||numeric|| + ||analytic||) over the
-    parameter arrays (central differences, float64)."""
-    logits, cache = why.forward(params, x, stats)
-    grads = why.backward(params, why.cross_entropy(logits, y, weights)[1], cache)
-    worst = 0.0
-    for key in ("W", "b", "gamma", "beta"):
-        if params[key] is None:
-            continue
-        for p, g in zip(params[key], grads[key]):
-            if p is None:
-                continue
-            flat = p.reshape(-1)
-            numeric = np.zeros_like(flat)
-            for i in range(flat.size):
-                old = flat[i]
-                flat[i] = old + 1e-6
-                up = why.cross_entropy(why.forward(params, x, stats)[0], y, weights)[0].sum()
-                flat[i] = old - 1e-6
-                down = why.cross_entropy(why.forward(params, x, stats)[0], y, weights)[0].sum()
-                flat[i] = old
-                numeric[i] = (up - down) / 2e-6
-            analytic = g.reshape(-1)
-            worst = max(worst, np.linalg.norm(numeric - analytic) / (np.linalg.norm(numeric) + np.linalg.norm(analytic)))
-    return worst
-
-
-@pytest.mark.parametrize("stats", [why.BATCH, why.Stats(group=4), why.Stats("rows", rows=5)])
-def test_backward_matches_numerical_gradient_bn(stats):
-    rng = np.random.default_rng(2)
-    params = _tiny(rng)
-    x, y = rng.standard_normal((8, 5)), rng.integers(0, 3, 8)
-    weights = np.r_[np.zeros(3), np.full(5, 0.2)] if stats.kind == "rows" else None
-    assert _numerical_check(params, x, y, stats, weights) < 1e-7
-
-
-def test_backward_matches_numerical_gradient_plain_and_fixed():
-    rng = np.random.default_rng(3)
-    x, y = rng.standard_normal((6, 5)), rng.integers(0, 3, 6)
-    assert _numerical_check(_tiny(rng, norm=False), x, y, why.BATCH) < 1e-7
-    bn = _tiny(rng)
-    fixed = why.Stats("fixed", fixed=why.population_stats(bn, rng.standard_normal((9, 5))))
-    assert _numerical_check(bn, x, y, fixed) < 1e-7
+def _config(norm="batch", sizes=(5, 6, 4, 3), **options):
+    return model.MLPConfig(sizes=sizes, norm=norm, dtype="float64", **options)
 
 
 # ----------------------------------------------------------------------------- exact identities
 
 def test_matching_bn_params_compute_the_plain_function_exactly():
     rng = np.random.default_rng(4)
-    plain = _tiny(rng, norm=False)
+    plain_cfg = _config("none")
+    plain = _tiny(rng, plain_cfg)
     stats_x, x = rng.standard_normal((16, 5)), rng.standard_normal((10, 5))
-    bn = why.matching_bn_params(plain, stats_x)
-    got = why.forward(bn, np.concatenate([stats_x, x]), why.Stats("rows", rows=16))[0][:, 16:]
-    ref = why.forward(plain, x)[0]
+    bn = why.matching_bn_params(plain, stats_x, plain_cfg)
+    fixed = _config(reference_rows=16)
+    got = model.forward(bn, model.init_stack_state(fixed, 2), np.concatenate([stats_x, x]), fixed)[0][:, 16:]
+    ref = model.forward(plain, {}, x, plain_cfg)[0]
     assert np.abs(got - ref).max() <= 1e3 * np.finfo(np.float64).eps * np.abs(ref).max()
 
 
 def test_bn_is_invariant_to_rescaling_the_first_layer_and_plain_is_not():
     rng = np.random.default_rng(5)
-    bn = _tiny(rng, sizes=(5, 6, 6, 3), arms=1)
+    bn_cfg, plain_cfg = _config(sizes=(5, 6, 6, 3)), _config("none", sizes=(5, 6, 6, 3))
     x, y = rng.standard_normal((8, 5)), rng.integers(0, 3, 8)
-    assert why.rescale_error(rng, bn, x, y, trials=10) < 1e3
-    plain = _tiny(rng, sizes=(5, 6, 6, 3), arms=1, norm=False)
-    assert why._plain_rescale_change(rng, plain, x, y) > 0.1
+    assert why.rescale_error(rng, _tiny(rng, bn_cfg, 1), bn_cfg, x, y, trials=10) < 1e3
+    assert why._plain_rescale_change(rng, _tiny(rng, plain_cfg, 1), plain_cfg, x, y) > 0.1
 
 
 def test_gradient_ics_is_zero_when_the_layers_below_do_not_move():
     rng = np.random.default_rng(6)
-    params = _tiny(rng)
+    config = _config()
+    params = _tiny(rng, config)
     x, y = rng.standard_normal((8, 5)), rng.integers(0, 3, 8)
-    grads = why._grads(params, x, y)
-    rel, cos = why.gradient_ics(params, grads, x, y, np.zeros(2))
+    grads = why._view(params, config, x, y)[1]
+    rel, cos = why.gradient_ics(params, params, grads, x, y, config)
     assert rel.shape == cos.shape == (2, 2)
     assert np.abs(rel).max() == 0.0 and np.allclose(cos, 1.0, atol=1e-14)
-    rel, cos = why.gradient_ics(params, grads, x, y, np.full(2, 0.5))
+    after = {name: value - 0.5 * grads[name] for name, value in params.items()}
+    rel, cos = why.gradient_ics(params, after, grads, x, y, config)
     assert (rel > 0).all() and (cos < 1).all()
+
+
+def test_gradient_ics_moves_only_the_layers_below():
+    """G' of layer i is the gradient with layers < i from `after` and the rest from `before`."""
+    rng = np.random.default_rng(9)
+    config = _config("none")
+    before, after = _tiny(rng, config), _tiny(rng, config)
+    x, y = rng.standard_normal((8, 5)), rng.integers(0, 3, 8)
+    grads = why._view(before, config, x, y)[1]
+    moved = dict(before, W0=after["W0"], b0=after["b0"])
+    expected = why._view(moved, config, x, y)[1]["W1"]
+    rel, _ = why.gradient_ics(before, after, grads, x, y, config)
+    g = grads["W1"]
+    np.testing.assert_allclose(rel[:, 0], np.linalg.norm(g - expected, axis=(1, 2)) / np.linalg.norm(g, axis=(1, 2)))
 
 
 def test_distribution_drift_is_scale_free_and_zero_without_change():
@@ -146,10 +87,70 @@ def test_distribution_drift_is_scale_free_and_zero_without_change():
     np.testing.assert_allclose(why.distribution_drift(big, 10.0 * shifted)[0], moments, rtol=1e-10)
 
 
+def test_coupling_response_is_zero_along_no_direction_and_scales_out_delta():
+    rng = np.random.default_rng(10)
+    config = _config()
+    params = _tiny(rng, config)
+    x, y = rng.standard_normal((8, 5)), rng.integers(0, 3, 8)
+    directions = [rng.standard_normal(params["W0"].shape)]
+    small = why.coupling_response(params, config, directions, x, y, 1e-6)
+    smaller = why.coupling_response(params, config, directions, x, y, 1e-7)
+    np.testing.assert_allclose(small, smaller, rtol=1e-3)          # an elasticity: linear in delta
+    assert np.all(np.asarray(small) > 0)
+
+
 def test_steps_to_target():
     curve = np.array([[0.1, 0.5, 0.96, 0.9], [0.1, 0.2, 0.3, 0.4]])
     out = why.steps_to(curve, np.array([0, 5, 10, 15]), 0.95)
     assert out[0] == 10 and np.isnan(out[1])
+
+
+# ----------------------------------------------------------------------------- pairing, evaluation, checkpoints
+
+def test_plain_and_bn_runs_start_equal_and_see_the_plan_batches():
+    split = why.digits()
+    init = why.paired_init(np.random.default_rng(8), [8])
+    assert np.array_equal(init["none"]["W0"], init["batch"]["W0"]) and "gamma0" in init["batch"]
+    plan = model.batch_plan(np.random.default_rng(9), len(split.y_train), 16, 3)
+    seen = {}
+
+    def hook_for(name):
+        def hook(step, info):
+            seen.setdefault(name, []).append((info.params_before["W0"].copy() if step == 0 else None, info.y.copy()))
+        return hook
+
+    for norm in ("none", "batch"):
+        why.train(why.mlp([8], norm), split.X_train, split.y_train, [0.1, 0.2], plan, init[norm], record=hook_for(norm))
+    for (w_plain, y_plain), (w_bn, y_bn), index in zip(seen["none"], seen["batch"], plan):
+        assert np.array_equal(y_plain, y_bn) and np.array_equal(y_plain[0], split.y_train[index])
+    assert np.array_equal(seen["none"][0][0][1], init["none"]["W0"]) and np.array_equal(seen["batch"][0][0][0], init["none"]["W0"])
+
+
+def test_precise_bn_inference_matches_training_mode_on_the_statistics_set():
+    rng = np.random.default_rng(11)
+    config = _config()
+    params = _tiny(rng, config)
+    X = rng.standard_normal((20, 5))
+    train_logits = model.forward(params, model.init_stack_state(config, 2), X, config, True)[0]
+    np.testing.assert_allclose(why.eval_logits(params, config, X, X), train_logits, rtol=1e-10, atol=1e-10)
+
+
+def test_a_diverged_arm_scores_zero_and_checkpoints_pad_with_dead():
+    rng = np.random.default_rng(12)
+    config = _config()
+    params = _tiny(rng, config)
+    X, y = rng.standard_normal((20, 5)), rng.integers(0, 3, 20)
+    acc = why.eval_accuracy(params, config, X, y, X, np.array([True, False]))
+    assert acc[0] > 0 and acc[1] == 0.0
+    split = why.digits()
+    cfg = why.mlp([8])
+    hook = why.Checkpoints(2, lambda i, p, alive: why.eval_accuracy(p, cfg, split.X_val, split.y_val, split.X_val,
+                                                                   alive), dead=0.0)
+    plan = model.batch_plan(rng, len(split.y_train), 16, 6)
+    result = why.train(cfg, split.X_train, split.y_train, [0.1, 1e6], plan, model.init_params(rng, cfg), record=hook)
+    curve = hook.values(4)
+    assert result.diverged.tolist() == [False, True]
+    assert curve.shape == (4, 2) and curve[-1, 1] == 0.0 and curve[-1, 0] > 0
 
 
 # ----------------------------------------------------------------------------- experiments at tiny sizes
@@ -176,6 +177,14 @@ def test_experiment_returns_every_declared_name_deterministically(name):
     assert other["metrics"] != first["metrics"]
 
 
+def test_exact_metrics_hold_at_tiny_sizes():
+    coupling = experiments.run_experiment(experiments.get("layer-coupling"), 0, TINY["layer-coupling"])["metrics"]
+    assert coupling["rescale_error_bn"] < 1e3 and coupling["rescale_change_plain"] > 0.1
+    affine = experiments.run_experiment(experiments.get("affine-reparametrization"), 0,
+                                        TINY["affine-reparametrization"])["metrics"]
+    assert affine["init_error_eps"] < 1e3
+
+
 def test_jitter_sweep_mode_chooses_from_the_grid():
     exp = experiments.get("ghost-batch-jitter")
     out = experiments.run_experiment(exp, 0, dict(hidden=[8], n_per_class=8, steps=10, lr_grid=[0.1, 0.4],
@@ -183,13 +192,6 @@ def test_jitter_sweep_mode_chooses_from_the_grid():
     assert {out[f"lr_{a}"] for a in why.JITTER_ARMS} <= {0.1, 0.4}
     with pytest.raises(ValueError, match="one learning rate per arm"):
         experiments.run_experiment(exp, 0, dict(hidden=[8], n_per_class=8, steps=2, lrs=[0.1]))
-
-
-def test_the_two_init_arms_start_equal():
-    plain, bn = why.paired_init(np.random.default_rng(8), [5, 4, 3], 2)
-    for a, b in zip(plain["W"], bn["W"]):
-        assert np.array_equal(a, b)
-    assert bn["b"][0] is None and plain["b"][0] is not None
 
 
 PLOT_PAIRS = {
@@ -207,11 +209,3 @@ def test_plot_axes_have_matching_lengths(name):
     series = experiments.run_experiment(experiments.get(name), 0, TINY[name])["series"]
     for x, y in PLOT_PAIRS[name]:
         assert len(series[x]) == len(series[y]) > 1, (x, y)
-
-
-def test_accuracy_scores_diverged_networks_zero_and_stuck_ones_at_chance():
-    y = np.arange(10) % 3
-    stuck = np.zeros((1, 10, 3))                       # finite, all equal: arg-max 0, right for y == 0
-    diverged = np.full((1, 10, 3), np.nan)
-    assert why.accuracy(stuck, y)[0] == pytest.approx(0.4)
-    assert why.accuracy(diverged, y)[0] == 0.0

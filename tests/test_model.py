@@ -573,3 +573,87 @@ def test_probe_moments_can_start_before_training():
     assert not np.allclose(mean[-1, 0], mean[-1, 1]) and stack.steps.tolist() == [10, 10]
     with pytest.raises(ValueError, match="train=True"):
         model.ProbeMoments(DIGITS.X_test[:64], initial=True)
+
+
+# ---------------------------------------------------------------------------- reference statistics, precise BN
+
+
+def test_reference_batchnorm_is_batchnorm_over_all_rows_and_matches_finite_differences():
+    rng = np.random.default_rng(30)
+    x, gamma, beta, dout = rng.standard_normal((7, 4)), rng.standard_normal(4), rng.standard_normal(4), rng.standard_normal((7, 4))
+    out, cache = model.reference_batchnorm_forward(x, gamma, beta, 7)
+    ref, ref_cache = nn.batchnorm_forward(x, gamma, beta)
+    np.testing.assert_allclose(out, ref, rtol=1e-13, atol=1e-13)
+    for got, want in zip(model.reference_batchnorm_backward(dout, cache), nn.batchnorm_backward(dout, ref_cache)):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-13)
+    values = {"x": x, "gamma": gamma, "beta": beta}
+
+    def loss():
+        return float((model.reference_batchnorm_forward(values["x"], values["gamma"], values["beta"], 3)[0] * dout).sum())
+
+    _, cache = model.reference_batchnorm_forward(x, gamma, beta, 3)
+    dx, dgamma, dbeta = model.reference_batchnorm_backward(dout, cache)
+    assert_grads_close({"x": dx, "gamma": dgamma, "beta": dbeta}, numerical_grads(loss, values))
+    # stacked: each arm as alone
+    xs, gs, bs = rng.standard_normal((3, 7, 4)), rng.standard_normal((3, 1, 4)), rng.standard_normal((3, 1, 4))
+    outs, caches = model.reference_batchnorm_forward(xs, gs, bs, 3)
+    grads = model.reference_batchnorm_backward(np.broadcast_to(dout, xs.shape), caches)
+    for k in range(3):
+        o, c = model.reference_batchnorm_forward(xs[k], gs[k, 0], bs[k, 0], 3)
+        np.testing.assert_array_equal(outs[k], o)
+        for got, want in zip(grads, model.reference_batchnorm_backward(dout, c)):
+            np.testing.assert_allclose(got[k].reshape(want.shape), want, rtol=1e-13, atol=1e-14)
+
+
+def test_reference_rows_model_gradients_and_train_stack_loss_on_the_batch_rows_only():
+    config = small_config(norm="batch", reference_rows=4)
+    rng = np.random.default_rng(31)
+    params, state = model.init_params(rng, config), model.init_state(config)
+    x, y = rng.standard_normal((10, SMALL[0])), rng.integers(0, SMALL[-1], 10)
+    _, grads, new_state, _ = model.loss_and_grads(params, state, x, y, config)
+
+    def loss():
+        return model.loss_and_grads(params, state, x, y, config)[0]
+
+    assert_grads_close(grads, numerical_grads(loss, params))
+    np.testing.assert_allclose(new_state["running_mean0"], 0.9 * 0 + 0.1 * model.activations(
+        params, state, x[:4], dataclasses.replace(config, reference_rows=0), train=True)["pre0"].mean(axis=0))
+    # train_stack: the reference rows are prepended; the loss is on the batch rows only
+    X, Y = rng.standard_normal((40, SMALL[0])), rng.integers(0, SMALL[-1], 40)
+    seen = []
+    result = model.train_stack(np.random.default_rng(1), config, X, Y, model.Arm(lr=0.1), steps=3, batch_size=8,
+                               X_reference=X[:4], record=lambda step, info: seen.append(
+                                   (info.logits.shape, info.activations["pre0"].shape)))
+    assert seen[0] == ((1, 8, SMALL[-1]), (1, 12, SMALL[1]))
+    again = model.train_stack(np.random.default_rng(1), config, X, Y, model.Arm(lr=0.1), steps=1, batch_size=8,
+                              X_reference=X[:4])
+    xb_index = model.batch_plan(np.random.default_rng(1).spawn(3)[1], 40, 8, 1)[0]
+    expected = model.loss_and_grads(model.init_params(np.random.default_rng(1).spawn(3)[0], config), state,
+                                    np.concatenate([X[:4], X[xb_index]]), np.concatenate([Y[:4], Y[xb_index]]), config)
+    assert again.losses[0, 0] != pytest.approx(expected[0])        # not the loss over all 12 rows ...
+    logits, _, _ = model.forward(model.init_params(np.random.default_rng(1).spawn(3)[0], config), state,
+                                 np.concatenate([X[:4], X[xb_index]]), config)
+    assert again.losses[0, 0] == pytest.approx(nn.softmax_cross_entropy(logits[4:], Y[xb_index])[0])  # ... the batch's
+    assert np.isfinite(result.losses).all()
+    with pytest.raises(ValueError, match="X_reference"):
+        model.train_stack(np.random.default_rng(1), config, X, Y, model.Arm(), steps=1, batch_size=8)
+    with pytest.raises(ValueError, match="reference_rows"):
+        small_config(norm="ghost", reference_rows=4)
+
+
+def test_population_state_makes_eval_mode_equal_training_mode_on_that_set():
+    rng = np.random.default_rng(32)
+    for norm in ("batch", "ghost"):
+        config = small_config(norm=norm)
+        params = model.init_params(rng, config)
+        X = rng.standard_normal((16, SMALL[0]))
+        state = model.population_state(params, X, config)
+        batch_config = dataclasses.replace(config, norm="batch")
+        want = model.forward(params, model.init_state(batch_config), X, batch_config, True)[0]
+        np.testing.assert_allclose(model.forward(params, state, X, config, False)[0], want, rtol=1e-10, atol=1e-10)
+        stacked = model.init_stack([rng, rng], config)
+        np.testing.assert_allclose(
+            model.forward(stacked, model.population_state(stacked, X, config), X, config, False)[0][1],
+            model.forward(model.arm_params(stacked, 1), model.population_state(model.arm_params(stacked, 1), X, config),
+                          X, config, False)[0], rtol=1e-12)
+    assert model.population_state(model.init_params(rng, small_config()), X, small_config()) == {}

@@ -14,250 +14,30 @@ Five experiments behind the claims that explain *why* batch norm helps:
 * ``affine-reparametrization`` -- a plain MLP and the same function written as a BN network
                                 (gamma, beta), trained by the same SGD.
 
-All of them use one small batched MLP, written here (``bnclaims.model`` trains one network at a
-time; these experiments train several *arms* -- learning rates, normalization variants -- in
-lockstep, with the arms on a leading axis of every array):
-
-    x: (N, D) shared by the arms, or (A, N, D);  W[l]: (A, D_l, D_{l+1});  per-unit vectors (A, 1, D).
-
-A hidden layer is  z = h @ W (+ b) ;  [ z~ = gamma * normalize(z) + beta ] ;  h' = relu(z~ or z).
-Normalized networks carry no bias before the normalization (the mean subtraction removes it).
-
-How the normalization gets its statistics (``Stats``):
-
-* ``groups``: batch norm over consecutive groups of ``group`` rows (``group = N`` is plain batch
-  norm, smaller groups are ghost batch norm, Hoffer et al. 2017);
-* ``rows``: the statistics of the first ``rows`` rows normalize every row, gradients flow through
-  them -- with the statistics rows = a whole (small) training set and the loss on the mini-batch
-  rows only, this is batch norm with noise-free statistics and still a correct optimiser;
-* ``fixed``: given (mean, var) per layer, constants (inference mode; no gradient through them).
+Every network is a `bnclaims.model` MLP (ReLU, He init, BN before every ReLU where there is one),
+trained by `model.train_stack`: the arms of a comparison (learning rates) are one stack, and
+networks that differ in normalization are separate stacks from the same initial weights
+(`paired_init`) on the same batches (one `model.batch_plan`). What is measured is taken by hooks
+(`Checkpoints` and the experiment's own) from the parameters the loop passes them. Evaluation is
+"precise BN": normalization with the population statistics of a fixed set of training images
+(`model.population_state`). The noise-free BN of two experiments is ``MLPConfig(reference_rows=M)``:
+the statistics of M reference rows forwarded with every batch, gradients through them, the loss on
+the mini-batch only. An arm that diverged (NaN/inf loss) is frozen by the loop and scored here as a
+network with NaN outputs: accuracy 0, NaN logits.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+import copy
+import re
+from dataclasses import replace
 
 import numpy as np
 
-from bnclaims import data
+from bnclaims import data, model, nn
 from bnclaims.experiments import experiment
 
-EPS = 1e-5
 DTYPE = np.float32
-
-
-# ============================================================================ batched MLP core
-
-@dataclass(frozen=True)
-class Stats:
-    """Where batch norm takes its statistics from (see the module docstring)."""
-
-    kind: Literal["groups", "rows", "fixed"] = "groups"
-    group: int | None = None            # rows per group for "groups" (None: the whole batch)
-    rows: int | None = None             # the first `rows` rows give the statistics for "rows"
-    fixed: tuple | None = None          # ((mean (A,1,D), var (A,1,D)), ...) per hidden layer for "fixed"
-    eps: float = EPS                    # added to the variance (0 makes BN exactly scale-invariant)
-
-
-BATCH = Stats()
-
-
-def init_params(rng: np.random.Generator, sizes: list[int], arms: int, norm: bool, dtype=DTYPE) -> dict:
-    """He-normal weights, zero biases, gamma = 1, beta = 0, the same for every arm.
-
-    sizes = [D_in, H_1, ..., H_k, C]. Returns {"W": [(A, D_l, D_{l+1})], "b": [(A, 1, D_{l+1}) or None],
-    "gamma": [(A, 1, H_l)] or None, "beta": ...}. Normalized networks have no hidden-layer bias.
-    The draw depends only on `sizes`, so a BN and a plain network from the same rng start equal.
-    """
-    weights = [rng.standard_normal((d_in, d_out)) * np.sqrt(2.0 / d_in) for d_in, d_out in zip(sizes[:-1], sizes[1:])]
-    stack = lambda a: np.repeat(np.asarray(a, dtype=dtype)[None], arms, axis=0)  # noqa: E731
-    hidden = sizes[1:-1]
-    return {
-        "W": [stack(w) for w in weights],
-        "b": [None if norm else stack(np.zeros((1, d))) for d in hidden] + [stack(np.zeros((1, sizes[-1])))],
-        "gamma": [stack(np.ones((1, d))) for d in hidden] if norm else None,
-        "beta": [stack(np.zeros((1, d))) for d in hidden] if norm else None,
-    }
-
-
-def copy_params(params: dict) -> dict:
-    return {k: None if v is None else [None if a is None else a.copy() for a in v] for k, v in params.items()}
-
-
-def take_arms(params: dict, index) -> dict:
-    """The arms `index` (an int array or slice) of every parameter, as new arrays."""
-    return {k: None if v is None else [None if a is None else a[index].copy() for a in v] for k, v in params.items()}
-
-
-def _norm_forward(z: np.ndarray, gamma, beta, stats: Stats, layer: int):
-    """z: (A, N, D) -> z~ = gamma * (z - mean) / sqrt(var + eps) + beta, and a cache."""
-    if stats.kind == "fixed":
-        mean, var = stats.fixed[layer]
-        inv_std = 1.0 / np.sqrt(var + stats.eps)
-        xhat = (z - mean) * inv_std
-        return xhat * gamma + beta, ("fixed", xhat, inv_std)
-    if stats.kind == "rows":
-        m = stats.rows
-        weights = np.full(m, 1.0 / m, dtype=z.dtype)
-        mean = (weights @ z[:, :m])[:, None, :]                       # (A, 1, D)
-        xhat = z - mean
-        var = (weights @ np.square(xhat[:, :m]))[:, None, :]
-        inv_std = 1.0 / np.sqrt(var + stats.eps)
-        xhat *= inv_std
-        return xhat * gamma + beta, ("rows", xhat, inv_std, m)
-    a, n, d = z.shape
-    g = n if stats.group is None else stats.group
-    if g == n:                                                        # plain BN: one (N,) @ (A, N, D) per moment
-        weights = np.full(n, 1.0 / n, dtype=z.dtype)
-        xc = z - (weights @ z)[:, None, :]
-        inv_std = 1.0 / np.sqrt((weights @ np.square(xc))[:, None, :] + stats.eps)
-        xhat = xc * inv_std
-        return xhat * gamma + beta, ("groups", xhat[:, None], inv_std[:, None])
-    zg = z.reshape(a, n // g, g, d)                                   # ghost BN: groups of g consecutive rows
-    xc = zg - zg.mean(axis=2, keepdims=True)
-    inv_std = 1.0 / np.sqrt(np.square(xc).mean(axis=2, keepdims=True) + stats.eps)
-    xhat = xc * inv_std
-    return xhat.reshape(a, n, d) * gamma + beta, ("groups", xhat, inv_std)
-
-
-def _norm_backward(dout: np.ndarray, gamma, cache):
-    """dout: (A, N, D) -> dz, dgamma (A, 1, D), dbeta (A, 1, D)."""
-    kind, xhat, inv_std = cache[:3]
-    a, n, d = dout.shape
-    flat = xhat.reshape(a, n, d)
-    ones = np.ones(n, dtype=dout.dtype)
-    dgamma = (ones @ (dout * flat))[:, None, :]
-    dbeta = (ones @ dout)[:, None, :]
-    dxhat = dout * gamma
-    if kind == "fixed":
-        return dxhat * inv_std, dgamma, dbeta
-    if kind == "rows":
-        m = cache[3]
-        # mean and var come from rows :m only; every row's x_hat depends on them
-        dmean = gamma * dbeta                                         # sum_r dxhat_r
-        dvar = gamma * dgamma                                         # sum_r dxhat_r xhat_r
-        dz = dxhat * inv_std
-        dz[:, :m] -= (dmean + xhat[:, :m] * dvar) * (inv_std / m)
-        return dz, dgamma, dbeta
-    dxg = dxhat.reshape(xhat.shape)                                   # (A, N/g, g, D)
-    if xhat.shape[1] == 1:                                            # one group: reuse the column sums above
-        mean_d = (gamma * dbeta / n)[:, None]
-        proj = (gamma * dgamma / n)[:, None]
-    else:
-        mean_d = dxg.mean(axis=2, keepdims=True)
-        proj = (dxg * xhat).mean(axis=2, keepdims=True)
-    dz = (dxg - mean_d - xhat * proj) * inv_std
-    return dz.reshape(a, n, d), dgamma, dbeta
-
-
-def forward(params: dict, x: np.ndarray, stats: Stats = BATCH, keep: bool = True):
-    """Logits (A, N, C) and a cache for `backward`.
-
-    x: (N, D) or (A, N, D). The cache also holds every hidden pre-activation z~ (after the
-    normalization when there is one) under "z" and every layer input under "h".
-    """
-    norm = params["gamma"] is not None
-    h = x
-    cache = {"h": [], "z": [], "norm": []}
-    layers = len(params["W"])
-    for layer in range(layers):
-        W, b = params["W"][layer], params["b"][layer]
-        cache["h"].append(h)
-        z = h @ W                                                     # (A, N, D_out)
-        if b is not None:
-            z += b
-        if layer == layers - 1:
-            return z, cache
-        if norm:
-            z, norm_cache = _norm_forward(z, params["gamma"][layer], params["beta"][layer], stats, layer)
-            cache["norm"].append(norm_cache)
-        cache["z"].append(z)
-        h = np.maximum(z, 0)
-    raise AssertionError("unreachable")
-
-
-def backward(params: dict, dlogits: np.ndarray, cache: dict) -> dict:
-    """Gradients of the loss whose d/dlogits is `dlogits` (A, N, C); same structure as params."""
-    norm = params["gamma"] is not None
-    layers = len(params["W"])
-    grads = {"W": [None] * layers, "b": [None] * layers,
-             "gamma": [None] * (layers - 1) if norm else None, "beta": [None] * (layers - 1) if norm else None}
-    dz = dlogits
-    for layer in range(layers - 1, -1, -1):
-        h = cache["h"][layer]
-        grads["W"][layer] = np.swapaxes(h, -1, -2) @ dz               # (D, N) @ (A, N, M) broadcasts
-        if params["b"][layer] is not None:
-            grads["b"][layer] = (np.ones(dz.shape[1], dtype=dz.dtype) @ dz)[:, None, :]
-        if layer == 0:
-            break
-        dh = dz @ np.swapaxes(params["W"][layer], -1, -2)
-        dz = dh * (cache["z"][layer - 1] > 0)
-        if norm:
-            dz, grads["gamma"][layer - 1], grads["beta"][layer - 1] = _norm_backward(
-                dz, params["gamma"][layer - 1], cache["norm"][layer - 1])
-    return grads
-
-
-def cross_entropy(logits: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None):
-    """Softmax cross-entropy per arm. logits: (A, N, C); y: (N,) ints; weights: (N,) summing to 1
-    (default 1/N): rows with weight 0 are forwarded but carry no loss.
-    Returns loss (A,) float64 and dlogits (A, N, C)."""
-    a, n, c = logits.shape
-    w = np.full(n, 1.0 / n, dtype=logits.dtype) if weights is None else weights.astype(logits.dtype)
-    shifted = logits - logits.max(axis=2, keepdims=True)
-    exp = np.exp(shifted)
-    total = exp.sum(axis=2, keepdims=True)
-    rows = np.arange(n)
-    log_p = shifted[:, rows, y] - np.log(total[:, :, 0])              # (A, N)
-    loss = -(log_p.astype(np.float64) @ w.astype(np.float64))
-    dlogits = exp / total
-    dlogits[:, rows, y] -= 1.0
-    dlogits *= w[None, :, None]
-    return loss, dlogits
-
-
-def sgd_step(params: dict, grads: dict, lr: np.ndarray) -> None:
-    """In place: p -= lr * grad, with lr (A,) one learning rate per arm."""
-    lr = np.asarray(lr, dtype=params["W"][0].dtype)[:, None, None]
-    for key in ("W", "b", "gamma", "beta"):
-        if params[key] is None:
-            continue
-        for p, g in zip(params[key], grads[key]):
-            if p is not None:
-                p -= lr * g
-
-
-def population_stats(params: dict, x: np.ndarray) -> tuple:
-    """Per hidden layer (mean, biased var) over all rows of x, computed layer by layer in batch
-    mode: the "fixed" statistics that make inference match training on a large batch."""
-    h = x
-    out = []
-    for layer in range(len(params["W"]) - 1):
-        z = h @ params["W"][layer]
-        mean = z.mean(axis=1, keepdims=True) if z.ndim == 3 else z.mean(axis=0)[None, None]
-        var = np.square(z - mean).mean(axis=1, keepdims=True)
-        out.append((mean, var))
-        inv_std = 1.0 / np.sqrt(var + EPS)
-        h = np.maximum((z - mean) * inv_std * params["gamma"][layer] + params["beta"][layer], 0)
-    return tuple(out)
-
-
-def predict(params: dict, x: np.ndarray, stats_x: np.ndarray | None = None) -> np.ndarray:
-    """Logits (A, N, C) in inference mode: BN normalizes with the population statistics of the
-    rows `stats_x` (layer by layer, as `population_stats`; one forward pass over both sets)."""
-    if params["gamma"] is None:
-        return forward(params, x)[0]
-    m = len(stats_x)
-    return forward(params, np.concatenate([stats_x, x]), Stats("rows", rows=m))[0][:, m:]
-
-
-def accuracy(logits: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """(A,) fraction of rows whose arg-max logit is the label. A row with a non-finite logit counts
-    as wrong, so a diverged network scores 0 -- unlike a stuck one, which scores about chance."""
-    with np.errstate(invalid="ignore"):
-        right = (logits.argmax(axis=2) == y) & np.isfinite(logits).all(axis=2)
-    return right.mean(axis=1)
 
 
 # ============================================================================ shared helpers
@@ -267,28 +47,63 @@ def digits(validation_fraction: float = 0.2) -> data.Split:
     return data.digits_split(0.25, validation_fraction, standardize=True, dtype=DTYPE)
 
 
-def paired_init(rng: np.random.Generator, sizes: list[int], arms: int) -> tuple[dict, dict]:
-    """(plain, bn) parameters with the same weights: same seed => same initialisation."""
-    state = rng.bit_generator.state
-    plain = init_params(rng, sizes, arms, norm=False)
-    rng.bit_generator.state = state
-    bn = init_params(rng, sizes, arms, norm=True)
-    return plain, bn
+def mlp(hidden, norm: str = "none", **options) -> model.MLPConfig:
+    """The 64-[hidden]-10 ReLU MLP of these experiments, float32; norm "none" or a BN variant."""
+    return model.MLPConfig(sizes=(64, *hidden, 10), norm=norm, **options)
 
 
-def batch_plan(rng: np.random.Generator, n: int, batch_size: int, steps: int) -> np.ndarray:
-    """(steps, batch_size) example indices: shuffled epochs, one row per SGD step."""
-    stream = data.epochs(rng, n, batch_size)
-    return np.stack([next(stream) for _ in range(steps)])
+def paired_init(rng: np.random.Generator, hidden) -> dict:
+    """{"none": plain, "batch": BN} initial parameters (one network each) with the same weights:
+    same seed => same initialisation (ghost and noise-free BN take the "batch" ones)."""
+    return {norm: model.init_params(copy.deepcopy(rng), mlp(hidden, norm)) for norm in ("none", "batch")}
 
 
-def train_step(params: dict, x: np.ndarray, y: np.ndarray, lr: np.ndarray, stats: Stats = BATCH,
-               weights: np.ndarray | None = None) -> np.ndarray:
-    """One SGD step of every arm on the rows x (loss weights `weights`, default uniform); returns loss (A,)."""
-    logits, cache = forward(params, x, stats)
-    loss, dlogits = cross_entropy(logits, y, weights)
-    sgd_step(params, backward(params, dlogits, cache), lr)
-    return loss
+def train(config: model.MLPConfig, X, y, lrs, plan: np.ndarray, params: dict, *, record=None,
+          X_reference=None) -> model.StackResult:
+    """SGD at each of `lrs` (one arm each), every arm from `params` and on the batches of `plan`
+    (steps, batch) -- `model.batch_plan` of the experiment's own Generator, shared by the arms it pairs."""
+    return model.train_stack(np.random.default_rng(0), config, X, y, [model.Arm(lr=float(lr)) for lr in lrs],
+                             steps=len(plan), batch_size=plan.shape[1], record=record, params=params, plan=plan,
+                             X_reference=X_reference)
+
+
+def eval_logits(params: dict, config: model.MLPConfig, X: np.ndarray, X_stats: np.ndarray, alive=None) -> np.ndarray:
+    """(K, N, C) logits in inference mode, BN normalizing with the population statistics of X_stats
+    ("precise BN"); NaN for the arms not `alive` (diverged)."""
+    state = model.population_state(params, X_stats, config)
+    with np.errstate(all="ignore"):
+        logits = model.forward(params, state, X, config, train=False)[0]
+    if alive is not None and not np.all(alive):
+        logits = np.where(np.asarray(alive)[:, None, None], logits, np.nan)
+    return logits
+
+
+def eval_accuracy(params, config, X, y, X_stats, alive=None) -> np.ndarray:
+    """(K,) accuracy in inference mode (precise BN over X_stats); a diverged arm scores 0."""
+    return model.logits_accuracy(eval_logits(params, config, X, X_stats, alive), y)
+
+
+class Checkpoints:
+    """Hook: ``fn(index, params, alive)`` on the network before training (index 0) and after every
+    `every`-th update; `values(count)` stacks the results, padding checkpoints the loop never reached
+    (every arm diverged) with `dead`."""
+
+    needs_deltas = False
+
+    def __init__(self, every: int, fn, dead=np.nan):
+        self.every, self.fn, self.dead, self.results = every, fn, dead, []
+
+    def __call__(self, step: int, info: model.StackStepInfo) -> None:
+        if step == 0:
+            self.results.append(self.fn(0, info.params_before, np.ones_like(info.alive)))
+        if (step + 1) % self.every == 0:
+            self.results.append(self.fn(len(self.results), info.params, info.alive))
+
+    def values(self, count: int) -> np.ndarray:
+        out = np.stack(self.results)
+        if len(out) < count:
+            out = np.concatenate([out, np.full((count - len(out),) + out.shape[1:], self.dead)])
+        return out
 
 
 def steps_to(curve: np.ndarray, steps: np.ndarray, target: float) -> np.ndarray:
@@ -298,10 +113,31 @@ def steps_to(curve: np.ndarray, steps: np.ndarray, target: float) -> np.ndarray:
     return np.where(hit.any(axis=1), steps[first], np.nan)
 
 
-def eval_accuracy(params: dict, x: np.ndarray, y: np.ndarray, stats_x: np.ndarray) -> np.ndarray:
-    """(A,) accuracy in inference mode (BN: population statistics of `stats_x`); diverged nets score 0."""
+def _train_state(params: dict, config: model.MLPConfig) -> dict:
+    """A state to run `params` in training mode (batch statistics; the running ones are not read)."""
+    return model.init_stack_state(config, len(params["W0"])) if params["W0"].ndim == 3 else model.init_state(config)
+
+
+def _view(params: dict, config: model.MLPConfig, x: np.ndarray, y: np.ndarray):
+    """Training-mode forward/backward on (x, y): (record of the layers, gradients)."""
+    record: dict = {}
     with np.errstate(all="ignore"):
-        return accuracy(predict(params, x, stats_x), y)
+        grads = model.loss_and_grads(params, _train_state(params, config), x, y, config, record=record)[1]
+    return record, grads
+
+
+def _layer(name: str) -> int:
+    return int(re.search(r"\d+$", name).group())
+
+
+def _relative(new: np.ndarray, old: np.ndarray) -> np.ndarray:
+    """(A,) ||new - old|| / ||old|| over all but the arm axis."""
+    axes = tuple(range(1, old.ndim))
+    return np.sqrt(np.square(new - old).sum(axis=axes) / np.square(old).sum(axis=axes))
+
+
+def _to64(params: dict) -> dict:
+    return {name: value.astype(np.float64) for name, value in params.items()}
 
 
 # ============================================================================ training speed
@@ -350,62 +186,52 @@ def training_speed(rng: np.random.Generator, *, hidden: list[int] = [64, 64, 64]
     network's best LR, `eval_steps` steps; steps to `target` test accuracy, checked every
     `check_every` steps (censored at eval_steps when never reached). BN is evaluated with the
     population statistics of a fixed 256-example training subset ("precise BN").
-    Wall-clock: steps x the measured cost of one step relative to a plain step (`bn_step_cost`).
+    Wall-clock model: steps x `bn_step_cost`, the cost of a BN step in plain steps (a constant
+    measured once, not per run).
     """
     split = digits()
     X, y = split.X_train, split.y_train
-    sizes = [X.shape[1], *hidden, 10]
     tune_rng, eval_rng = rng.spawn(2)
     lr_grid = np.asarray(lrs, dtype=np.float64)
-    check_steps = np.arange(0, tune_steps + 1, tune_check_every)
+    nets = {"plain": mlp(hidden), "bn": mlp(hidden, "batch")}
 
-    def run(params, lr, plan, x_eval, y_eval, steps, check_every):
-        stats_rows = X[plan[0, :0]] if params["gamma"] is None else X[stats_index]
-        curve = np.zeros((len(lr), steps // check_every + 1))
-        losses = np.zeros(len(lr))
-        with np.errstate(all="ignore"):
-            for step in range(steps + 1):
-                if step % check_every == 0:
-                    curve[:, step // check_every] = eval_accuracy(params, x_eval, y_eval, stats_rows)
-                if step == steps:
-                    break
-                idx = plan[step]
-                losses = train_step(params, X[idx], y[idx], lr)
-        finite = np.all([np.isfinite(w).all(axis=(1, 2)) for w in params["W"]], axis=0) & np.isfinite(losses)
-        return curve, finite
+    def run(config, lr, x_eval, y_eval, check_every):
+        """(accuracy curve (A, checks + 1) in inference mode, diverged (A,))."""
+        def acc(_, params, alive):
+            return eval_accuracy(params, config, x_eval, y_eval, X[stats_index], alive)
+        curve = Checkpoints(check_every, acc, dead=0.0)
+        result = train(config, X, y, lr, plan, init[config.norm], record=curve)
+        return curve.values(len(plan) // check_every + 1).T, result.diverged
 
-    # --- tuning on the validation split
+    # --- tuning on the validation split: every LR of the grid, both networks from the same init and batches
     init_rng, order_rng, stats_rng = tune_rng.spawn(3)
     stats_index = np.sort(stats_rng.choice(len(y), 256, replace=False))
-    plain, bn = paired_init(init_rng, sizes, len(lr_grid))
-    plan = batch_plan(order_rng, len(y), batch_size, tune_steps)
+    init = paired_init(init_rng, hidden)
+    plan = model.batch_plan(order_rng, len(y), batch_size, tune_steps)
+    check_steps = np.arange(0, tune_steps + 1, tune_check_every)
     chosen, val_steps, diverged, stuck = {}, {}, {}, {}
-    for name, params in (("plain", plain), ("bn", bn)):
-        curve, finite = run(params, lr_grid, plan, split.X_val, split.y_val, tune_steps, tune_check_every)
-        reach = steps_to(curve, check_steps, target)
-        val_steps[name] = reach
-        diverged[name] = int((~finite).sum())
-        stuck[name] = int((finite & (curve[:, -1] < 0.2)).sum())
-        key = np.where(np.isnan(reach), np.inf, reach)
-        if np.isfinite(key).any():
+    for name, config in nets.items():
+        curve, dead = run(config, lr_grid, split.X_val, split.y_val, tune_check_every)
+        reach = val_steps[name] = steps_to(curve, check_steps, target)
+        diverged[name] = int(dead.sum())
+        stuck[name] = int((~dead & (curve[:, -1] < 0.2)).sum())
+        if np.isfinite(reach).any():
             # first to the target; among ties the higher validation accuracy at that moment
-            at = (np.nan_to_num(reach, nan=0) // tune_check_every).astype(int)
-            candidates = np.flatnonzero(key == key.min())
-            best = candidates[np.argmax(curve[candidates, at[candidates]])]
+            first = np.flatnonzero(reach == np.nanmin(reach))
+            at = int(np.nanmin(reach)) // tune_check_every
+            chosen[name] = int(first[model.select_lr(lr_grid[first], curve[first, at])])
         else:
-            best = int(np.argmax(curve.max(axis=1)))
-        chosen[name] = int(best)
+            chosen[name] = model.select_lr(lr_grid, curve.max(axis=1))
 
     # --- evaluation on the test split: fresh init and batch order, shared by both networks
     init_rng, order_rng, stats_rng = eval_rng.spawn(3)
     stats_index = np.sort(stats_rng.choice(len(y), 256, replace=False))
+    init = paired_init(init_rng, hidden)
+    plan = model.batch_plan(order_rng, len(y), batch_size, eval_steps)
     lr_p, lr_b = lr_grid[chosen["plain"]], lr_grid[chosen["bn"]]
-    plain, bn = paired_init(init_rng, sizes, 1)
-    bn = take_arms(bn, np.array([0, 0]))
-    plan = batch_plan(order_rng, len(y), batch_size, eval_steps)
     eval_checks = np.arange(0, eval_steps + 1, check_every)
-    curve_p, _ = run(plain, np.array([lr_p]), plan, split.X_test, split.y_test, eval_steps, check_every)
-    curve_b, _ = run(bn, np.array([lr_b, lr_p]), plan, split.X_test, split.y_test, eval_steps, check_every)
+    curve_p, _ = run(nets["plain"], [lr_p], split.X_test, split.y_test, check_every)
+    curve_b, _ = run(nets["bn"], [lr_b, lr_p], split.X_test, split.y_test, check_every)
     reach_p = steps_to(curve_p, eval_checks, target)
     reach_b = steps_to(curve_b, eval_checks, target)
     reached_all = float(np.isfinite(reach_p).all() and np.isfinite(reach_b).all())
@@ -441,36 +267,18 @@ def training_speed(rng: np.random.Generator, *, hidden: list[int] = [64, 64, 64]
 
 # ============================================================================ layer-input drift and ICS
 
-def _update_below(params: dict, grads: dict, lr: np.ndarray, layer: int) -> dict:
-    """A copy of params in which the layers below `layer` (0-based) took their SGD step."""
-    moved = copy_params(params)
-    lr = np.asarray(lr, dtype=params["W"][0].dtype)[:, None, None]
-    for j in range(layer):
-        moved["W"][j] -= lr * grads["W"][j]
-        if moved["b"][j] is not None:
-            moved["b"][j] -= lr * grads["b"][j]
-        if moved["gamma"] is not None:
-            moved["gamma"][j] -= lr * grads["gamma"][j]
-            moved["beta"][j] -= lr * grads["beta"][j]
-    return moved
-
-
-def _grads(params: dict, x: np.ndarray, y: np.ndarray, stats: Stats = BATCH) -> dict:
-    logits, cache = forward(params, x, stats)
-    return backward(params, cross_entropy(logits, y)[1], cache)
-
-
-def gradient_ics(params: dict, grads: dict, x: np.ndarray, y: np.ndarray, lr: np.ndarray):
+def gradient_ics(before: dict, after: dict, grads: dict, x: np.ndarray, y: np.ndarray, config: model.MLPConfig):
     """Internal covariate shift of Santurkar et al. 2018 (arXiv:1805.11604, Definition 2.1).
 
-    For every layer i >= 2: G = grad of layer i's weights at the current parameters on the
-    batch (x, y); G' = the same gradient after every layer below i took its SGD step (lr) on
-    that batch, layer i and above unchanged. Returns (relative l2 ||G - G'|| / ||G||,
-    cosine(G, G')), each (A, L - 1): one column per layer 2..L."""
+    For every layer i >= 2: G = grad of layer i's weights at the parameters `before` an SGD step on
+    the batch (x, y) (`grads`, the gradients of that step); G' = the same gradient after every layer
+    below i took its step (its parameters from `after`), layer i and above unchanged. Returns
+    (relative l2 ||G - G'|| / ||G||, cosine(G, G')), each (A, L - 1): one column per layer 2..L."""
     rel, cos = [], []
-    for layer in range(1, len(params["W"])):
-        g = grads["W"][layer]
-        g_moved = _grads(_update_below(params, grads, lr, layer), x, y)["W"][layer]
+    for layer in range(1, config.n_layers):
+        g = grads[f"W{layer}"]
+        moved = {name: (after if _layer(name) < layer else before)[name] for name in before}
+        g_moved = _view(moved, config, x, y)[1][f"W{layer}"]
         norm, norm_moved = np.linalg.norm(g, axis=(1, 2)), np.linalg.norm(g_moved, axis=(1, 2))
         rel.append(np.linalg.norm(g - g_moved, axis=(1, 2)) / norm)
         cos.append(np.einsum("aij,aij->a", g, g_moved) / (norm * norm_moved))
@@ -489,6 +297,40 @@ def distribution_drift(before: np.ndarray, after: np.ndarray):
     moments = np.abs(mean1 - mean0) / std0 + np.abs(np.log(std1 / std0))
     w1 = np.abs(np.sort(after, axis=1) - np.sort(before, axis=1)).mean(axis=1) / std0
     return moments.mean(axis=1), w1.mean(axis=1)
+
+
+class DriftAndICS:
+    """Hook: every `every` steps, the drift of the hidden pre-activations (each ReLU's input) on the
+    probe set since the last check (BN in training mode over the probe), and the gradient ICS of
+    the step just taken (at the parameters before it, on its batch)."""
+
+    needs_deltas = False    # it keeps the parameters before a measured step itself
+
+    def __init__(self, probe: np.ndarray, every: int):
+        self.probe, self.every = probe, every
+        self.moment, self.w1, self.ics_l2, self.ics_cos = [], [], [], []
+
+    def _units(self, params, config):
+        record: dict = {}
+        with np.errstate(all="ignore"):
+            model.forward(params, _train_state(params, config), self.probe, config, True, record=record)
+        return np.concatenate([record[f"norm{i}"] for i in range(config.n_layers - 1)], axis=2)
+
+    def __call__(self, step: int, info: model.StackStepInfo) -> None:
+        if step == 0:
+            self.previous = self._units(info.params_before, info.config)
+            self.before = info.params_before
+        if step % self.every == 0:
+            rel, cos = gradient_ics(self.before, info.params, info.grads, info.x, info.y, info.config)
+            self.ics_l2.append(rel.mean(axis=1))
+            self.ics_cos.append(cos.mean(axis=1))
+        if (step + 1) % self.every == 0:
+            units = self._units(info.params, info.config)
+            moment, w1 = distribution_drift(self.previous, units)
+            self.moment.append(moment)
+            self.w1.append(w1)
+            self.previous = units
+            self.before = {name: value.copy() for name, value in info.params.items()}   # before the next step
 
 
 @experiment(
@@ -530,106 +372,84 @@ def layer_input_drift(rng: np.random.Generator, *, hidden: list[int] = [64, 64, 
     """
     split = digits()
     X, y = split.X_train, split.y_train
-    probe = split.X_val
-    sizes = [X.shape[1], *hidden, 10]
     init_rng, order_rng = rng.spawn(2)
-    lr = np.array([lr_slow, lr_fast])
-    nets = dict(zip(("plain", "bn"), paired_init(init_rng, sizes, len(lr))))
-    plan = batch_plan(order_rng, len(y), batch_size, steps)
-    checks = steps // check_every
-    moment = {k: np.zeros((len(lr), checks)) for k in nets}
-    w1 = {k: np.zeros((len(lr), checks)) for k in nets}
-    ics_l2 = {k: [] for k in nets}
-    ics_cos = {k: [] for k in nets}
-    previous = {}
-    with np.errstate(all="ignore"):
-        for step in range(steps + 1):
-            for name, params in nets.items():
-                if step % check_every == 0:
-                    z = np.concatenate(forward(params, probe)[1]["z"], axis=2)       # (A, P, all hidden units)
-                    if step > 0:
-                        k = step // check_every - 1
-                        moment[name][:, k], w1[name][:, k] = distribution_drift(previous[name], z)
-                    previous[name] = z
-                if step == steps:
-                    continue
-                xb, yb = X[plan[step]], y[plan[step]]
-                grads = _grads(params, xb, yb)
-                if step % check_every == 0:
-                    rel, cos = gradient_ics(params, grads, xb, yb, lr)
-                    ics_l2[name].append(rel.mean(axis=1))
-                    ics_cos[name].append(cos.mean(axis=1))
-                sgd_step(params, grads, lr)
-    out = {"step": np.arange(1, checks + 1) * float(check_every),
-           "ics_step": np.arange(checks) * float(check_every)}
-    for name, params in nets.items():
-        acc = eval_accuracy(params, split.X_val, split.y_val, X)
-        l2, cs = np.stack(ics_l2[name], axis=1), np.stack(ics_cos[name], axis=1)   # (A, checks)
+    init = paired_init(init_rng, hidden)
+    plan = model.batch_plan(order_rng, len(y), batch_size, steps)
+    out = {"step": np.arange(1, steps // check_every + 1) * float(check_every),
+           "ics_step": np.arange(steps // check_every) * float(check_every)}
+    for name, config in (("plain", mlp(hidden)), ("bn", mlp(hidden, "batch"))):
+        hook = DriftAndICS(split.X_val, check_every)
+        result = train(config, X, y, [lr_slow, lr_fast], plan, init[config.norm], record=hook)
+        acc = eval_accuracy(result.params, config, split.X_val, split.y_val, X, ~result.diverged)
+        moment, w1 = np.stack(hook.moment, axis=1), np.stack(hook.w1, axis=1)            # (A, checks)
+        l2, cs = np.stack(hook.ics_l2, axis=1), np.stack(hook.ics_cos, axis=1)
         for a, speed in enumerate(("slow", "fast")):
-            out[f"moment_drift_{name}_{speed}"] = float(moment[name][a].mean())
-            out[f"w1_drift_{name}_{speed}"] = float(w1[name][a].mean())
+            out[f"moment_drift_{name}_{speed}"] = float(moment[a].mean())
+            out[f"w1_drift_{name}_{speed}"] = float(w1[a].mean())
             out[f"ics_l2_{name}_{speed}"] = float(l2[a].mean())
             out[f"ics_cos_{name}_{speed}"] = float(cs[a].mean())
             out[f"val_acc_{name}_{speed}"] = float(acc[a])
-            out[f"drift_curve_{name}_{speed}"] = moment[name][a]
+            out[f"drift_curve_{name}_{speed}"] = moment[a]
             out[f"cos_curve_{name}_{speed}"] = cs[a]
     return out
 
 
 # ============================================================================ coupling between layers
 
-def _to64(params: dict) -> dict:
-    return {k: None if v is None else [None if a is None else a.astype(np.float64) for a in v]
-            for k, v in params.items()}
+def _last_layer(params: dict, config: model.MLPConfig, x: np.ndarray, y: np.ndarray):
+    """The last layer's input (A, N, H) and the gradient of its weights (A, H, C) on (x, y) (training mode)."""
+    record, grads = _view(params, config, x, y)
+    last = config.n_layers - 1
+    return record[f"act{last - 1}"], grads[f"W{last}"]
 
 
-def _last_layer_view(params: dict, x: np.ndarray, y: np.ndarray, stats: Stats = BATCH):
-    """The last layer's input h_L (A, N, H) and the gradient of its weights (A, H, C) on (x, y)."""
-    logits, cache = forward(params, x, stats)
-    grads = backward(params, cross_entropy(logits, y)[1], cache)
-    return cache, grads
-
-
-def _relative(new: np.ndarray, old: np.ndarray) -> np.ndarray:
-    """(A,) ||new - old|| / ||old|| over all but the arm axis."""
-    axes = tuple(range(1, old.ndim))
-    return np.sqrt(np.square(new - old).sum(axis=axes) / np.square(old).sum(axis=axes))
-
-
-def coupling_response(params: dict, directions: list[np.ndarray], x: np.ndarray, y: np.ndarray, delta: float):
+def coupling_response(params: dict, config: model.MLPConfig, directions: list[np.ndarray], x: np.ndarray,
+                      y: np.ndarray, delta: float):
     """Move the weights of the first len(directions) layers by `delta` of their norm along
     `directions` (each (A, D_l, D_{l+1})); return the relative change of the last layer's input
     and of its weight gradient on (x, y), each divided by delta: (A,), (A,)."""
-    cache, grads = _last_layer_view(params, x, y)
-    moved = copy_params(params)
+    h, g = _last_layer(params, config, x, y)
+    moved = dict(params)
     for layer, direction in enumerate(directions):
-        W = params["W"][layer]
+        W = params[f"W{layer}"]
         scale = delta * np.linalg.norm(W, axis=(1, 2)) / np.linalg.norm(direction, axis=(1, 2))
-        moved["W"][layer] = W + scale[:, None, None] * direction
-    cache_m, grads_m = _last_layer_view(moved, x, y)
-    return (_relative(cache_m["h"][-1], cache["h"][-1]) / delta,
-            _relative(grads_m["W"][-1], grads["W"][-1]) / delta)
+        moved[f"W{layer}"] = W + scale[:, None, None] * direction
+    h_moved, g_moved = _last_layer(moved, config, x, y)
+    return _relative(h_moved, h) / delta, _relative(g_moved, g) / delta
 
 
-def rescale_error(rng: np.random.Generator, params: dict, x: np.ndarray, y: np.ndarray, trials: int):
-    """Largest change, in units of float64 eps, of every later layer's input and weight gradient
-    when the first layer's pre-activations are rescaled unit by unit (c_j ~ log-uniform(0.1, 10))
-    and shifted (s_j ~ N(0, 1)): W_1 -> W_1 diag(c), b_1 -> s. BN with eps = 0, float64.
-    Also returns the median relative change of the same quantities without normalization (plain)."""
-    p64 = _to64(params)
-    stats = Stats(eps=0.0)
-    cache, grads = _last_layer_view(p64, x, y, stats)
-    worst = 0.0
+def _rescaled_changes(rng: np.random.Generator, params: dict, config: model.MLPConfig, x, y, trials=1):
+    """`trials` draws of the first layer's unit-wise rescaling (c_j ~ log-uniform(0.1, 10)) and shift
+    (s_j ~ N(0, 1)): W_1 -> W_1 diag(c), b_1 -> s, in float64. Yields, per draw, the largest relative
+    change of every later layer's input and of every later layer's weight gradient on (x, y)."""
+    p64, config = _to64(params), replace(config, dtype="float64")
+    record, grads = _view(p64, config, x, y)
     for _ in range(trials):
-        c = np.exp(rng.uniform(np.log(0.1), np.log(10.0), size=(1, 1, p64["W"][0].shape[2])))
-        moved = copy_params(p64)
-        moved["W"][0] = p64["W"][0] * c
-        moved["b"][0] = rng.standard_normal(c.shape) * np.ones_like(c)
-        cache_m, grads_m = _last_layer_view(moved, x, y, stats)
-        errors = [_relative(a, b).max() for a, b in zip(cache_m["h"][1:], cache["h"][1:])]
-        errors += [_relative(a, b).max() for a, b in zip(grads_m["W"][1:], grads["W"][1:])]
-        worst = max(worst, *errors)
+        yield _rescaled_draw(rng, p64, config, x, y, record, grads)
+
+
+def _rescaled_draw(rng, p64, config, x, y, record, grads) -> list[float]:
+    c = np.exp(rng.uniform(np.log(0.1), np.log(10.0), size=(1, 1, p64["W0"].shape[2])))
+    moved = dict(p64, W0=p64["W0"] * c, b0=rng.standard_normal(c.shape) * np.ones_like(c))
+    record_m, grads_m = _view(moved, config, x, y)
+    hidden = range(config.n_layers - 1)
+    return ([_relative(record_m[f"act{i}"], record[f"act{i}"]).max() for i in hidden]
+            + [_relative(grads_m[f"W{i + 1}"], grads[f"W{i + 1}"]).max() for i in hidden])
+
+
+def rescale_error(rng: np.random.Generator, params: dict, config: model.MLPConfig, x, y, trials: int) -> float:
+    """Largest change, in units of float64 eps, of every later layer's input and weight gradient
+    when the first layer's pre-activations are rescaled unit by unit and shifted (`_rescaled_changes`),
+    over `trials` draws: BN with eps = 0, float64, is exactly invariant."""
+    config = replace(config, eps=0.0)
+    worst = max(max(changes) for changes in _rescaled_changes(rng, params, config, x, y, trials))
     return worst / np.finfo(np.float64).eps
+
+
+def _plain_rescale_change(rng: np.random.Generator, params: dict, config: model.MLPConfig, x, y) -> float:
+    """Median relative change of the later layers' inputs and gradients of a plain MLP under one
+    draw of the rescaling of `rescale_error` (for contrast: without normalization nothing cancels)."""
+    return float(np.median(next(_rescaled_changes(rng, params, config, x, y))))
 
 
 @experiment(
@@ -671,66 +491,52 @@ def layer_coupling(rng: np.random.Generator, *, hidden: list[int] = [64, 64, 64]
     split = digits()
     X, y = split.X_train, split.y_train
     probe, probe_y = split.X_val, split.y_val
-    sizes = [X.shape[1], *hidden, 10]
     init_rng, order_rng, direction_rng, scale_rng = rng.spawn(4)
-    lr_arms = np.array([lr])
-    nets = dict(zip(("plain", "bn"), paired_init(init_rng, sizes, 1)))
-    plan = batch_plan(order_rng, len(y), batch_size, steps)
+    init = paired_init(init_rng, hidden)
+    plan = model.batch_plan(order_rng, len(y), batch_size, steps)
+    checkpoints = range(0, steps + 1, check_every)
+    # the same random directions (and rescalings) for both networks at each checkpoint
+    shapes = [(1, a, b) for a, b in zip((64, *hidden), hidden)][:early_layers]
+    randoms = {c: [[direction_rng.standard_normal(s).astype(DTYPE) for s in shapes] for _ in range(random_directions)]
+               for c in checkpoints}
+    scale_seeds = {c: int(scale_rng.integers(2**32)) for c in checkpoints}
     keys = [f"{w}_{k}" for w in ("input", "grad") for k in ("update", "random")]
-    records = {net: {k: [] for k in keys} for net in nets}
-    worst_bn, plain_change = 0.0, []
-    with np.errstate(all="ignore"):
-        for step in range(steps + 1):
-            check = step % check_every == 0
-            if check:
-                # the same random directions (and rescalings) for both networks at this checkpoint
-                shapes = [nets["bn"]["W"][j].shape for j in range(early_layers)]
-                randoms = [[direction_rng.standard_normal(s).astype(DTYPE) for s in shapes]
-                           for _ in range(random_directions)]
-                scale_seed = int(scale_rng.integers(2**32))
-            for name, params in nets.items():
-                xb, yb = X[plan[min(step, steps - 1)]], y[plan[min(step, steps - 1)]]
-                grads = _grads(params, xb, yb)
-                if check:
-                    update = [-grads["W"][j] for j in range(early_layers)]
-                    inp, grd = coupling_response(params, update, probe, probe_y, delta)
-                    records[name]["input_update"].append(inp[0])
-                    records[name]["grad_update"].append(grd[0])
-                    rnd = np.array([coupling_response(params, d, probe, probe_y, delta) for d in randoms])
-                    records[name]["input_random"].append(rnd[:, 0, 0].mean())
-                    records[name]["grad_random"].append(rnd[:, 1, 0].mean())
-                    if name == "bn":
-                        worst_bn = max(worst_bn, rescale_error(np.random.default_rng(scale_seed), params,
-                                                               probe[:64], probe_y[:64], rescale_trials))
-                    else:
-                        plain_change.append(_plain_rescale_change(np.random.default_rng(scale_seed), params,
-                                                                  probe[:64], probe_y[:64]))
-                if step < steps:
-                    sgd_step(params, grads, lr_arms)
-    out = {"step": np.arange(0, steps + 1, check_every, dtype=float),
-           "rescale_error_bn": worst_bn, "rescale_change_plain": float(np.median(plain_change))}
-    for name, params in nets.items():
-        out[f"val_acc_{name}"] = float(eval_accuracy(params, probe, probe_y, X)[0])
+    out = {"step": np.arange(0, steps + 1, check_every, dtype=float)}
+    rescale = {"bn": [], "plain": []}
+
+    for name, config in (("plain", mlp(hidden)), ("bn", mlp(hidden, "batch"))):
+        records = {k: [] for k in keys}
+
+        def measure(check, params, grads):
+            update = [-grads[f"W{j}"] for j in range(early_layers)]
+            inp, grd = coupling_response(params, config, update, probe, probe_y, delta)
+            records["input_update"].append(inp[0])
+            records["grad_update"].append(grd[0])
+            rnd = np.array([coupling_response(params, config, d, probe, probe_y, delta) for d in randoms[check]])
+            records["input_random"].append(rnd[:, 0, 0].mean())
+            records["grad_random"].append(rnd[:, 1, 0].mean())
+            scale = np.random.default_rng(scale_seeds[check])
+            rescale[name].append(rescale_error(scale, params, config, probe[:64], probe_y[:64], rescale_trials)
+                                 if name == "bn" else _plain_rescale_change(scale, params, config, probe[:64], probe_y[:64]))
+
+        def hook(step, info):
+            if step % check_every == 0:        # the gradient of this step, at the parameters before it
+                measure(step, info.params_before if step == 0 else before, info.grads)
+            if (step + 1) % check_every == 0:
+                before.update((name, value.copy()) for name, value in info.params.items())
+            if step == steps - 1 and steps % check_every == 0:     # the end: the last batch again
+                measure(steps, info.params, _view(info.params, config, info.x, info.y)[1])
+
+        before = {}
+        result = train(config, X, y, [lr], plan, init[config.norm], record=hook)
+        out[f"val_acc_{name}"] = float(eval_accuracy(result.params, config, probe, probe_y, X, ~result.diverged)[0])
         for k in keys:
-            out[f"{k}_{name}"] = float(np.mean(records[name][k]))
+            out[f"{k}_{name}"] = float(np.mean(records[k]))
         for what in ("input", "grad"):
-            out[f"curve_{what}_update_{name}"] = np.array(records[name][f"{what}_update"])
+            out[f"curve_{what}_update_{name}"] = np.array(records[f"{what}_update"])
+    out["rescale_error_bn"] = float(max(rescale["bn"]))
+    out["rescale_change_plain"] = float(np.median(rescale["plain"]))
     return out
-
-
-def _plain_rescale_change(rng: np.random.Generator, params: dict, x: np.ndarray, y: np.ndarray) -> float:
-    """Median relative change of the later layers' inputs and gradients of a plain MLP under one
-    draw of the rescaling of `rescale_error` (for contrast: without normalization nothing cancels)."""
-    p64 = _to64(params)
-    cache, grads = _last_layer_view(p64, x, y)
-    c = np.exp(rng.uniform(np.log(0.1), np.log(10.0), size=(1, 1, p64["W"][0].shape[2])))
-    moved = copy_params(p64)
-    moved["W"][0] = p64["W"][0] * c
-    moved["b"][0] = rng.standard_normal(c.shape)
-    cache_m, grads_m = _last_layer_view(moved, x, y)
-    changes = [_relative(a, b).max() for a, b in zip(cache_m["h"][1:], cache["h"][1:])]
-    changes += [_relative(a, b).max() for a, b in zip(grads_m["W"][1:], grads["W"][1:])]
-    return float(np.median(changes))
 
 
 # ============================================================================ ghost-batch jitter as a regularizer
@@ -793,40 +599,31 @@ def ghost_batch_jitter(rng: np.random.Generator, *, hidden: list[int] = [64, 64]
                                     for c in range(10)]))
     X, y = split.X_train[index], split.y_train[index]
     n = len(y)
-    sizes = [X.shape[1], *hidden, 10]
     arms = [f"g{g}" for g in ghost_sizes] + ["free"]
-    stats = {**{f"g{g}": Stats(group=g) for g in ghost_sizes}, "free": Stats("rows", rows=n)}
+    configs = {f"g{g}": mlp(hidden, "batch") if g == batch_size else mlp(hidden, "ghost", ghost_batch_size=g)
+               for g in ghost_sizes}
+    configs["free"] = mlp(hidden, "batch", reference_rows=n)
     sweep = not lrs
     if not sweep and len(lrs) != len(arms):
         raise ValueError(f"lrs needs one learning rate per arm ({len(arms)}: {', '.join(arms)}); got {len(lrs)}")
     grid = {arm: sorted(set(lr_grid)) if sweep else sorted({lrs[i], lrs[-1], low_lr}) for i, arm in enumerate(arms)}
     if low_lr not in grid["free"]:
         raise ValueError(f"low_lr={low_lr} must be in lr_grid {lr_grid}")
-    _, base = paired_init(init_rng, sizes, 1)
-    plan = batch_plan(order_rng, n, batch_size, steps)
-    loss_weights = np.zeros((steps, n), dtype=DTYPE)
-    for step in range(steps):
-        np.add.at(loss_weights[step], plan[step], 1.0 / batch_size)
-    nets = {arm: take_arms(base, np.zeros(len(grid[arm]), dtype=int)) for arm in arms}
-    with np.errstate(all="ignore"):
-        for step in range(steps):
-            xb, yb = X[plan[step]], y[plan[step]]
-            for arm in arms:
-                if arm == "free":   # the whole training set forward, loss on the batch rows only
-                    train_step(nets[arm], X, y, np.array(grid[arm]), stats[arm], loss_weights[step])
-                else:
-                    train_step(nets[arm], xb, yb, np.array(grid[arm]), stats[arm])
-        results = {}
-        for arm, params in nets.items():
-            logits = predict(params, split.X_test, X)
-            finite = np.all([np.isfinite(w).all(axis=(1, 2)) for w in params["W"]], axis=0)
-            results[arm] = dict(val=eval_accuracy(params, split.X_val, split.y_val, X),
-                                test=accuracy(logits, split.y_test),
-                                test_loss=cross_entropy(np.nan_to_num(logits, nan=0.0, posinf=0.0, neginf=0.0),
-                                                        split.y_test)[0],
-                                train=eval_accuracy(params, X, y, X), finite=finite)
+    base = paired_init(init_rng, hidden)["batch"]
+    plan = model.batch_plan(order_rng, n, batch_size, steps)
+    results = {}
+    for arm in arms:   # same initial weights, same batches; the noise-free arm forwards all of X with each batch
+        config = configs[arm]
+        run = train(config, X, y, grid[arm], plan, base, X_reference=X if arm == "free" else None)
+        alive = ~run.diverged
+        logits = eval_logits(run.params, config, split.X_test, X, alive)
+        results[arm] = dict(val=eval_accuracy(run.params, config, split.X_val, split.y_val, X, alive),
+                            test=model.logits_accuracy(logits, split.y_test),
+                            test_loss=nn.softmax_cross_entropy(np.nan_to_num(logits, nan=0.0, posinf=0.0, neginf=0.0),
+                                                               split.y_test)[0],
+                            train=eval_accuracy(run.params, config, X, y, X, alive), diverged=run.diverged)
     if sweep:
-        chosen = {arm: int(np.argmax(results[arm]["val"])) for arm in arms}
+        chosen = {arm: model.select_lr(grid[arm], results[arm]["val"]) for arm in arms}
     else:
         chosen = {arm: grid[arm].index(lrs[i]) for i, arm in enumerate(arms)}
     common_lr = grid["free"][chosen["free"]]
@@ -840,7 +637,7 @@ def ghost_batch_jitter(rng: np.random.Generator, *, hidden: list[int] = [64, 64]
         out[f"test_loss_{arm}"] = float(min(r["test_loss"][k], 1e3))
         out[f"lr_{arm}"] = float(grid[arm][k])
     out["best_at_edge"] = float(sum(sweep and k in (0, len(lr_grid) - 1) for k in chosen.values()))
-    out["diverged"] = float(sum((~r["finite"]).sum() for r in results.values()))
+    out["diverged"] = float(sum(r["diverged"].sum() for r in results.values()))
     ghosts = arms[:-1]
     out["ghost_batch_size"] = np.array(ghost_sizes, dtype=float)
     out["test_acc_gain"] = np.array([out[f"test_acc_{a}"] - out["test_acc_free"] for a in ghosts])
@@ -856,20 +653,21 @@ def ghost_batch_jitter(rng: np.random.Generator, *, hidden: list[int] = [64, 64]
 
 # ============================================================================ same function, new parametrization
 
-def matching_bn_params(plain: dict, stats_x: np.ndarray) -> dict:
+def matching_bn_params(plain: dict, stats_x: np.ndarray, config: model.MLPConfig) -> dict:
     """BN parameters that compute exactly the plain network's function when BN normalizes with the
-    statistics of `stats_x`: same W; gamma_l = sqrt(var_l + eps), beta_l = mean_l + b_l, where
-    (mean_l, var_l) are the statistics of layer l's pre-activation (without bias) on stats_x."""
-    bn = {"W": [w.copy() for w in plain["W"]], "b": [None] * (len(plain["W"]) - 1) + [plain["b"][-1].copy()],
-          "gamma": [], "beta": []}
-    h = stats_x
-    for layer in range(len(plain["W"]) - 1):
-        z = h @ plain["W"][layer]
-        mean = z.mean(axis=1, keepdims=True)
-        var = np.square(z - mean).mean(axis=1, keepdims=True)
-        bn["gamma"].append(np.sqrt(var + EPS).astype(z.dtype))
-        bn["beta"].append((mean + plain["b"][layer]).astype(z.dtype))
-        h = np.maximum(z + plain["b"][layer], 0)
+    statistics of `stats_x`: the same W and b; gamma_l = sqrt(var_l + eps), beta_l = mean_l, where
+    (mean_l, var_l) are the statistics of layer l's pre-activation on stats_x. `plain` is one
+    network or a stack; `config` the plain network's."""
+    record: dict = {}
+    model.forward(plain, {}, stats_x, config, record=record)
+    bn = {name: value.copy() for name, value in plain.items()}
+    stack = plain["W0"].ndim == 3
+    for i in range(config.n_layers - 1):
+        pre = record[f"pre{i}"]
+        mean = pre.mean(axis=-2, keepdims=stack)
+        var = np.square(pre - (mean if stack else mean[None])).mean(axis=-2, keepdims=stack)
+        bn[f"gamma{i}"] = np.sqrt(var + config.eps).astype(pre.dtype)
+        bn[f"beta{i}"] = mean.astype(pre.dtype)
     return bn
 
 
@@ -941,69 +739,62 @@ def affine_reparametrization(rng: np.random.Generator, *, hidden: list[int] = [6
     """
     split = digits()
     X, y = split.X_train, split.y_train
-    sizes = [X.shape[1], *hidden, 10]
     init_rng, order_rng, reorder_rng, stats_rng = rng.spawn(4)
     lr = np.asarray(lrs, dtype=np.float64)
     if low_lr not in lrs:
         raise ValueError(f"low_lr={low_lr} must be one of lrs {lrs}")
     stats_x = X[np.sort(stats_rng.choice(len(y), stats_rows, replace=False))]
-    plain = init_params(init_rng, sizes, len(lr), norm=False)
+    plain_cfg = mlp(hidden)
+    fixed_cfg = mlp(hidden, "batch", reference_rows=stats_rows)      # noise-free: statistics of stats_x
+    batch_cfg = mlp(hidden, "batch")
+    initial = model.init_params(init_rng, plain_cfg)
 
     # exactness at init, float64: the BN reparametrization computes the plain function
-    p64 = _to64(take_arms(plain, slice(0, 1)))
-    s64, t64 = stats_x.astype(np.float64), split.X_test.astype(np.float64)
-    logits_plain = forward(p64, t64)[0]
-    logits_bn = forward(matching_bn_params(p64, s64), np.concatenate([s64, t64]), Stats("rows", rows=stats_rows))[0]
-    init_error = (np.abs(logits_bn[:, stats_rows:] - logits_plain).max() / np.abs(logits_plain).max()
+    p64, s64, t64 = _to64(initial), stats_x.astype(np.float64), split.X_test.astype(np.float64)
+    plain64, fixed64 = replace(plain_cfg, dtype="float64"), replace(fixed_cfg, dtype="float64")
+    logits_plain = model.forward(p64, {}, t64, plain64)[0]
+    logits_bn = model.forward(matching_bn_params(p64, s64, plain64), model.init_state(fixed64),
+                              np.concatenate([s64, t64]), fixed64)[0][stats_rows:]
+    init_error = (np.abs(logits_bn - logits_plain).max() / np.abs(logits_plain).max()
                   / np.finfo(np.float64).eps)
 
-    plan = batch_plan(order_rng, len(y), batch_size, steps)
-    replan = batch_plan(reorder_rng, len(y), batch_size, steps)
-    fixed_rows = Stats("rows", rows=stats_rows)
-    fixed_weights = np.concatenate([np.zeros(stats_rows), np.full(batch_size, 1.0 / batch_size)]).astype(DTYPE)
-    fixed_labels = np.zeros(stats_rows, dtype=y.dtype)
     checks = steps // check_every
+    plan = model.batch_plan(order_rng, len(y), batch_size, steps)
+    replan = model.batch_plan(reorder_rng, len(y), batch_size, steps)
 
-    def run(params, lr_arms, order, reference=None, batch_stats=False):
-        """Train; return (loss per check interval (A, checks), and the test logits at every check, or,
-        given `reference` logits per check, the TV distance to them). BN uses the fixed statistics
-        rows unless `batch_stats`."""
-        losses = np.zeros((len(lr_arms), checks))
-        logits_log, tv = [], np.zeros((len(lr_arms), checks + 1))
-        for step in range(steps + 1):
-            if step % check_every == 0:
-                logits = predict(params, split.X_test, None if params["gamma"] is None else stats_x)
-                if reference is None:
-                    logits_log.append(logits)
-                else:
-                    tv[:, step // check_every] = _total_variation(reference[step // check_every], logits)
-            if step == steps:
-                break
-            xb, yb = X[order[step]], y[order[step]]
-            if params["gamma"] is None or batch_stats:
-                loss = train_step(params, xb, yb, lr_arms)
-            else:   # noise-free BN: [fixed statistics rows; batch rows], loss on the batch rows
-                loss = train_step(params, np.concatenate([stats_x, xb]), np.concatenate([fixed_labels, yb]),
-                                  lr_arms, fixed_rows, fixed_weights)
-            losses[:, step // check_every] += loss / check_every
-        return losses, (np.stack(logits_log) if reference is None else tv)
+    def run(config, params, lrs, order, reference=None):
+        """Train; return (mean mini-batch loss per check interval (A, checks), the test logits at every
+        check (checks + 1, A, N, C), or, given `reference` logits per check, the TV distance to them
+        (A, checks + 1), and the result). Inference: precise BN over stats_x."""
+        def look(index, params, alive):
+            logits = eval_logits(params, config, split.X_test, stats_x, alive)
+            return logits if reference is None else _total_variation(reference[index], logits)
+        hook = Checkpoints(check_every, look)
+        result = train(config, X, y, lrs, order, params, record=hook,
+                       X_reference=stats_x if config.reference_rows else None)
+        losses = np.full((len(lrs), checks * check_every), np.nan)
+        ran = min(result.losses.shape[1], checks * check_every)
+        losses[:, :ran] = result.losses[:, :ran]
+        looks = hook.values(checks + 1)
+        return losses.reshape(len(lrs), checks, check_every).mean(axis=2), looks if reference is None else looks.T, result
 
-    initial = take_arms(plain, slice(0, 1))
-    bn_fixed = matching_bn_params(plain, stats_x)
-    with np.errstate(all="ignore"):
-        loss_plain, plain_logits = run(plain, lr, plan)                         # (checks+1, A, N, C)
-        loss_fixed, tv_fixed = run(bn_fixed, lr, plan, plain_logits)
-        val = {name: eval_accuracy(params, split.X_val, split.y_val, stats_x)
-               for name, params in (("plain", plain), ("bn_fixed", bn_fixed))}
-        test = {name: eval_accuracy(params, split.X_test, split.y_test, stats_x)
-                for name, params in (("plain", plain), ("bn_fixed", bn_fixed))}
-        c = int(np.argmax(val["plain"]))                                        # the common LR
-        reference, common = plain_logits[:, c:c + 1], lr[c:c + 1]
-        bn_batch = matching_bn_params(initial, stats_x)
-        loss_order, tv_order = run(copy_params(initial), common, replan, reference)
-        loss_batch, tv_batch = run(bn_batch, common, plan, reference, batch_stats=True)
-        test_batch = eval_accuracy(bn_batch, split.X_test, split.y_test, stats_x)
-    chosen = int(np.argmax(val["bn_fixed"]))
+    def accuracies(config, result, x, y_true):
+        return eval_accuracy(result.params, config, x, y_true, stats_x, ~result.diverged)
+
+    loss_plain, plain_logits, plain = run(plain_cfg, initial, lr, plan)
+    loss_fixed, tv_fixed, fixed = run(fixed_cfg, matching_bn_params(initial, stats_x, plain_cfg), lr, plan,
+                                      plain_logits)
+    val = {"plain": accuracies(plain_cfg, plain, split.X_val, split.y_val),
+           "bn_fixed": accuracies(fixed_cfg, fixed, split.X_val, split.y_val)}
+    test = {"plain": accuracies(plain_cfg, plain, split.X_test, split.y_test),
+            "bn_fixed": accuracies(fixed_cfg, fixed, split.X_test, split.y_test)}
+    c = model.select_lr(lr, val["plain"])                                      # the common LR
+    reference, common = plain_logits[:, c:c + 1], lr[c:c + 1]
+    _, tv_order, _ = run(plain_cfg, initial, common, replan, reference)
+    loss_batch, tv_batch, batch = run(batch_cfg, matching_bn_params(initial, stats_x, plain_cfg), common, plan,
+                                      reference)
+    test_batch = accuracies(batch_cfg, batch, split.X_test, split.y_test)
+    chosen = model.select_lr(lr, val["bn_fixed"])
     low = lrs.index(low_lr)
     mean_loss = {"plain": loss_plain.mean(axis=1), "bn_fixed": loss_fixed.mean(axis=1)}
     finite = lambda a: np.where(np.isfinite(a), a, np.nan)  # noqa: E731
