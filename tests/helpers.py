@@ -48,10 +48,10 @@ def claim_text(id, *, experiment="toy-normal", params="{mu: 1.0}", seeds=6, hold
 
 
 def make_project(root: Path) -> Path:
-    """``root/claims`` with the five real threads under ``claims/threads`` (not their sentence maps,
-    which name the real claims)."""
+    """``root/claims`` with the five real threads under ``claims/threads`` (not their sentence maps and
+    answers, which name the real claims)."""
     (root / "claims").mkdir(parents=True)
-    shutil.copytree(THREADS, root / "claims" / "threads", ignore=shutil.ignore_patterns("*.map.yaml"))
+    shutil.copytree(THREADS, root / "claims" / "threads", ignore=shutil.ignore_patterns("*.map.yaml", "*.answer.yaml"))
     return root
 
 

@@ -71,7 +71,8 @@ def cluster():
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     (tmp_path / "claims").mkdir()
-    shutil.copytree(ROOT / "claims" / "threads", tmp_path / "claims" / "threads")
+    shutil.copytree(ROOT / "claims" / "threads", tmp_path / "claims" / "threads",
+                    ignore=shutil.ignore_patterns("*.map.yaml", "*.answer.yaml"))  # they name the real claims
     for claim_id, (experiment, params, seeds) in TOYS.items():
         (tmp_path / "claims" / f"{claim_id}.yaml").write_text(
             CLAIM.format(id=claim_id, experiment=experiment, params=params, seeds=seeds), encoding="utf-8")
