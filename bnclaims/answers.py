@@ -36,8 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bnclaims import textmatch
+from bnclaims.companions import companions, get, read_mapping
 from bnclaims.errors import Problem
-from bnclaims.yamlpos import MAX_BYTES, Located, YamlProblem, load
+from bnclaims.yamlpos import Located
 
 ANSWER_SUFFIX = ".answer.yaml"
 REFERENCE = re.compile(r"\[\[([^\[\]\n]{1,200})\]\]")
@@ -83,15 +84,6 @@ def parse_reference(body: str) -> Reference | None:
     return Reference(body.strip(), match.group("id"), match.group("metric"), int(n) if n else None,
                      bool(match.group("beyond")))
 
-
-def answer_path(threads_dir: Path, thread_name: str) -> Path:
-    stem = thread_name[:-4] if thread_name.endswith(".txt") else thread_name
-    return threads_dir / f"{stem}{ANSWER_SUFFIX}"
-
-
-def _get(node: Located, key: str) -> Located | None:
-    entry = node.value.get(key) if node.kind == "map" else None
-    return entry[1] if entry else None
 
 
 def _check_text(text: str, node: Located, claims_by_id: dict, add, warn) -> None:
@@ -144,18 +136,9 @@ def load_answer(path: Path, thread_name: str, thread_text: str, claims_by_id: di
         warnings.append(Problem(shown, "warning: " + message, node.line if node else None,
                                 node.column if node else None))
 
-    try:
-        data = path.read_bytes()
-        if len(data) > MAX_BYTES:
-            return None, [Problem(shown, f"file is larger than 1 MiB (found {len(data)} bytes)")], []
-        root = load(data)
-    except OSError as e:
-        return None, [Problem(shown, f"cannot read file ({e.strerror})")], []
-    except YamlProblem as e:
-        return None, [Problem(shown, e.message, e.line, e.column)], []
-    if root.kind != "map":
-        return None, [Problem(shown, "an answer file must be a YAML mapping (thread, written_against, summary, "
-                                     "questions)", root.line, root.column)], []
+    root, unreadable = read_mapping(path, shown, "thread, written_against, summary and questions")
+    if root is None:
+        return None, unreadable, []
     keys = ("thread", "written_against", "summary", "questions")
     for key, (key_node, _) in root.value.items():
         if key not in keys:
@@ -163,12 +146,12 @@ def load_answer(path: Path, thread_name: str, thread_text: str, claims_by_id: di
     for key in keys:
         if key not in root.value:
             add(root, f"missing required key '{key}' (found keys: {', '.join(root.value) or 'none'})")
-    thread_node = _get(root, "thread")
+    thread_node = get(root, "thread")
     if thread_node is not None and thread_node.value != thread_name[:-4]:
         add(thread_node, f"thread must name this file's thread '{thread_name[:-4]}' (found {thread_node.value!r})")
 
     written: dict[str, str] = {}
-    against = _get(root, "written_against")
+    against = get(root, "written_against")
     if against is not None:
         if against.kind != "map":
             add(against, "written_against must map claim ids to the verdicts the answer was written against")
@@ -187,7 +170,7 @@ def load_answer(path: Path, thread_name: str, thread_text: str, claims_by_id: di
                                     "and written_against")
 
     summary = ""
-    summary_node = _get(root, "summary")
+    summary_node = get(root, "summary")
     if summary_node is not None:
         if not isinstance(summary_node.value, str) or not summary_node.value.strip():
             add(summary_node, "summary must be a few sentences of text")
@@ -196,12 +179,12 @@ def load_answer(path: Path, thread_name: str, thread_text: str, claims_by_id: di
             _check_text(summary, summary_node, claims_by_id, add, warn)
 
     questions: list[Question] = []
-    seq = _get(root, "questions")
+    seq = get(root, "questions")
     if seq is not None and seq.kind != "seq":
         add(seq, "questions must be a list of {quote, answer}")
     elif seq is not None:
         for item in seq.value:
-            quote_node, answer_node = _get(item, "quote"), _get(item, "answer")
+            quote_node, answer_node = get(item, "quote"), get(item, "answer")
             if item.kind != "map" or quote_node is None or answer_node is None:
                 add(item, "a question needs quote (the asker's words) and answer (the reply)")
                 continue
@@ -234,24 +217,13 @@ def load_answer(path: Path, thread_name: str, thread_text: str, claims_by_id: di
 
 def load_answers(claims_dir: Path, claims: list) -> tuple[dict[str, Answer], list[Problem], list[Problem]]:
     """Every ``<thread>.answer.yaml`` under ``claims_dir/threads``: (answers by thread, problems, warnings)."""
-    from bnclaims.claims import display_path
-
-    threads_dir = Path(claims_dir) / "threads"
     answers: dict[str, Answer] = {}
     problems: list[Problem] = []
     warnings: list[Problem] = []
-    if not threads_dir.is_dir():
-        return answers, problems, warnings
     by_id = {c.id: c for c in claims}
-    for path in sorted(threads_dir.glob(f"*{ANSWER_SUFFIX}")):
-        thread_name = path.name[: -len(ANSWER_SUFFIX)] + ".txt"
-        thread_path = threads_dir / thread_name
-        try:
-            text = thread_path.read_text(encoding="utf-8") if thread_path.is_file() else None
-        except (OSError, UnicodeDecodeError):
-            text = None
-        if text is None:
-            problems.append(Problem(display_path(path), f"no thread {thread_name} beside this answer file"))
+    for path, thread_name, text, problem in companions(claims_dir, ANSWER_SUFFIX, "answer file"):
+        if problem is not None:
+            problems.append(problem)
             continue
         answer, found, warned = load_answer(path, thread_name, text, by_id)
         problems += found

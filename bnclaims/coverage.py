@@ -30,8 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bnclaims import textmatch
+from bnclaims.companions import companions, get, read_mapping
 from bnclaims.errors import Problem
-from bnclaims.yamlpos import MAX_BYTES, Located, YamlProblem, load
+from bnclaims.yamlpos import Located
 
 NOT_TESTABLE = {
     "opinion": "a judgement or preference, not a statement about what happens",
@@ -139,15 +140,6 @@ class SentenceMap:
         return 100.0 * self.tested / total if total else None
 
 
-def map_path(threads_dir: Path, thread_name: str) -> Path:
-    stem = thread_name[:-4] if thread_name.endswith(".txt") else thread_name
-    return threads_dir / f"{stem}{MAP_SUFFIX}"
-
-
-def _get(node: Located, key: str) -> Located | None:
-    entry = node.value.get(key) if node.kind == "map" else None
-    return entry[1] if entry else None
-
 
 def load_map(path: Path, thread_name: str, thread_text: str, claims_by_id: dict) -> tuple[SentenceMap | None, list[Problem]]:
     """Load and validate one sentence map against its thread and the claims quoting it."""
@@ -159,22 +151,13 @@ def load_map(path: Path, thread_name: str, thread_text: str, claims_by_id: dict)
     def add(node: Located | None, message: str) -> None:
         problems.append(Problem(shown, message, node.line if node else None, node.column if node else None))
 
-    try:
-        data = path.read_bytes()
-        if len(data) > MAX_BYTES:
-            return None, [Problem(shown, f"file is larger than 1 MiB (found {len(data)} bytes)")]
-        root = load(data)
-    except OSError as e:
-        return None, [Problem(shown, f"cannot read file ({e.strerror})")]
-    except YamlProblem as e:
-        return None, [Problem(shown, e.message, e.line, e.column)]
-    if root.kind != "map":
-        return None, [Problem(shown, "a sentence map must be a YAML mapping with 'thread' and 'sentences'",
-                              root.line, root.column)]
+    root, problems = read_mapping(path, shown, "'thread' and 'sentences'")
+    if root is None:
+        return None, problems
     for key, (key_node, _) in root.value.items():
         if key not in ("thread", "sentences"):
             add(key_node, f"unknown key (found '{key}'{did_you_mean(key, ['thread', 'sentences'])})")
-    thread_node, seq = _get(root, "thread"), _get(root, "sentences")
+    thread_node, seq = get(root, "thread"), get(root, "sentences")
     stem = thread_name[:-4]
     if thread_node is None or thread_node.value != stem:
         add(thread_node or root, f"thread must name this map's thread '{stem}' (found "
@@ -195,7 +178,7 @@ def load_map(path: Path, thread_name: str, thread_text: str, claims_by_id: dict)
         for key, (key_node, _) in item.value.items():
             if key not in allowed:
                 add(key_node, f"unknown key in a sentence entry (found '{key}'{did_you_mean(key, allowed)})")
-        line_node, text_node = _get(item, "line"), _get(item, "text")
+        line_node, text_node = get(item, "line"), get(item, "text")
         if line_node is None or not isinstance(line_node.value, int) or isinstance(line_node.value, bool) \
                 or text_node is None or not isinstance(text_node.value, str):
             add(item, "a sentence entry needs line (an integer) and text (the sentence)")
@@ -219,12 +202,12 @@ def load_map(path: Path, thread_name: str, thread_text: str, claims_by_id: dict)
                       f"(found {', '.join(kinds) or 'none'})")
             continue
         kind = kinds[0]
-        value = _get(item, kind)
-        question_node = _get(item, "question")
+        value = get(item, kind)
+        question_node = get(item, "question")
         question = bool(question_node and question_node.value is True)
         if question_node is not None and not isinstance(question_node.value, bool):
             add(question_node, f"question must be true or false (found {question_node.value!r})")
-        note_node = _get(item, "note")
+        note_node = get(item, "note")
         note = note_node.value if note_node is not None and isinstance(note_node.value, str) else ""
         if kind == "claim":
             ids = [value.value] if value.kind == "scalar" else [v.value for v in value.value] if value.kind == "seq" else []
@@ -266,23 +249,12 @@ def load_map(path: Path, thread_name: str, thread_text: str, claims_by_id: dict)
 
 def load_maps(claims_dir: Path, claims: list) -> tuple[dict[str, SentenceMap], list[Problem]]:
     """Every ``<thread>.map.yaml`` under ``claims_dir/threads``, validated; {thread name: map}."""
-    threads_dir = Path(claims_dir) / "threads"
     maps: dict[str, SentenceMap] = {}
     problems: list[Problem] = []
-    if not threads_dir.is_dir():
-        return maps, problems
     by_id = {c.id: c for c in claims}
-    for path in sorted(threads_dir.glob(f"*{MAP_SUFFIX}")):
-        thread_name = path.name[: -len(MAP_SUFFIX)] + ".txt"
-        thread_path = threads_dir / thread_name
-        try:
-            text = thread_path.read_text(encoding="utf-8") if thread_path.is_file() else None
-        except (OSError, UnicodeDecodeError):
-            text = None
-        if text is None:
-            from bnclaims.claims import display_path
-
-            problems.append(Problem(display_path(path), f"no thread {thread_name} beside this sentence map"))
+    for path, thread_name, text, problem in companions(claims_dir, MAP_SUFFIX, "sentence map"):
+        if problem is not None:
+            problems.append(problem)
             continue
         sentence_map, found = load_map(path, thread_name, text, by_id)
         problems.extend(found)
