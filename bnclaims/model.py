@@ -73,6 +73,10 @@ class MLPConfig:
         ``train_stack(X_reference=...)`` prepends the M reference rows to every batch and puts the
         loss on the batch rows only. With the whole training set as reference this is batch norm
         without sampling noise that is still a correct optimizer of the mini-batch loss.
+    affine_shared: one gamma and one beta per normalized layer instead of one per feature: they
+        are stored per feature (all entries equal, starting at 1 and 0) and each entry's gradient
+        is the sum over the layer's features (`_tie_affine`), so the entries stay equal and train
+        as one scalar pair would. Needs ``affine`` and a norm.
     """
 
     sizes: tuple[int, ...] = (64, 128, 128, 10)
@@ -93,9 +97,12 @@ class MLPConfig:
     noise_scale_spread: float = 1.25
     dtype: Literal["float32", "float64"] = "float32"
     reference_rows: int = 0
+    affine_shared: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "sizes", tuple(int(s) for s in self.sizes))
+        if self.affine_shared and (not self.affine or self.norm == "none"):
+            raise ValueError("MLPConfig.affine_shared needs affine=True and a norm other than 'none'")
         if self.reference_rows < 0 or (self.reference_rows and self.norm != "batch"):
             raise ValueError(f"MLPConfig.reference_rows must be 0, or > 0 with norm='batch'; "
                              f"got {self.reference_rows} with norm={self.norm!r}")
@@ -192,8 +199,24 @@ def _activation(h: np.ndarray, config: MLPConfig, tape: Tape) -> np.ndarray:
     return h
 
 
+def _tie_affine(backward_fn: Callable) -> Callable:
+    """A norm's backward whose gamma and beta gradients are summed over the features, every entry
+    getting the sum (``MLPConfig.affine_shared``: one gamma, beta pair per layer)."""
+    def tied(dout, cache):
+        dx, dgamma, dbeta = backward_fn(dout, cache)
+        tie = lambda g: np.broadcast_to(g.sum(axis=-1, keepdims=True), g.shape).copy()  # noqa: E731
+        return dx, tie(dgamma), tie(dbeta)
+    return tied
+
+
 def _norm(h, i, params, state, new_state, config, train, rng, tape):
     """Normalize hidden layer ``i``; append to the tape; put updated running stats in new_state."""
+    if config.affine_shared:
+        start = len(tape)
+        out = _norm(h, i, params, state, new_state, replace(config, affine_shared=False), train, rng, tape)
+        backward_fn, cache, names = tape[start]
+        tape[start] = (_tie_affine(backward_fn), cache, names)
+        return out
     kind = config.norm
     if kind == "none":
         return h

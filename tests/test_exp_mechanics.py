@@ -67,84 +67,55 @@ def test_mean_error_bound_flags_a_real_error():
     assert np.all(np.abs((out + 1e-3).astype(np.float64).mean(0)) > bound)
 
 
-# ----------------------------------------------------------------------------- stacked trainer
+# ----------------------------------------------------------------------------- digits arms on bnclaims.model
 
 
-def _stack_params(rng, S=3, d=5, hidden=4, classes=3):
-    p = mechanics._init_stack(rng, S, d, hidden, classes, np.float64)
-    p["gamma"] = rng.uniform(0.5, 2.0, p["gamma"].shape)
-    p["beta"] = rng.normal(0, 0.5, p["beta"].shape)
-    p["b2"] = rng.normal(0, 0.5, p["b2"].shape)
-    for kind_index in range(S):
-        p["W1"][kind_index] += 0.1 * rng.standard_normal(p["W1"][kind_index].shape)
-    return p
-
-
-@pytest.mark.parametrize("kinds", [["vector", "scalar", "none"]])
-def test_stack_gradients_match_finite_differences(kinds):
-    rng = np.random.default_rng(0)
-    p = _stack_params(rng)
-    # a scalar copy has all-equal gamma, beta; a none copy has gamma = 1, beta = 0
-    p["gamma"][1] = 1.3
-    p["beta"][1] = -0.2
-    p["gamma"][2], p["beta"][2] = 1.0, 0.0
-    x, y = rng.standard_normal((8, 5)), rng.integers(0, 3, 8)
-    per_feature, shared = mechanics._affine_masks(kinds, np.float64)
-
-    def loss(q):
-        return mechanics._stack_loss_and_grads({k: v.copy() for k, v in q.items()}, x, y, per_feature, shared)[0] / 8
-
-    _, grads, _, _ = mechanics._stack_loss_and_grads({k: v.copy() for k, v in p.items()}, x, y, per_feature, shared)
-    h = 1e-6
-    for name in ("W1", "W2", "b2", "gamma", "beta"):
-        for s, kind in enumerate(kinds):
-            if name in ("gamma", "beta") and kind != "vector":
-                # shared parameter: move every entry together; none: the gradient must be 0
-                plus, minus = dict(p), dict(p)
-                plus[name], minus[name] = p[name].copy(), p[name].copy()
-                plus[name][s] += h
-                minus[name][s] -= h
-                numeric = (loss(plus)[s] - loss(minus)[s]) / (2 * h)
-                expected = numeric if kind == "scalar" else 0.0
-                assert np.allclose(grads[name][s], expected, rtol=1e-6, atol=1e-8), (name, kind)
-                continue
-            flat = p[name][s].ravel()
-            for j in range(flat.size):
-                plus, minus = dict(p), dict(p)
-                plus[name], minus[name] = p[name].copy(), p[name].copy()
-                plus[name][s].flat[j] += h
-                minus[name][s].flat[j] -= h
-                numeric = (loss(plus)[s] - loss(minus)[s]) / (2 * h)
-                analytic = grads[name][s].flat[j]
-                assert abs(numeric - analytic) <= 1e-6 * max(1.0, abs(numeric)), (name, kind, j)
-
-
-def test_stack_step_agrees_with_the_model_module():
-    """One copy of the stacked trainer computes the same loss and gradients as bnclaims.model."""
-    rng = np.random.default_rng(3)
-    p = _stack_params(rng, S=1)
-    x, y = rng.standard_normal((16, 5)), rng.integers(0, 3, 16)
-    config = model.MLPConfig(sizes=(5, 4, 3), norm="batch", dtype="float64")
-    params = {"W0": p["W1"][0], "b0": np.zeros(4), "gamma0": p["gamma"][0, 0], "beta0": p["beta"][0, 0],
-              "W1": p["W2"][0], "b1": p["b2"][0, 0]}
-    loss, grads, _, _ = model.loss_and_grads(params, model.init_state(config), x, y, config)
-    masks = mechanics._affine_masks(["vector"], np.float64)
-    loss_sum, g, _, _ = mechanics._stack_loss_and_grads(p, x, y, *masks)
-    assert loss_sum[0] / 16 == pytest.approx(loss, rel=1e-12)
-    for ours, theirs in (("W1", "W0"), ("gamma", "gamma0"), ("beta", "beta0"), ("W2", "W1"), ("b2", "b1")):
-        np.testing.assert_allclose(g[ours][0].reshape(grads[theirs].shape), grads[theirs], rtol=1e-10, atol=1e-12)
-
-
-def test_scalar_copy_keeps_one_gamma_and_none_copy_keeps_identity():
+def _digits(n=256):
     from bnclaims import data
 
     split = data.digits_split(validation_fraction=0.2, standardize=True, dtype=np.float32)
-    p, losses, diverged = mechanics._train_stack(np.random.default_rng(0), split.X_train[:256], split.y_train[:256],
-                                                 ["vector", "scalar", "none"], [0.1] * 3, hidden=8, epochs=2)
-    assert not diverged.any() and np.all(np.isfinite(losses))
-    assert np.ptp(p["gamma"][0]) > 0                  # per feature: the entries move apart
-    assert np.ptp(p["gamma"][1]) == 0 and np.ptp(p["beta"][1]) == 0 and p["gamma"][1, 0, 0] != 1
-    assert np.all(p["gamma"][2] == 1) and np.all(p["beta"][2] == 0)
+    return split.X_train[:n], split.y_train[:n]
+
+
+def test_arms_are_paired_and_each_affine_kind_is_what_it_says():
+    X, y = _digits()
+    res = mechanics._train_arms(np.random.default_rng(0), X, y, ("vector", "scalar", "none"), [0.03, 0.1],
+                                hidden=8, epochs=2)
+    vec, sca, none = res["vector"], res["scalar"], res["none"]
+    # paired: the same initial function (gamma = 1, beta = 0) on the same first batch -> the same first loss
+    np.testing.assert_array_equal(vec.losses[:, 0], sca.losses[:, 0])
+    np.testing.assert_array_equal(vec.losses[:, 0], none.losses[:, 0])
+    assert not any(r.diverged.any() for r in res.values())
+    assert np.all(np.ptp(vec.params["gamma0"], axis=-1) > 0)             # per feature: entries move apart
+    assert np.all(np.ptp(sca.params["gamma0"], axis=-1) == 0) and np.all(np.ptp(sca.params["beta0"], axis=-1) == 0)
+    assert np.all(sca.params["gamma0"] != 1)                              # ... and the one pair does train
+    assert "gamma0" not in none.params and none.config.affine is False    # none: identity affine, nothing to train
+
+
+def test_initial_weights_keep_the_pre_port_scales_and_streams():
+    config = mechanics._config(64)
+    p = mechanics._initial(np.random.default_rng(5), config)
+    z = np.random.default_rng(5)
+    w0, w1 = z.standard_normal((64, 64)) * np.sqrt(2 / 64), z.standard_normal((64, 10)) * np.sqrt(1 / 64)
+    np.testing.assert_allclose(p["W0"], w0, rtol=1e-6)
+    np.testing.assert_allclose(p["W1"], w1, rtol=1e-6)
+    assert np.all(p["gamma0"] == 1) and np.all(p["beta0"] == 0) and np.all(p["b1"] == 0)
+
+
+def test_lr_choice_and_counts_follow_the_model_rules():
+    res = mechanics._arms_on_digits(np.random.default_rng(1), ("vector", "none"), [0.01, 0.1, 30.0], 8, 1, 32)
+    for arm in ("vector", "none"):
+        r = res[arm]
+        assert r["best"] == model.select_lr([0.01, 0.1, 30.0], r["val_acc"], r["res"].diverged)
+        assert np.all(r["val_acc"][r["res"].diverged] == 0) and np.all(np.isinf(r["train_loss"][r["res"].diverged]))
+        assert r["epoch_loss"].shape == (3, 1)
+    assert res["diverged_runs"] == sum(int(res[a]["res"].diverged.sum()) for a in ("vector", "none"))
+
+
+def test_collapsing_the_per_feature_pairs_is_measured_on_the_same_network():
+    out = _run("bn-scalar-vs-per-feature-affine")["metrics"]
+    assert -1 <= out["collapse_acc_drop"] <= 1 and out["gamma_cv"] > 0
+    assert out["log10_lr_vector"] in np.log10(TINY["bn-scalar-vs-per-feature-affine"]["lrs"])
 
 
 # ----------------------------------------------------------------------------- identities used by the rules

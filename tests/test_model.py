@@ -657,3 +657,42 @@ def test_population_state_makes_eval_mode_equal_training_mode_on_that_set():
             model.forward(model.arm_params(stacked, 1), model.population_state(model.arm_params(stacked, 1), X, config),
                           X, config, False)[0], rtol=1e-12)
     assert model.population_state(model.init_params(rng, small_config()), X, small_config()) == {}
+
+
+@pytest.mark.parametrize("norm", ["batch", "layer", "ghost", "running"])
+def test_shared_affine_is_one_gamma_beta_pair_per_layer(norm):
+    """affine_shared: every entry's gradient is the derivative along moving all entries together
+    (the per-feature gradients summed); the rest of the gradient is the per-feature model's; trained
+    entries stay equal."""
+    config = small_config(norm=norm, affine_shared=True)
+    per_feature = small_config(norm=norm)
+    rng = np.random.default_rng(4)
+    params = model.init_params(rng, config)
+    for name in params:
+        if name.startswith(("gamma", "beta")):
+            params[name][:] = rng.normal(1.0 if name.startswith("gamma") else 0.0, 0.3)  # one value per layer
+    state = model.init_state(config)
+    x, y = rng.standard_normal((8, SMALL[0])), rng.integers(0, SMALL[-1], 8)
+    _, shared, _, _ = model.loss_and_grads(params, state, x, y, config)
+    _, untied, _, _ = model.loss_and_grads(params, state, x, y, per_feature)
+    h = 1e-6
+    for name, grad in shared.items():
+        if not name.startswith(("gamma", "beta")):
+            np.testing.assert_array_equal(grad, untied[name])
+            continue
+        np.testing.assert_allclose(grad, np.full_like(grad, untied[name].sum()), rtol=1e-12)
+        moved = {sign: dict(params, **{name: params[name] + sign * h}) for sign in (1, -1)}
+        numeric = (model.loss_and_grads(moved[1], state, x, y, config)[0]
+                   - model.loss_and_grads(moved[-1], state, x, y, config)[0]) / (2 * h)
+        assert grad[0] == pytest.approx(numeric, rel=1e-6, abs=1e-9)
+    X, Y = rng.standard_normal((64, SMALL[0])), rng.integers(0, SMALL[-1], 64)
+    res = model.train_stack([np.random.default_rng(0)] * 2, config, X, Y, [model.Arm(lr=0.1, momentum=0.9),
+                            model.Arm(lr=0.03)], epochs=2, batch_size=16)
+    for name in ("gamma0", "beta0", "gamma1", "beta1"):
+        assert np.all(np.ptp(res.params[name], axis=-1) == 0) and np.all(res.params[name] != (name[0] == "g"))
+
+
+def test_shared_affine_needs_an_affine_norm():
+    for bad in (dict(norm="none", affine_shared=True), dict(norm="batch", affine=False, affine_shared=True)):
+        with pytest.raises(ValueError, match="affine_shared"):
+            small_config(**bad)

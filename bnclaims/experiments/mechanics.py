@@ -15,17 +15,16 @@ rounding-error bound of the dtype (unit roundoff ``u = finfo(dtype).eps / 2``); 
 means "equal up to floating-point rounding".
 
 The digits experiments train a small batch-norm MLP, ``64 -> H -> BN -> ReLU -> 10``, with
-several copies stacked on a leading axis (arms x learning rates) so that one NumPy computation
-trains them all on the same batches from the same initialisation (paired arms).
-``bnclaims.model`` trains one network at a time and has no scalar-γ/β variant, hence this small
-stacked trainer here.
+`bnclaims.model.train_stack` (one stack per affine kind, one arm per learning rate; every arm from
+the same initial function on the same batches: paired arms) and measure the trained networks with
+`model.forward`; every layer is `bnclaims.nn`'s.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from bnclaims import data, nn
+from bnclaims import data, model, nn
 from bnclaims.experiments import experiment
 
 _EPS = 1e-5
@@ -177,195 +176,82 @@ def batchnorm_moments(rng: np.random.Generator, *, batch_sizes: list[int] = [2, 
     }
 
 
-# ============================================================================ stacked BN-MLP trainer
+# ============================================================================ digits arms on bnclaims.model
 #
-# S copies of  x -> x @ W1 -> BN(gamma, beta) -> ReLU -> @ W2 + b2  trained at once on the same
-# batches. Arrays carry the copies on axis 0: W1 (S, D, H), gamma/beta (S, 1, H), W2 (S, H, C).
-# affine kind per copy: "vector" (one gamma, beta per feature, Ioffe & Szegedy), "scalar" (one
-# gamma, beta per layer: the gradient is summed over features, so all entries stay equal) or
-# "none" (gamma = 1, beta = 0 fixed). No bias before BN: BN's mean subtraction cancels it.
+# 64 -> H -> BN -> ReLU -> 10 networks trained by `model.train_stack`, one stack per affine kind
+# with one arm per learning rate: "vector" (one gamma, beta per feature, Ioffe & Szegedy),
+# "scalar" (one pair per layer: MLPConfig(affine_shared=True)) or "none" (affine=False). Every
+# arm starts from the same weights on the same batches (params=, plan=), drawn from the children
+# of rng.spawn(2) as before the port.
 
-_KINDS = ("vector", "scalar", "none")
-
-
-def _init_stack(rng, n_copies: int, d: int, hidden: int, classes: int, dtype) -> dict:
-    """One He-initialised network, repeated n_copies times (every copy starts as the same function)."""
-    W1 = (rng.standard_normal((d, hidden)) * np.sqrt(2.0 / d)).astype(dtype)
-    W2 = (rng.standard_normal((hidden, classes)) * np.sqrt(1.0 / hidden)).astype(dtype)
-    rep = lambda a: np.repeat(a[None], n_copies, axis=0)  # noqa: E731
-    return {
-        "W1": rep(W1), "W2": rep(W2), "b2": np.zeros((n_copies, 1, classes), dtype),
-        "gamma": np.ones((n_copies, 1, hidden), dtype), "beta": np.zeros((n_copies, 1, hidden), dtype),
-        "running_mean": np.zeros((n_copies, 1, hidden), dtype), "running_var": np.ones((n_copies, 1, hidden), dtype),
-    }
+_AFFINE = {"vector": {}, "scalar": {"affine_shared": True}, "none": {"affine": False}}
 
 
-def _stack_logits(p: dict, X, train: bool, eps: float = _EPS):
-    """Logits (S, N, C) of every copy on X (N, D) or (S, N, D): batch statistics or running ones."""
-    z = np.matmul(X, p["W1"])                                   # (S, N, H)
-    if train:
-        mean = z.mean(axis=1, keepdims=True)
-        var = z.var(axis=1, keepdims=True)
-    else:
-        mean, var = p["running_mean"], p["running_var"]
-    h = (z - mean) * (p["gamma"] / np.sqrt(var + eps)) + p["beta"]
-    return np.matmul(np.maximum(h, 0), p["W2"]) + p["b2"]
+def _config(hidden: int, kind: str = "vector") -> model.MLPConfig:
+    if kind not in _AFFINE:
+        raise ValueError(f"affine kinds must be among {tuple(_AFFINE)}; got {kind!r}")
+    return model.MLPConfig(sizes=(64, hidden, 10), norm="batch", eps=_EPS, **_AFFINE[kind])
 
 
-def _stack_accuracy(p: dict, X, y) -> np.ndarray:
-    """Eval-mode accuracy of every copy, (S,). A diverged copy (NaN logits) scores as chance or worse."""
-    with np.errstate(all="ignore"):
-        logits = _stack_logits(p, X, train=False)
-    return np.mean(np.argmax(np.nan_to_num(logits, nan=0.0), axis=2) == y, axis=1)
+def _initial(init_rng, config: model.MLPConfig) -> dict:
+    """He weights for the hidden layer, LeCun scale (sqrt(1 / H)) for the output layer, as before the port."""
+    params = model.init_params(init_rng, config)
+    params["W1"] *= np.float32(np.sqrt(0.5))
+    return params
 
 
-def _stack_loss(p: dict, X, y) -> np.ndarray:
-    """Eval-mode mean cross-entropy of every copy, (S,); inf for a diverged copy."""
-    with np.errstate(all="ignore"):
-        logits = _stack_logits(p, X, train=False)
-        shifted = logits - logits.max(axis=2, keepdims=True)
-        logp = shifted - np.log(np.exp(shifted).sum(axis=2, keepdims=True))
-        loss = -np.take_along_axis(logp, y[None, :, None], axis=2)[..., 0].mean(axis=1)
-    return np.where(np.isfinite(loss), loss, np.inf)
-
-
-def _stack_loss_and_grads(p: dict, xb, yb, per_feature, shared, eps: float = _EPS):
-    """Training-mode loss and gradients of every copy on one batch (the same batch for all).
-
-    xb: (B, D), yb: (B,); per_feature, shared: (S, 1, 1) masks of the affine kind ("vector",
-    "scalar"; neither = "none", whose gamma/beta gradients are 0). Returns (summed batch loss per
-    copy (S,) -- divide by B for the mean --, grads dict, batch mean (S, 1, H), biased var (S, 1, H)).
-    """
-    W1, W2, b2, gamma, beta = p["W1"], p["W2"], p["b2"], p["gamma"], p["beta"]
-    batch = len(yb)
-    inv_b = W1.dtype.type(1.0 / batch)
-    batch_mean = np.full((1, batch), inv_b, W1.dtype)           # batch_mean @ z: mean over the batch (BLAS)
-    ones = np.ones((1, batch), W1.dtype)                         # ones @ z: sum over the batch
-    rows = np.arange(batch)
-    # forward: x_hat is built in place in z
-    z = np.matmul(xb, W1)                                        # (S, B, H)
-    mean = np.matmul(batch_mean, z)                              # (S, 1, H)
-    z -= mean
-    var = np.matmul(batch_mean, z * z)                           # (S, 1, H), biased
-    inv_std = 1.0 / np.sqrt(var + eps)
-    z *= inv_std
-    xhat = z
-    h = xhat * gamma
-    h += beta
-    active = h > 0
-    a = h * active
-    logits = np.matmul(a, W2)                                    # (S, B, C)
-    logits += b2
-    logits -= logits.max(axis=2, keepdims=True)
-    e = np.exp(logits)
-    sum_e = e.sum(axis=2, keepdims=True)
-    loss_sum = np.log(sum_e).sum(axis=(1, 2)) - logits[:, rows, yb].sum(axis=1)
-    # backward: dlogits = (softmax - onehot) / B, built in place in e
-    e *= inv_b / sum_e
-    e[:, rows, yb] -= inv_b
-    grads = {"W2": np.matmul(a.transpose(0, 2, 1), e), "b2": np.matmul(ones, e)}
-    dh = np.matmul(e, W2.transpose(0, 2, 1))
-    dh *= active
-    dbeta = np.matmul(ones, dh)                                  # (S, 1, H)
-    dgamma = np.matmul(ones, dh * xhat)
-    grads["gamma"] = dgamma * per_feature + dgamma.sum(axis=2, keepdims=True) * shared
-    grads["beta"] = dbeta * per_feature + dbeta.sum(axis=2, keepdims=True) * shared
-    # dz = inv_std * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)) with dxhat = dh * gamma;
-    # the two means are gamma * dbeta / B and gamma * dgamma / B.
-    dz = dh * gamma
-    dz -= (gamma * inv_b) * dbeta
-    dz -= xhat * ((gamma * inv_b) * dgamma)
-    dz *= inv_std
-    grads["W1"] = np.matmul(xb.T, dz)
-    return loss_sum, grads, mean, var
-
-
-def _affine_masks(kinds: list[str], dtype):
-    kinds_arr = np.array(kinds)
-    if not set(kinds) <= set(_KINDS):
-        raise ValueError(f"affine kinds must be among {_KINDS}; got {sorted(set(kinds))}")
-    return ((kinds_arr == "vector").astype(dtype)[:, None, None], (kinds_arr == "scalar").astype(dtype)[:, None, None])
-
-
-def _train_stack(rng, X, y, kinds: list[str], lrs: list[float], *, hidden: int, epochs: int,
-                 batch_size: int = 32, momentum: float = 0.9, bn_momentum: float = 0.1, eps: float = _EPS):
-    """Train len(kinds) copies (copy s: affine kinds[s], learning rate lrs[s]) with SGD + momentum.
-
-    Same initial function and same batch order for every copy (paired). Running statistics
-    follow PyTorch (momentum 0.1, unbiased variance). A copy whose epoch loss turns NaN/inf is
-    frozen from the next epoch on and flagged in ``diverged``.
-    Returns (params, epoch_loss (S, epochs): mean mini-batch loss, diverged (S,)).
-    """
-    dtype = X.dtype
-    S, (n, d), classes = len(kinds), X.shape, int(y.max()) + 1
+def _train_arms(rng, X, y, kinds: tuple[str, ...], lrs: list[float], *, hidden: int, epochs: int,
+                batch_size: int = 32, momentum: float = 0.9) -> dict:
+    """One `model.train_stack` per affine kind (arm g: learning rate lrs[g]), paired: the same initial
+    function and the same batches for every arm. Returns {kind: StackResult}."""
     init_rng, batch_rng = rng.spawn(2)
-    p = _init_stack(init_rng, S, d, hidden, classes, dtype)
-    velocity = {k: np.zeros_like(p[k]) for k in ("W1", "W2", "b2", "gamma", "beta")}
-    lr = np.asarray(lrs, dtype=dtype)[:, None, None]
-    per_feature, shared = _affine_masks(kinds, dtype)
-    step_loss = np.zeros((S, n // batch_size))
-    epoch_loss = np.zeros((S, epochs))
-    alive = np.ones(S, dtype=bool)
-    unbias = batch_size / (batch_size - 1)
-    running_mean, running_var = p["running_mean"], p["running_var"]      # updated in place
-    with np.errstate(all="ignore"):
-        for epoch in range(epochs):
-            step = lr * alive[:, None, None].astype(dtype)                 # frozen once diverged
-            for i, index in enumerate(data.batches(batch_rng, n, batch_size)):
-                step_loss[:, i], grads, mean, var = _stack_loss_and_grads(
-                    p, X[index], y[index], per_feature, shared, eps)
-                for k, grad in grads.items():
-                    v = velocity[k]
-                    v *= momentum
-                    v += grad
-                    p[k] -= step * v
-                running_mean *= 1 - bn_momentum
-                running_mean += bn_momentum * mean
-                running_var *= 1 - bn_momentum
-                running_var += (bn_momentum * unbias) * var
-            loss = step_loss.mean(axis=1) / batch_size
-            alive &= np.isfinite(loss)
-            epoch_loss[:, epoch] = loss
-    return p, epoch_loss, ~alive
+    initial = _initial(init_rng, _config(hidden))
+    plan = model.batch_plan(batch_rng, len(X), batch_size, epochs * (len(X) // batch_size))
+    arms = [model.Arm(lr=lr, momentum=momentum) for lr in lrs]
+    out = {}
+    for kind in kinds:
+        config = _config(hidden, kind)
+        params = {k: v for k, v in initial.items() if config.affine or not k.startswith(("gamma", "beta"))}
+        out[kind] = model.train_stack(batch_rng, config, X, y, arms, epochs=epochs, batch_size=batch_size,
+                                      params=params, plan=plan)
+    return out
 
 
-def _pick(val_acc: np.ndarray, val_loss: np.ndarray) -> int:
-    """Index of the best run on validation: highest accuracy, ties broken by lower loss."""
-    return int(np.lexsort((val_loss, -val_acc))[0])
+def _logits(params: dict, state: dict, config: model.MLPConfig, X, train: bool = False) -> np.ndarray:
+    return model.forward(params, state, X, config, train)[0]
 
 
-def _collapse_affine(p: dict, s: int) -> dict:
-    """Copy s of a stack with its per-feature gamma, beta replaced by their means (one pair)."""
-    q = {k: v[s:s + 1].copy() for k, v in p.items()}
-    q["gamma"][:] = q["gamma"].mean()
-    q["beta"][:] = q["beta"].mean()
-    return q
-
-
-def _select(p: dict, s: int) -> dict:
-    return {k: v[s:s + 1] for k, v in p.items()}
+def _eval(res, X, y) -> tuple[np.ndarray, np.ndarray]:
+    """Eval-mode (accuracy, mean cross-entropy) of every arm, (K,) each; a diverged arm scores 0 and inf."""
+    logits = _logits(res.params, res.state, res.config, X)
+    loss, _ = nn.softmax_cross_entropy(logits, y)
+    acc = model.logits_accuracy(logits, y)
+    return np.where(res.diverged, 0.0, acc), np.where(res.diverged | ~np.isfinite(loss), np.inf, loss)
 
 
 def _arms_on_digits(rng, arms: tuple[str, str], lrs: list[float], hidden: int, epochs: int, batch_size: int):
-    """Train both arms at every learning rate (stacked, paired); pick each arm's LR on validation.
+    """Train both arms at every learning rate (paired); pick each arm's LR on validation (`model.select_lr`).
 
-    Returns a dict with the trained stack, the split, per-run validation accuracy/loss, the
-    chosen run index per arm, and the run index of each arm at every LR.
+    Returns per arm: the StackResult, validation and test accuracy and training-set loss per LR,
+    the chosen LR index, the mean mini-batch loss per epoch; and the diverged and stuck run counts.
     """
     split = data.digits_split(validation_fraction=0.2, standardize=True, dtype=np.float32)
-    kinds = [arm for arm in arms for _ in lrs]
-    p, epoch_loss, diverged = _train_stack(rng, split.X_train, split.y_train, kinds, list(lrs) * len(arms),
-                                           hidden=hidden, epochs=epochs, batch_size=batch_size)
-    val_acc = _stack_accuracy(p, split.X_val, split.y_val)
-    val_loss = _stack_loss(p, split.X_val, split.y_val)
-    runs = {arm: np.arange(i * len(lrs), (i + 1) * len(lrs)) for i, arm in enumerate(arms)}
-    best = {arm: int(r[_pick(val_acc[r], val_loss[r])]) for arm, r in runs.items()}
-    train_loss = _stack_loss(p, split.X_train, split.y_train)
-    chance = float(np.log(10))
-    stuck = ~diverged & (train_loss >= 0.95 * chance)     # finite but no better than chance
-    return {"p": p, "split": split, "val_acc": val_acc, "val_loss": val_loss, "runs": runs, "best": best,
-            "epoch_loss": epoch_loss, "train_loss": train_loss, "stuck_runs": int(stuck.sum()),
-            "diverged_runs": int(diverged.sum())}
+    results = _train_arms(rng, split.X_train, split.y_train, arms, lrs, hidden=hidden, epochs=epochs,
+                          batch_size=batch_size)
+    out = {"split": split, "diverged_runs": 0, "stuck_runs": 0}
+    with np.errstate(all="ignore"):
+        for arm, res in results.items():
+            val_acc, _ = _eval(res, split.X_val, split.y_val)
+            test_acc, _ = _eval(res, split.X_test, split.y_test)
+            _, train_loss = _eval(res, split.X_train, split.y_train)
+            best = model.select_lr(lrs, val_acc, res.diverged)
+            losses = np.full((len(lrs), epochs * (len(split.X_train) // batch_size)), np.nan)
+            losses[:, :res.losses.shape[1]] = res.losses        # NaN after an arm diverged
+            out[arm] = {"res": res, "val_acc": val_acc, "test_acc": test_acc, "train_loss": train_loss,
+                        "best": best, "epoch_loss": losses.reshape(len(lrs), epochs, -1).mean(axis=2)}
+            out["diverged_runs"] += int(res.diverged.sum())
+            out["stuck_runs"] += int(res.stuck.sum())
+    return out
 
 
 _LR_GRID = [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0]
@@ -508,26 +394,26 @@ def mean_set_by_beta(rng: np.random.Generator, *, width: int = 100, batch_size: 
     X = split.X_train
     probe = X[rng.choice(len(X), size=probe_size, replace=False)]
     f32 = np.float32
+    # The lower layers are a model MLP 64 -> width (BN, ReLU) -> width whose output is the input of
+    # the BN under test; its parameters are random (not init_params: biases, gamma, beta vary too).
+    config = model.MLPConfig(sizes=(64, width, width), norm="batch", eps=_EPS)
     lower = {
-        "W1": (rng.standard_normal((64, width)) * np.sqrt(2 / 64)).astype(f32),
+        "W0": (rng.standard_normal((64, width)) * np.sqrt(2 / 64)).astype(f32),
+        "b0": (0.1 * rng.standard_normal(width)).astype(f32),
+        "gamma0": rng.uniform(0.5, 2.0, width).astype(f32),
+        "beta0": (0.5 * rng.standard_normal(width)).astype(f32),
+        "W1": (rng.standard_normal((width, width)) * np.sqrt(2 / width)).astype(f32),
         "b1": (0.1 * rng.standard_normal(width)).astype(f32),
-        "gamma1": rng.uniform(0.5, 2.0, width).astype(f32),
-        "beta1": (0.5 * rng.standard_normal(width)).astype(f32),
-        "W2": (rng.standard_normal((width, width)) * np.sqrt(2 / width)).astype(f32),
-        "b2": (0.1 * rng.standard_normal(width)).astype(f32),
     }
     gamma = (rng.choice([-1.0, 1.0], width) * rng.uniform(0.5, 2.0, width)).astype(f32)
     beta = rng.standard_normal(width).astype(f32)
     u = _roundoff(f32)
 
+    fresh = model.init_state(config)     # training mode reads (and ignores) running statistics
+
     def pre_bn(x, q, stats1=None):
-        """Input of the BN under test; BN1 in training mode, or eval mode with stats1."""
-        z1 = nn.linear_forward(x, q["W1"], q["b1"])[0]
-        if stats1 is None:
-            h1 = nn.batchnorm_forward(z1, q["gamma1"], q["beta1"])[0]
-        else:
-            h1 = nn.batchnorm_eval_forward(z1, *stats1, q["gamma1"], q["beta1"])[0]
-        return nn.linear_forward(np.maximum(h1, 0), q["W2"], q["b2"])[0]
+        """Input of the BN under test; the lower BN in training mode, or in eval mode with state stats1."""
+        return model.forward(q, stats1 or fresh, x, config, train=stats1 is None)[0]
 
     def train_check(x, q, g):
         """(error units, gap) of the training-mode output mean against beta on batch x."""
@@ -562,8 +448,7 @@ def mean_set_by_beta(rng: np.random.Generator, *, width: int = 100, batch_size: 
         train_gap_by_change.append(worst)
 
     # Eval mode: population statistics of the unchanged network on the probe set.
-    z1 = nn.linear_forward(probe, lower["W1"], lower["b1"])[0]
-    stats1 = (z1.mean(axis=0), z1.var(axis=0))
+    stats1 = model.population_state(lower, probe, config)
     z = pre_bn(probe, lower, stats1)
     stats = (z.mean(axis=0), z.var(axis=0))
 
@@ -631,48 +516,52 @@ def scalar_vs_per_feature_affine(rng: np.random.Generator, *, hidden: int = 64, 
                                  batch_size: int = 32, lrs: list[float] = _LR_GRID):
     """One (gamma, beta) pair per batch-normed layer versus one pair per feature, on digits.
 
-    Network 64 -> ``hidden`` -> BN -> ReLU -> 10 (no bias before BN), float32, SGD with
+    Network 64 -> ``hidden`` -> BN -> ReLU -> 10 (BN cancels the bias before it), float32, SGD with
     momentum 0.9, batches of ``batch_size``, ``epochs`` epochs over the 1,078-image training
     split. Arms: "vector" (gamma, beta of shape (hidden,), as Ioffe & Szegedy define them and
     PyTorch/Keras implement them) and "scalar" (one gamma and one beta for the layer: its gradient
     is the sum over features). Both arms start as the same function (same W, gamma = 1, beta = 0)
     and see the same batches; each is trained at every LR in ``lrs`` (stacked) and its LR is
-    chosen on the validation split (accuracy, ties by loss). Reported on the test split.
+    chosen on the validation split (accuracy, ties to the smaller rate: `model.select_lr`).
+    Reported on the test split.
     """
     res = _arms_on_digits(rng, ("vector", "scalar"), lrs, hidden, epochs, batch_size)
-    p, split, best, runs = res["p"], res["split"], res["best"], res["runs"]
-    test_acc = _stack_accuracy(p, split.X_test, split.y_test)
-    v, s = best["vector"], best["scalar"]
-    gamma = p["gamma"][v, 0].astype(np.float64)
-    beta = p["beta"][v, 0].astype(np.float64)
-    collapsed = float(_stack_accuracy(_collapse_affine(p, v), split.X_test, split.y_test)[0])
+    split, vec, sca = res["split"], res["vector"], res["scalar"]
+    v, s = vec["best"], sca["best"]
+    trained = vec["res"]
+    q, state = model.arm_params(trained.params, v), model.arm_params(trained.state, v)
+    gamma = q["gamma0"].astype(np.float64)
+    beta = q["beta0"].astype(np.float64)
+    collapsed_params = dict(q, gamma0=np.full_like(q["gamma0"], q["gamma0"].mean()),
+                            beta0=np.full_like(q["beta0"], q["beta0"].mean()))     # one pair for the layer
+    collapsed = model.logits_accuracy(_logits(collapsed_params, state, trained.config, split.X_test), split.y_test)
     # The layer's own definition: how many (gamma, beta) pairs does backprop train? One training
     # batch through the trained net's hidden layer, a random upstream gradient.
-    z = split.X_train[:batch_size] @ p["W1"][v]
-    _, cache = nn.batchnorm_forward(z, p["gamma"][v, 0], p["beta"][v, 0])
+    z = nn.linear_forward(split.X_train[:batch_size], q["W0"], q["b0"])[0]
+    _, cache = nn.batchnorm_forward(z, q["gamma0"], q["beta0"])
     _, dgamma, dbeta = nn.batchnorm_backward(rng.standard_normal(z.shape).astype(z.dtype), cache)
     common = int(np.argmin(np.abs(np.log(np.asarray(lrs)) - np.log(0.1))))
     return {
         "affine_pairs_per_layer": min(int(np.size(dgamma)), int(np.size(dbeta))),
         "gamma_cv": float(gamma.std() / np.abs(gamma).mean()),
         "beta_spread": float(beta.std() / np.abs(gamma).mean()),
-        "collapse_acc_drop": float(test_acc[v]) - collapsed,
-        "train_loss_vector": float(res["train_loss"][v]),
-        "train_loss_scalar": float(res["train_loss"][s]),
-        "test_acc_vector": float(test_acc[v]),
-        "test_acc_scalar": float(test_acc[s]),
-        "test_acc_vector_common_lr": float(test_acc[runs["vector"][common]]),
-        "test_acc_scalar_common_lr": float(test_acc[runs["scalar"][common]]),
-        "log10_lr_vector": float(np.log10(lrs[v - runs["vector"][0]])),
-        "log10_lr_scalar": float(np.log10(lrs[s - runs["scalar"][0]])),
+        "collapse_acc_drop": float(vec["test_acc"][v]) - collapsed,
+        "train_loss_vector": float(vec["train_loss"][v]),
+        "train_loss_scalar": float(sca["train_loss"][s]),
+        "test_acc_vector": float(vec["test_acc"][v]),
+        "test_acc_scalar": float(sca["test_acc"][s]),
+        "test_acc_vector_common_lr": float(vec["test_acc"][common]),
+        "test_acc_scalar_common_lr": float(sca["test_acc"][common]),
+        "log10_lr_vector": float(np.log10(lrs[v])),
+        "log10_lr_scalar": float(np.log10(lrs[s])),
         "diverged_runs": res["diverged_runs"],
         "stuck_runs": res["stuck_runs"],
         "lr": np.asarray(lrs, dtype=float),
-        "val_acc_vector_by_lr": res["val_acc"][runs["vector"]],
-        "val_acc_scalar_by_lr": res["val_acc"][runs["scalar"]],
+        "val_acc_vector_by_lr": vec["val_acc"],
+        "val_acc_scalar_by_lr": sca["val_acc"],
         "epoch": np.arange(1, epochs + 1, dtype=float),
-        "loss_vector_by_epoch": res["epoch_loss"][v],
-        "loss_scalar_by_epoch": res["epoch_loss"][s],
+        "loss_vector_by_epoch": vec["epoch_loss"][v],
+        "loss_scalar_by_epoch": sca["epoch_loss"][s],
     }
 
 
@@ -789,23 +678,23 @@ def affine_fold_next_layer(rng: np.random.Generator, *, hidden: int = 64, epochs
 
     # (c): train with and without gamma, beta.
     res = _arms_on_digits(rng, ("vector", "none"), lrs, hidden, epochs, batch_size)
-    p, best, runs = res["p"], res["best"], res["runs"]
-    test_acc = _stack_accuracy(p, split.X_test, split.y_test)
-    a, n = best["vector"], best["none"]
+    vec, none = res["vector"], res["none"]
+    a, n = vec["best"], none["best"]
 
     # (b3): refit the trained per-feature net's last layer without gamma, beta (eval-mode features).
-    q = _select(p, a)
+    trained = vec["res"]
+    q, state = model.arm_params(trained.params, a), model.arm_params(trained.state, a)
 
-    def hidden_features(X, affine: bool):
-        z = X @ q["W1"][0]
-        xh = (z - q["running_mean"][0]) / np.sqrt(q["running_var"][0] + _EPS)
-        return np.maximum(xh * q["gamma"][0] + q["beta"][0] if affine else xh, 0)
+    def features(X):
+        """(relu(x_hat) without gamma, beta; the trained net's logits), eval mode."""
+        record = model.activations(q, state, X, trained.config)
+        x_hat = nn.batchnorm_eval_forward(record["pre0"], state["running_mean0"], state["running_var0"],
+                                          None, None, _EPS)[0]
+        return np.maximum(x_hat, 0), record["logits"]
 
-    logits = lambda X: hidden_features(X, True) @ q["W2"][0] + q["b2"][0]  # noqa: E731
-    resid_trained, W_fit, b_fit = _refit_residual(hidden_features(split.X_train, False), logits(split.X_train),
-                                                  hidden_features(split.X_val, False), logits(split.X_val))
-    refit_pred = np.argmax(hidden_features(split.X_test, False) @ W_fit + b_fit, axis=1)
-    refit_acc = float(np.mean(refit_pred == split.y_test))
+    (h_train, logits_train), (h_val, logits_val) = features(split.X_train), features(split.X_val)
+    resid_trained, W_fit, b_fit = _refit_residual(h_train, logits_train, h_val, logits_val)
+    refit_acc = model.logits_accuracy(features(split.X_test)[0] @ W_fit + b_fit, split.y_test)
     common = int(np.argmin(np.abs(np.log(np.asarray(lrs)) - np.log(0.1))))
     return {
         "fold_linear_error_units": linear_units,
@@ -813,23 +702,23 @@ def affine_fold_next_layer(rng: np.random.Generator, *, hidden: int = 64, epochs
         "naive_fold_relu_rel_error": naive_error,
         "refit_relu_residual_random": resid_random,
         "refit_relu_residual_trained": resid_trained,
-        "refit_acc_drop_trained": float(test_acc[a]) - refit_acc,
-        "test_acc_affine": float(test_acc[a]),
-        "test_acc_none": float(test_acc[n]),
-        "test_acc_affine_common_lr": float(test_acc[runs["vector"][common]]),
-        "test_acc_none_common_lr": float(test_acc[runs["none"][common]]),
-        "train_loss_affine": float(res["train_loss"][a]),
-        "train_loss_none": float(res["train_loss"][n]),
-        "log10_lr_affine": float(np.log10(lrs[a - runs["vector"][0]])),
-        "log10_lr_none": float(np.log10(lrs[n - runs["none"][0]])),
+        "refit_acc_drop_trained": float(vec["test_acc"][a]) - refit_acc,
+        "test_acc_affine": float(vec["test_acc"][a]),
+        "test_acc_none": float(none["test_acc"][n]),
+        "test_acc_affine_common_lr": float(vec["test_acc"][common]),
+        "test_acc_none_common_lr": float(none["test_acc"][common]),
+        "train_loss_affine": float(vec["train_loss"][a]),
+        "train_loss_none": float(none["train_loss"][n]),
+        "log10_lr_affine": float(np.log10(lrs[a])),
+        "log10_lr_none": float(np.log10(lrs[n])),
         "diverged_runs": res["diverged_runs"],
         "stuck_runs": res["stuck_runs"],
         "lr": np.asarray(lrs, dtype=float),
-        "val_acc_affine_by_lr": res["val_acc"][runs["vector"]],
-        "val_acc_none_by_lr": res["val_acc"][runs["none"]],
+        "val_acc_affine_by_lr": vec["val_acc"],
+        "val_acc_none_by_lr": none["val_acc"],
         "epoch": np.arange(1, epochs + 1, dtype=float),
-        "loss_affine_by_epoch": res["epoch_loss"][a],
-        "loss_none_by_epoch": res["epoch_loss"][n],
+        "loss_affine_by_epoch": vec["epoch_loss"][a],
+        "loss_none_by_epoch": none["epoch_loss"][n],
     }
 
 
@@ -976,8 +865,10 @@ def big_example(rng: np.random.Generator, *, hidden: int = 64, epochs: int = 20,
     if missing:
         raise ValueError(f"batch_sizes must include 4, 32, 256 and scales 1, 16, 1e6 (the metrics); missing {missing}")
     split = data.digits_split(validation_fraction=0.2, standardize=False, dtype=np.float32)
-    p, _, _ = _train_stack(rng, split.X_train, split.y_train, ["vector"], [lr], hidden=hidden, epochs=epochs)
-    test_acc = float(_stack_accuracy(p, split.X_test, split.y_test)[0])
+    res = _train_arms(rng, split.X_train, split.y_train, ("vector",), [lr], hidden=hidden, epochs=epochs)["vector"]
+    p, state, config = model.arm_params(res.params, 0), model.arm_params(res.state, 0), res.config
+    logits = lambda x, train: _logits(p, state, config, x, train)  # noqa: E731  x: (k, n, 64) probe batches
+    test_acc = model.logits_accuracy(logits(split.X_test, False), split.y_test)
     n_test = len(split.X_test)
     flips = {(mode, n): [] for mode in ("train", "eval") for n in batch_sizes}
     extra = {}
@@ -987,18 +878,17 @@ def big_example(rng: np.random.Generator, *, hidden: int = 64, epochs: int = 20,
             index = np.stack([rng.choice(n_test, size=n, replace=False) for _ in range(k)])
             xb, yb = split.X_test[index], split.y_test[index]                   # (k, n, 64), (k, n)
             for mode in ("train", "eval"):
-                base = np.argmax(_stack_logits(p, xb, train=mode == "train"), axis=2)
+                base = np.argmax(logits(xb, mode == "train"), axis=2)
                 for s in scales:
                     xs = xb.copy()
                     xs[:, 0] *= np.float32(s)
-                    pred = np.argmax(_stack_logits(p, xs, train=mode == "train"), axis=2)
+                    pred = np.argmax(logits(xs, mode == "train"), axis=2)
                     flips[mode, n].append(float(np.mean(pred[:, 1:] != base[:, 1:])))
                     if mode == "train" and n == 32 and s in (1.0, 1e6):
                         extra[s] = float(np.mean(pred[:, 1:] == yb[:, 1:]))
             if n == 32:
-                def xhat(x):
-                    z = np.matmul(x, p["W1"][0])
-                    return (z - z.mean(axis=1, keepdims=True)) / np.sqrt(z.var(axis=1, keepdims=True) + _EPS)
+                def xhat(x):   # training-mode normalised hidden values, per probe batch
+                    return nn.batchnorm_forward(nn.linear_forward(x, p["W0"], p["b0"])[0], None, None, _EPS)[0]
                 xs = xb.copy()
                 xs[:, 0] *= np.float32(16.0)
                 extra["shift"] = float(np.mean(np.abs(xhat(xs)[:, 1:] - xhat(xb)[:, 1:])))
