@@ -67,6 +67,11 @@ class MLPConfig:
         grad_through_stats, noise_mean_shift, noise_scale_spread: options of the
         ghost / group / renorm / running / noisy variants (see `bnclaims.nn`).
     dtype: "float32" (fast) or "float64" (gradient checks).
+    hidden_bias: False leaves the hidden linear layers without a bias (no ``b{i}`` but the
+        output layer's); a bias before a running-average norm is not cancelled by it.
+    renorm_warmup: with norm="renorm", (hold, d_full, r_full) as fractions of `train_stack`'s
+        steps: r_max = 1, d_max = 0 (batch norm) until hold, then linear to d_max at d_full and
+        to r_max at r_full (Ioffe 2017's warm-up; see `renorm_limits`). Empty: fixed limits.
     reference_rows: with norm="batch" and M > 0, training-mode batch norm takes its statistics
         from the first M rows of x only (a reference set forwarded with the batch) and normalizes
         every row with them, gradients flowing through them (`reference_batchnorm_forward`);
@@ -95,6 +100,8 @@ class MLPConfig:
     grad_through_stats: bool = True
     noise_mean_shift: float = 0.5
     noise_scale_spread: float = 1.25
+    hidden_bias: bool = True
+    renorm_warmup: tuple[float, ...] = ()
     dtype: Literal["float32", "float64"] = "float32"
     reference_rows: int = 0
     affine_shared: bool = False
@@ -115,6 +122,10 @@ class MLPConfig:
         ):
             if value not in allowed:
                 raise ValueError(f"MLPConfig.{name} must be one of {', '.join(allowed)}; got {value!r}")
+        object.__setattr__(self, "renorm_warmup", tuple(float(f) for f in self.renorm_warmup))
+        if self.renorm_warmup and (len(self.renorm_warmup) != 3 or self.norm != "renorm"):
+            raise ValueError(f"MLPConfig.renorm_warmup must be empty, or (hold, d_full, r_full) with norm='renorm'; "
+                             f"got {self.renorm_warmup} with norm={self.norm!r}")
         if len(self.sizes) < 2 or min(self.sizes) < 1:
             raise ValueError(f"MLPConfig.sizes needs at least input and output widths >= 1; got {self.sizes}")
         if self.norm == "group" and any(w % self.groups for w in self.hidden_sizes):
@@ -151,7 +162,8 @@ def init_params(rng: np.random.Generator, config: MLPConfig) -> Params:
         z = rng.standard_normal((fan_in, fan_out))
         gain = {"he": math.sqrt(2.0 / fan_in), "lecun": math.sqrt(1.0 / fan_in), "scale": 1.0}[config.init]
         params[f"W{i}"] = (config.init_scale * gain * z).astype(dtype)
-        params[f"b{i}"] = np.zeros(fan_out, dtype)
+        if config.hidden_bias or i == config.n_layers - 1:
+            params[f"b{i}"] = np.zeros(fan_out, dtype)
         if i < config.n_layers - 1 and config.norm != "none" and config.affine:
             params[f"gamma{i}"] = np.ones(fan_out, dtype)
             params[f"beta{i}"] = np.zeros(fan_out, dtype)
@@ -321,7 +333,10 @@ def reference_batchnorm_backward(dout, cache: ReferenceBatchNormCache):
 
 def _covariate_noise(rng, h: np.ndarray, config: MLPConfig):
     """Noise for the noisy norm: one draw from ``rng`` for an (N, D) h; for a stack (K, N, D),
-    ``rng`` is a sequence of K Generators and arm k draws from the k-th (as it would alone)."""
+    ``rng`` is a sequence of K Generators and arm k draws from the k-th (as it would alone).
+    A callable ``rng`` (see ``train_stack(noise=...)``) is asked instead: ``rng(h) -> (scale, shift)``."""
+    if callable(rng):
+        return rng(h)
     n, d = h.shape[-2:]
     if h.ndim == 2:
         return nn.sample_covariate_noise(rng, n, d, config.noise_mean_shift, config.noise_scale_spread, h.dtype)
@@ -366,8 +381,9 @@ def forward(
     new_state = dict(state)
     last = config.n_layers - 1
     for i in range(config.n_layers):
-        h, cache = nn.linear_forward(h, params[f"W{i}"], params[f"b{i}"])
-        tape.append((nn.linear_backward, cache, (f"W{i}", f"b{i}")))
+        b = params.get(f"b{i}")
+        h, cache = nn.linear_forward(h, params[f"W{i}"], b)
+        tape.append((nn.linear_backward, cache, (f"W{i}", None if b is None else f"b{i}")))
         if i == last:
             break
         if config.norm_position == "before":
@@ -1011,6 +1027,7 @@ def train_stack(
     max_loss: float = math.inf,
     plan: np.ndarray | None = None,
     X_reference: np.ndarray | None = None,
+    noise: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> StackResult:
     """Train K MLPs of one architecture at once, as one stacked computation -- the one training loop.
 
@@ -1034,6 +1051,12 @@ def train_stack(
     ``X_reference`` (M, D), with ``config.reference_rows = M``: prepended to every training batch
     (the norm takes its statistics from these rows); the loss, and ``info.logits``, cover the batch
     rows only (``info.activations`` hold the M reference rows first).
+
+    ``noise`` (norm="noisy"): a callable ``noise(h) -> (noise_scale, noise_shift)``, asked once per
+    hidden layer per training step (in layer order) for the noise of the stacked pre-norm values
+    ``h`` (K, B, D), instead of each arm drawing `nn.sample_covariate_noise` from its own stream:
+    e.g. common random numbers shared by the arms, at per-arm strengths.
+    ``config.renorm_warmup`` relaxes the renorm limits step by step (`renorm_limits`).
     """
     if (steps is None) == (epochs is None):
         raise ValueError("give exactly one of steps and epochs")
@@ -1093,7 +1116,8 @@ def train_stack(
             plan_keys[key] = len(plans)
             plans.append(batch_plan(batch_rng, n, batch_size, total, arm.order, y))
         arm_plan[k] = plan_keys[key]
-    noise_rngs = streams[0][2] if single else [s[2] for s in streams]
+    noise_rngs = noise if noise is not None else streams[0][2] if single else [s[2] for s in streams]
+    base_config = config
 
     def stacked(values: dict) -> dict:  # run layout -> stack layout (views)
         if not single:
@@ -1135,6 +1159,8 @@ def train_stack(
                 index = np.stack([plan[step] for plan in plans])[arm_plan]   # (K, B)
             xb, yb = X[index], y[index]
             acts = {} if hooks else None
+            if base_config.renorm_warmup:
+                config = replace(base_config, **dict(zip(("r_max", "d_max"), renorm_limits(base_config, step, total))))
             if m_ref:   # the reference rows first: they give the statistics, the loss is on the batch rows
                 reference = X_reference if xb.ndim == 2 else np.broadcast_to(X_reference, xb.shape[:-2] + X_reference.shape)
                 all_logits, tape, new_state = forward(run_params, run_state, np.concatenate([reference, xb], axis=-2),
@@ -1211,6 +1237,24 @@ def train_stack(
         eval_loss=np.array(eval_loss, dtype=np.float64).reshape(-1, k_arms),
         eval_accuracy=np.array(eval_accuracy, dtype=np.float64).reshape(-1, k_arms), seconds=seconds, taken=taken,
     )
+
+
+def renorm_limits(config: MLPConfig, step: int, steps: int) -> tuple[float, float]:
+    """Batch renorm's clipping limits (r_max, d_max) at ``step`` of ``steps`` under ``config.renorm_warmup``.
+
+    (hold, d_full, r_full), fractions of the steps (Ioffe 2017, section 4: 5k, 25k and 40k of 100k):
+    r_max = 1, d_max = 0 (plain batch norm) until hold, then linear to ``config.d_max`` at d_full and
+    to ``config.r_max`` at r_full. No warm-up: the config's limits.
+    """
+    if not config.renorm_warmup:
+        return config.r_max, config.d_max
+    hold, d_full, r_full = config.renorm_warmup
+    t = step / steps
+
+    def ramp(full: float) -> float:
+        return 1.0 if full <= hold else float(np.clip((t - hold) / (full - hold), 0.0, 1.0))
+
+    return 1.0 + (config.r_max - 1.0) * ramp(r_full), config.d_max * ramp(d_full)
 
 
 # ----------------------------------------------------------------------------- recorders (hooks for train_stack)

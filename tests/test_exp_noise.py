@@ -1,145 +1,21 @@
-"""Tests of bnclaims.experiments.noise: the stacked normalization layers against the single-network
-layers of bnclaims.nn (float64, exact up to rounding), the network gradient against finite
-differences, the noise law's exact properties, and each experiment at tiny scale (all declared
-names, finite, deterministic for a fixed seed)."""
+"""Tests of bnclaims.experiments.noise: the injected noise (exact properties, law, common random
+numbers) and its wiring into `model.train_stack`, the precise-BN inference, the per-kind network
+configurations, and each experiment at tiny scale (all declared names, finite, deterministic for a
+fixed seed). The layers themselves are `bnclaims.nn`'s, tested in tests/test_nn.py."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from bnclaims import experiments, nn
+from bnclaims import experiments, model
 from bnclaims.experiments import noise as nz
-
-F64_TOL = 1e-12   # float64 max relative error between two exact implementations of the same formula
 
 
 def rel_error(a, b) -> float:
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     scale = np.max(np.abs(a) + np.abs(b))
     return 0.0 if scale == 0 else float(np.max(np.abs(a - b)) / scale)
-
-
-def one_arm(**kwargs) -> nz.Arms:
-    return nz.Arms.make([0.1], **kwargs)
-
-
-def layer_inputs(rng, n=9, d=5):
-    z = rng.normal(0.7, 2.0, size=(1, n, d))
-    gamma = rng.normal(1.0, 0.3, size=(1, 1, d))
-    beta = rng.normal(0.0, 0.3, size=(1, 1, d))
-    mean_run = rng.normal(0.5, 0.5, size=(1, 1, d))
-    var_run = rng.uniform(0.5, 6.0, size=(1, 1, d))
-    dout = rng.normal(size=(1, n, d))
-    return z, gamma, beta, mean_run, var_run, dout
-
-
-CASES = {
-    "batch": dict(arms={}),
-    "running_through": dict(arms=dict(stat_weight=0.1, through=1.0)),
-    "running_const": dict(arms=dict(stat_weight=0.1, through=0.0)),
-    "renorm": dict(arms=dict(renorm=True, r_max=1.5, d_max=0.5)),
-    "noisy": dict(arms=dict(noise=True)),
-}
-
-
-def reference(case: str, z, gamma, beta, mean_run, var_run, dout, noise):
-    """The same layer computed by bnclaims.nn on the single (N, D) network."""
-    x, g, b = z[0], gamma[0, 0], beta[0, 0]
-    rm, rv = mean_run[0, 0], var_run[0, 0]
-    if case == "batch":
-        out, cache = nn.batchnorm_forward(x, g, b)
-        grads = nn.batchnorm_backward(dout[0], cache)
-        new = nn.update_running_stats(rm, rv, *nn.batch_stats(cache), len(x), 0.1)
-    elif case.startswith("running"):
-        out, cache = nn.running_batchnorm_forward(x, g, b, rm, rv, 0.1, case == "running_through")
-        grads = nn.running_batchnorm_backward(dout[0], cache)
-        new = nn.running_stats(cache)
-    elif case == "renorm":
-        out, cache = nn.batchrenorm_forward(x, g, b, rm, rv, r_max=1.5, d_max=0.5)
-        grads = nn.batchrenorm_backward(dout[0], cache)
-        new = nn.update_running_stats(rm, rv, *nn.batch_stats(cache), len(x), 0.1)
-    else:
-        scale, shift = noise
-        out, cache = nn.noisy_batchnorm_forward(x, g, b, np.broadcast_to(scale[0], x.shape), shift[0])
-        grads = nn.noisy_batchnorm_backward(dout[0], cache)
-        new = nn.update_running_stats(rm, rv, *nn.batch_stats(cache), len(x), 0.1)
-    return out, grads, new
-
-
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_stacked_layer_matches_nn(case):
-    worst = 0.0
-    for trial in range(20):
-        rng = np.random.default_rng(trial)
-        z, gamma, beta, mean_run, var_run, dout = layer_inputs(rng)
-        arms = one_arm(**CASES[case]["arms"])
-        noise = None
-        if arms.noisy:
-            scale, shift = nz.sample_noise(rng, arms, z.shape[1], z.shape[2])
-            noise = (scale.astype(np.float64), shift.astype(np.float64))
-        y, cache, (new_mean, new_var) = nz._norm_train(z, gamma, beta, mean_run, var_run, arms, noise)
-        dz, dgamma, dbeta = nz._norm_backward(dout, gamma, cache)
-        out, (dx, dg, db), (ref_mean, ref_var) = reference(case, z, gamma, beta, mean_run, var_run, dout, noise)
-        for mine, ref in ((y[0], out), (dz[0], dx), (dgamma[0, 0], dg), (dbeta[0, 0], db),
-                          (new_mean[0, 0], ref_mean), (new_var[0, 0], ref_var)):
-            worst = max(worst, rel_error(mine, ref))
-    assert worst < F64_TOL, worst
-
-
-def _net_loss(params, state, x, y, arms):
-    logits, cache, _ = nz.forward_train(params, state, x, arms)
-    loss, dlogits = nz.cross_entropy(logits, y)
-    return loss, nz.backward(params, dlogits, cache)
-
-
-@pytest.mark.parametrize("kind", ["plain", "batch", "running_through", "renorm"])
-def test_network_gradient_matches_finite_differences(kind):
-    """Every parameter gradient of a small stacked net, float64, centred differences, rel. error < 1e-7.
-    (Running averages as constants have no loss whose gradient this is; the layer test covers them.)"""
-    rng = np.random.default_rng(5)
-    norm = kind != "plain"
-    params = nz.init_params(rng, [6, 5, 4, 3], 2, norm)
-    params = {k: None if v is None else [None if a is None else a.astype(np.float64) for a in v]
-              for k, v in params.items()}
-    for key in ("b", "gamma", "beta"):
-        if params[key] is not None:
-            for a in params[key]:
-                if a is not None:
-                    a += rng.normal(0, 0.3, size=a.shape)
-    arms = None if not norm else nz.Arms.make([0.1, 0.2], **CASES[kind]["arms"]) if kind != "renorm" \
-        else nz.Arms.make([0.1, 0.2], renorm=True, r_max=1.5, d_max=0.5)
-    state = nz.init_state(params)
-    if kind == "renorm":
-        # r and d are constants for the gradient (stop-gradient); running statistics far from the
-        # batch ones keep them clipped at +-r_max, +-d_max, where they are locally constant indeed
-        state = {"mean": [np.full(m.shape, 50.0) for m in state["mean"]],
-                 "var": [np.full(v.shape, 1e-4) for v in state["var"]]}
-    elif norm:
-        state = {"mean": [rng.normal(0, 0.5, size=m.shape) for m in state["mean"]],
-                 "var": [rng.uniform(0.5, 3.0, size=v.shape) for v in state["var"]]}
-    x = rng.normal(size=(7, 6))
-    y = rng.integers(0, 3, size=7)
-    _, grads = _net_loss(params, state, x, y, arms)
-    worst = 0.0
-    h = 1e-6
-    for key, arrays in params.items():
-        if arrays is None:
-            continue
-        for a, g in zip(arrays, grads[key]):
-            if a is None:
-                continue
-            num = np.zeros_like(a)
-            for i in np.ndindex(a.shape):
-                old = a[i]
-                a[i] = old + h
-                plus = _net_loss(params, state, x, y, arms)[0].sum()
-                a[i] = old - h
-                minus = _net_loss(params, state, x, y, arms)[0].sum()
-                a[i] = old
-                num[i] = (plus - minus) / (2 * h)
-            worst = max(worst, rel_error(g, num))
-    assert worst < 1e-7, worst
 
 
 def test_noise_off_is_exact_and_shift_only_is_the_same_for_every_example():
@@ -167,25 +43,58 @@ def test_noise_law_moments():
     assert abs(draws.var() / expected_var - 1) < 0.02
 
 
-def test_predict_with_own_statistics_is_training_mode_without_noise():
+def test_precise_logits_is_training_mode_batch_norm_on_the_statistics_rows():
+    """Precise BN over the first M rows = population statistics of those rows in eval mode, and with
+    the noise at its mean = gamma scaled by E[s]."""
     rng = np.random.default_rng(2)
-    params = nz.init_params(rng, [6, 5, 5, 3], 2, norm=True)
-    arms = nz.Arms.make([0.1, 0.1])
+    cfg = nz.config([6, 5, 5, 3], "noisy")
+    params = nz.stacked(model.init_params(rng, cfg), 2)
+    params["gamma0"] = params["gamma0"] * np.float32(1.3)
     x = rng.normal(size=(11, 6)).astype(np.float32)
-    train_logits, _, _ = nz.forward_train(params, nz.init_state(params), x, arms)
-    eval_logits = nz.predict(params, x, arms, stats_rows=len(x))
-    assert rel_error(train_logits, eval_logits) < 50 * np.finfo(np.float32).eps
+    state = model.population_state(params, x[:7], cfg)
+    eval_logits, _, _ = model.forward(params, state, x, cfg, False)
+    assert rel_error(nz.precise_logits(params, cfg, x, 7), eval_logits) < 50 * np.finfo(np.float32).eps
+    arms = nz.Arms.concat(nz.Arms.make([0.1]), nz.Arms.make([0.1], noise=True, scale_spread=1.5))
+    scaled = {k: v * nz.mean_noise_scale(arms) if k.startswith("gamma") else v for k, v in params.items()}
+    state = model.population_state(scaled, x[:7], cfg)
+    eval_logits, _, _ = model.forward(scaled, state, x, cfg, False)
+    logits = nz.precise_logits(params, cfg, x, 7, nz.mean_noise_scale(arms))
+    assert rel_error(logits, eval_logits) < 50 * np.finfo(np.float32).eps
+    assert rel_error(logits[0], nz.precise_logits(params, cfg, x, 7)[0]) == 0   # noise off: unchanged
 
 
-def test_arms_share_initial_weights_and_train_apart():
-    rng = np.random.default_rng(3)
-    plain, normed = nz.paired_init(rng, [64, 8, 10], 1, 3)
-    for w_plain, w_norm in zip(plain["W"], normed["W"]):
-        np.testing.assert_array_equal(w_plain[0], w_norm[2])
+def test_common_noise_feeds_train_stack_and_noise_off_is_batch_norm():
+    """The noise is drawn per layer and step from one Generator (shared by the arms); an arm with the
+    noise off trains exactly as batch norm does."""
     split = nz.digits()
-    arms = nz.Arms.make([0.05, 0.1, 0.2])
-    nz.train_step(normed, nz.init_state(normed), split.X_train[:16], split.y_train[:16], arms, arms.lr)
-    assert not np.array_equal(normed["W"][0][0], normed["W"][0][2])
+    X, y = split.X_train[:64], split.y_train[:64]
+    arms = nz.Arms.concat(nz.Arms.make([0.1]), nz.Arms.make([0.1], noise=True))
+    cfg = nz.config([64, 8, 8, 10], "noisy")
+    params = model.init_params(np.random.default_rng(0), cfg)
+    plan = model.batch_plan(np.random.default_rng(1), len(y), 16, 6)
+    kw = dict(steps=6, batch_size=16, plan=plan, params=params)
+    noisy = model.train_stack(np.random.default_rng(0), cfg, X, y, arms.train_arms(),
+                              noise=nz.CommonNoise(np.random.default_rng(5), arms), **kw)
+    bn = model.train_stack(np.random.default_rng(0), nz.config([64, 8, 8, 10], "batch"), X, y,
+                           arms.train_arms()[:1], **kw)
+    assert "b0" not in noisy.params                                        # normalized nets: no hidden bias
+    assert rel_error(noisy.losses[0], bn.losses[0]) < 1e-5
+    assert rel_error(noisy.losses[1, 1:], bn.losses[0, 1:]) > 1e-3
+    again = model.train_stack(np.random.default_rng(0), cfg, X, y, arms.train_arms(),
+                              noise=nz.CommonNoise(np.random.default_rng(5), arms), **kw)
+    np.testing.assert_array_equal(noisy.losses, again.losses)
+
+
+def test_running_configs_are_the_claimed_variants():
+    sizes = [64, 8, 10]
+    cfgs = {kind: nz.running_config(sizes, kind, 0.1, 0.01, 3.0, 5.0, [0.05, 0.25, 0.4]) for kind in nz.RUNNING_ARMS}
+    assert cfgs["bn"].norm == "batch" and cfgs["bn"].momentum == nz.EMA_MOMENTUM
+    assert (cfgs["ewa_grad"].norm, cfgs["ewa_grad"].momentum, cfgs["ewa_grad"].grad_through_stats) == ("running", 0.1, True)
+    assert (cfgs["ewa_const"].momentum, cfgs["ewa_const"].grad_through_stats) == (0.1, False)
+    assert (cfgs["slow_ewa_grad"].momentum, cfgs["slow_ewa_const"].grad_through_stats) == (0.01, False)
+    assert cfgs["renorm"].renorm_warmup == (0.05, 0.25, 0.4) and cfgs["renorm"].r_max == 3.0
+    assert not any(c.hidden_bias for c in cfgs.values())
+    assert model.renorm_limits(cfgs["renorm"], 0, 1000) == (1.0, 0.0)    # warm-up starts as batch norm
 
 
 def _run(name, seed, **params):
@@ -228,42 +137,6 @@ def test_speed_fixed_lrs_are_used():
     m = result["metrics"]
     assert (m["lr_plain"], m["lr_bn"], m["lr_shift"], m["lr_noisy"]) == (0.1, 0.2, 0.1, 0.2)
     assert 0 <= m["steps_bn"] <= 10
-
-
-def test_running_average_arm_with_momentum_one_is_batch_norm():
-    """m = 1 makes the running-average layer exactly batch norm (forward and gradient)."""
-    rng = np.random.default_rng(4)
-    z, gamma, beta, mean_run, var_run, dout = layer_inputs(rng)
-    bn = nz._norm_train(z, gamma, beta, mean_run, var_run, one_arm(), None)
-    run = nz._norm_train(z, gamma, beta, mean_run, var_run, one_arm(stat_weight=np.nextafter(1.0, 0)), None)
-    assert rel_error(bn[0], run[0]) < F64_TOL
-    assert rel_error(nz._norm_backward(dout, gamma, bn[1])[0], nz._norm_backward(dout, gamma, run[1])[0]) < 1e-9
-
-
-def test_renorm_warmup_schedule():
-    """Ioffe 2017's warm-up: r_max = 1, d_max = 0 until `hold`, then linear to the limits, d first."""
-    schedule = [0.05, 0.25, 0.4]
-    assert nz.renorm_limits(0, 1000, 3.0, 5.0, schedule) == (1.0, 0.0)
-    assert nz.renorm_limits(50, 1000, 3.0, 5.0, schedule) == (1.0, 0.0)
-    r, d = nz.renorm_limits(150, 1000, 3.0, 5.0, schedule)
-    assert abs(r - (1 + 2 * 0.1 / 0.35)) < 1e-12 and abs(d - 5 * 0.5) < 1e-12
-    assert nz.renorm_limits(250, 1000, 3.0, 5.0, schedule)[1] == 5.0
-    assert nz.renorm_limits(400, 1000, 3.0, 5.0, schedule) == (3.0, 5.0)
-    assert nz.renorm_limits(999, 1000, 3.0, 5.0, schedule) == (3.0, 5.0)
-    limits = [nz.renorm_limits(s, 1000, 3.0, 5.0, schedule) for s in range(1000)]
-    assert all(a[0] <= b[0] and a[1] <= b[1] for a, b in zip(limits, limits[1:]))
-
-
-def test_renorm_during_warmup_is_exactly_batch_norm():
-    """With r_max = 1, d_max = 0 batch renorm is batch norm, whatever the running statistics."""
-    rng = np.random.default_rng(6)
-    z, gamma, beta, mean_run, var_run, dout = layer_inputs(rng)
-    bn = nz._norm_train(z, gamma, beta, mean_run, var_run, one_arm(), None)
-    held = nz._norm_train(z, gamma, beta, mean_run, var_run, one_arm(renorm=True, r_max=1.0, d_max=0.0), None)
-    np.testing.assert_array_equal(bn[0], held[0])
-    np.testing.assert_array_equal(nz._norm_backward(dout, gamma, bn[1])[0], nz._norm_backward(dout, gamma, held[1])[0])
-    relaxed = nz._norm_train(z, gamma, beta, mean_run, var_run, one_arm(renorm=True, r_max=3.0, d_max=5.0), None)
-    assert rel_error(bn[0], relaxed[0]) > 1e-3
 
 
 def test_running_average_reports_per_batch_size_failures_and_weight_growth():

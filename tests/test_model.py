@@ -696,3 +696,72 @@ def test_shared_affine_needs_an_affine_norm():
     for bad in (dict(norm="none", affine_shared=True), dict(norm="batch", affine=False, affine_shared=True)):
         with pytest.raises(ValueError, match="affine_shared"):
             small_config(**bad)
+
+
+# ----------------------------------------------------------------------------- hidden_bias, noise=, renorm_warmup
+
+
+def _tiny_data(seed=0, n=64, d=6, classes=3):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, d)), rng.integers(0, classes, n)
+
+
+def test_hidden_bias_off_has_no_hidden_b_and_trains():
+    config = MLPConfig((6, 5, 4, 3), norm="running", hidden_bias=False, dtype="float64")
+    params = model.init_params(np.random.default_rng(0), config)
+    assert "b0" not in params and "b1" not in params and "b2" in params
+    with_bias = model.init_params(np.random.default_rng(0), dataclasses.replace(config, hidden_bias=True))
+    for name in params:                       # the same draws: the same weights
+        np.testing.assert_array_equal(params[name], with_bias[name])
+    X, y = _tiny_data()
+    loss, grads, _, _ = model.loss_and_grads(params, model.init_state(config), X[:8], y[:8], config)
+    assert set(grads) == set(params) and math.isfinite(loss)
+    result = model.train_stack(np.random.default_rng(1), config, X, y, [model.Arm(lr=0.1)] * 2, steps=5, batch_size=8)
+    assert "b0" not in result.params and np.isfinite(result.losses).all()
+
+
+def test_train_stack_noise_callable_is_asked_per_layer_and_step():
+    config = MLPConfig((6, 5, 4, 3), norm="noisy", dtype="float64")
+    X, y = _tiny_data()
+    calls = []
+
+    def off(h):                               # scale 1, shift 0: batch norm exactly
+        calls.append(h.shape)
+        return np.ones(h.shape[:-2] + (1, h.shape[-1])), np.zeros(h.shape)
+
+    params = model.init_params(np.random.default_rng(0), config)
+    plan = model.batch_plan(np.random.default_rng(2), len(y), 8, 4)
+    noisy = model.train_stack(np.random.default_rng(1), config, X, y, [model.Arm(lr=0.1)] * 2, steps=4,
+                              batch_size=8, plan=plan, params=params, noise=off)
+    assert calls == [(2, 8, 5), (2, 8, 4)] * 4
+    plain = model.train_stack(np.random.default_rng(1), dataclasses.replace(config, norm="batch"), X, y,
+                              [model.Arm(lr=0.1)] * 2, steps=4, batch_size=8, plan=plan, params=params)
+    for name in plain.params:
+        np.testing.assert_allclose(noisy.params[name], plain.params[name], rtol=0, atol=1e-12)
+
+
+def test_renorm_limits_schedule():
+    config = MLPConfig((6, 5, 3), norm="renorm", r_max=3.0, d_max=5.0, renorm_warmup=(0.05, 0.25, 0.4))
+    assert model.renorm_limits(config, 0, 100) == (1.0, 0.0)
+    assert model.renorm_limits(config, 5, 100) == (1.0, 0.0)
+    r, d = model.renorm_limits(config, 15, 100)
+    assert d == pytest.approx(2.5) and r == pytest.approx(1 + 2 * (0.10 / 0.35))
+    assert model.renorm_limits(config, 40, 100) == (3.0, 5.0)
+    assert model.renorm_limits(dataclasses.replace(config, renorm_warmup=()), 0, 100) == (3.0, 5.0)
+    with pytest.raises(ValueError):
+        MLPConfig((6, 5, 3), norm="batch", renorm_warmup=(0.1, 0.2, 0.3))
+
+
+def test_renorm_during_warmup_hold_is_batch_norm():
+    X, y = _tiny_data()
+    base = MLPConfig((6, 5, 4, 3), norm="renorm", dtype="float64", renorm_warmup=(0.5, 0.75, 1.0))
+    plan = model.batch_plan(np.random.default_rng(2), len(y), 8, 8)
+    params = model.init_params(np.random.default_rng(0), base)
+    kw = dict(steps=8, batch_size=8, plan=plan, params=params)
+    renorm = model.train_stack(np.random.default_rng(1), base, X, y, [model.Arm(lr=0.1)], **kw)
+    bn = model.train_stack(np.random.default_rng(1), dataclasses.replace(base, norm="batch", renorm_warmup=()),
+                           X, y, [model.Arm(lr=0.1)], **kw)
+    np.testing.assert_allclose(renorm.losses[0, :5], bn.losses[0, :5], rtol=1e-12)   # r = 1, d = 0 while held
+    fixed = model.train_stack(np.random.default_rng(1), dataclasses.replace(base, renorm_warmup=()),
+                              X, y, [model.Arm(lr=0.1)], **kw)
+    assert not np.allclose(fixed.losses[0, 1:5], bn.losses[0, 1:5], rtol=1e-9)

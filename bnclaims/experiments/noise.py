@@ -13,78 +13,58 @@ Three experiments:
                                gradient through them) vs batch renormalization (Ioffe 2017,
                                arXiv:1702.03275) at batch 32 and at a small batch.
 
-One stacked MLP serves all three: the arms of a comparison (normalization variants x learning
-rates) sit on a leading axis A and train in lockstep on the same batches from the same weights:
-
-    x: (N, D) shared by the arms;  W[l]: (A, D_l, D_{l+1});  per-unit vectors (A, 1, D).
-
-A hidden layer is  z = h @ W (+ b);  y = gamma * xn + beta;  h' = relu(y)  with
-
-    mean = (1 - m) * running_mean + m * batch_mean      (m = 1: batch norm; m < 1: running averages)
-    var  = (1 - m) * running_var  + m * batch_var       (biased batch variance)
-    u    = (z - mean) / sqrt(var + eps)
-    xhat = u * r + d                                    (batch renorm; r = 1, d = 0 otherwise)
-    xn   = xhat * noise_scale + noise_shift             (noisy BN; 1 and 0 otherwise)
-
-Gradients flow through the batch part (m * batch statistics) of mean and var when the arm's
-``through`` flag is 1 and not at all when it is 0; r, d and the noise are constants (as in
-`bnclaims.nn`, whose single-network layers these reproduce -- tests check them against it).
-Normalized networks have no hidden bias; the no-norm network (its own stack) has one.
+The networks are `bnclaims.model` stacks trained by `model.train_stack` (arms = learning rates
+x noise settings, same initial weights, same batches): batch norm is ``norm="batch"``, noisy BN
+and the distribution-shift arms ``norm="noisy"`` with the noise of `CommonNoise` (common random
+numbers at per-arm strengths; noise off = scale 1, shift 0 = batch norm), running averages
+``norm="running"``, batch renorm ``norm="renorm"`` with ``renorm_warmup``. Normalized networks
+have no hidden bias (``hidden_bias=False``); the no-norm network has one. This module keeps only
+the noise it injects and what it measures.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, replace
 
 import numpy as np
 
-from bnclaims import data
+from bnclaims import data, model
 from bnclaims.experiments import experiment
+from bnclaims.model import Arm, MLPConfig
 
 DTYPE = np.float32
-EPS = 1e-5
 EMA_MOMENTUM = 0.1          # running statistics for inference (PyTorch convention, weight of the new batch)
 N_CLASSES = 10
 
 
-# ============================================================================ per-arm settings
+# ============================================================================ per-arm noise settings
 
 
 @dataclass(frozen=True)
 class Arms:
-    """Per-arm settings of a normalized stack, each an (A,) array (see the module docstring).
+    """Per-arm learning rate and noise settings of a normalized stack, each an (A,) array.
 
-    stat_weight: m, weight of the batch statistics in the normalizing statistics (1 = BN).
-    through: 1 where the gradient flows through m * batch statistics, 0 where they are constants.
-    renorm: True where batch renormalization corrects the batch statistics with r and d.
-    noise: True where noisy-BN noise is injected; mean_shift, scale_spread, example_noise set
-    it (see `sample_noise`).
+    noise: True where noise is injected; mean_shift, scale_spread, example_noise set it (see
+    `sample_noise`).
     """
 
     lr: np.ndarray
-    stat_weight: np.ndarray
-    through: np.ndarray
-    renorm: np.ndarray
     noise: np.ndarray
     mean_shift: np.ndarray
     scale_spread: np.ndarray
     example_noise: np.ndarray
-    r_max: float = 3.0
-    d_max: float = 5.0
 
     @staticmethod
-    def make(lr, *, stat_weight=1.0, through=1.0, renorm=False, noise=False, mean_shift=0.5, scale_spread=1.25,
-             example_noise=1.0, r_max: float = 3.0, d_max: float = 5.0) -> "Arms":
+    def make(lr, *, noise=False, mean_shift=0.5, scale_spread=1.25, example_noise=1.0) -> "Arms":
         lr = np.asarray(lr, dtype=np.float64).ravel()
         full = lambda v, dt=np.float64: np.broadcast_to(np.asarray(v, dtype=dt), lr.shape).copy()  # noqa: E731
-        return Arms(lr, full(stat_weight), full(through), full(renorm, bool), full(noise, bool), full(mean_shift),
-                    full(scale_spread), full(example_noise), r_max, d_max)
+        return Arms(lr, full(noise, bool), full(mean_shift), full(scale_spread), full(example_noise))
 
     @staticmethod
     def concat(*parts: "Arms") -> "Arms":
-        names = ("lr", "stat_weight", "through", "renorm", "noise", "mean_shift", "scale_spread", "example_noise")
-        return Arms(*[np.concatenate([getattr(p, name) for p in parts]) for name in names],
-                    parts[0].r_max, parts[0].d_max)
+        names = ("lr", "noise", "mean_shift", "scale_spread", "example_noise")
+        return Arms(*[np.concatenate([getattr(p, name) for p in parts]) for name in names])
 
     def __len__(self) -> int:
         return len(self.lr)
@@ -93,14 +73,8 @@ class Arms:
         """An (A, 1, 1) column of a per-arm setting, for broadcasting against (A, N, D)."""
         return np.asarray(getattr(self, name), dtype=dtype)[:, None, None]
 
-    @property
-    def noisy(self) -> bool:
-        return bool(np.any(self.noise))
-
-    @property
-    def running(self) -> np.ndarray:
-        """(A,) True where the normalizing statistics are running averages (m < 1)."""
-        return self.stat_weight < 1
+    def train_arms(self) -> list[Arm]:
+        return [Arm(lr=float(lr)) for lr in self.lr]
 
 
 def sample_noise(rng: np.random.Generator, arms: Arms, n: int, d: int):
@@ -125,222 +99,54 @@ def sample_noise(rng: np.random.Generator, arms: Arms, n: int, d: int):
     return scale, shift
 
 
+class CommonNoise:
+    """The ``noise`` of `model.train_stack` / `model.forward`: `sample_noise` from one Generator."""
+
+    def __init__(self, rng: np.random.Generator, arms: Arms):
+        self.rng, self.arms = rng, arms
+
+    def __call__(self, h: np.ndarray):
+        return sample_noise(self.rng, self.arms, h.shape[-2], h.shape[-1])
+
+
 def mean_noise_scale(arms: Arms) -> np.ndarray:
     """(A, 1, 1) expected noise scale E[s] = (1 + scale_spread) / 2 where the noise is on, else 1
     (E[shift] = 0): inference replaces the noise by its mean."""
     return np.where(arms.noise[:, None, None], (1.0 + arms.col("scale_spread")) / 2.0, 1.0).astype(DTYPE)
 
 
-# ============================================================================ the stacked MLP
-
-
-def init_params(rng: np.random.Generator, sizes: list[int], arms: int, norm: bool) -> dict:
-    """He-normal weights (the same for every arm); zero biases (no-norm only); gamma 1, beta 0.
-
-    The draws depend only on `sizes`, so a normalized and a no-norm stack from the same rng
-    state start from the same weights. Returns {"W", "b", "gamma", "beta"}: lists per layer of
-    (A, D_l, D_{l+1}) and (A, 1, D) arrays (b, gamma, beta None where absent).
-    """
-    weights = [rng.standard_normal((d_in, d_out)) * np.sqrt(2.0 / d_in) for d_in, d_out in zip(sizes[:-1], sizes[1:])]
-    stack = lambda a: np.repeat(np.asarray(a, dtype=DTYPE)[None], arms, axis=0)  # noqa: E731
-    hidden = sizes[1:-1]
-    return {
-        "W": [stack(w) for w in weights],
-        "b": [None if norm else stack(np.zeros((1, d))) for d in hidden] + [stack(np.zeros((1, sizes[-1])))],
-        "gamma": [stack(np.ones((1, d))) for d in hidden] if norm else None,
-        "beta": [stack(np.zeros((1, d))) for d in hidden] if norm else None,
-    }
-
-
-def init_state(params: dict) -> dict:
-    """Running statistics mean 0, variance 1 for every hidden layer of a normalized stack."""
-    if params["gamma"] is None:
-        return {"mean": [], "var": []}
-    return {"mean": [np.zeros_like(g) for g in params["gamma"]], "var": [np.ones_like(g) for g in params["gamma"]]}
-
-
-def _norm_train(z: np.ndarray, gamma, beta, mean_run, var_run, arms: Arms, noise):
-    """Training-mode normalization of z: (A, N, D). Returns y, cache, (new running mean, var)."""
-    a, n, d = z.shape
-    weights = np.full(n, 1.0 / n, dtype=z.dtype)
-    batch_mean = (weights @ z)[:, None, :]                                # (A, 1, D)
-    xc = z - batch_mean
-    batch_var = (weights @ np.square(xc))[:, None, :]
-    m = arms.col("stat_weight", z.dtype)
-    mean = batch_mean if np.all(m == 1) else (1 - m) * mean_run + m * batch_mean
-    var = batch_var if np.all(m == 1) else (1 - m) * var_run + m * batch_var
-    inv_std = 1.0 / np.sqrt(var + EPS)
-    u = (z - mean) * inv_std
-    r = d_shift = None
-    if np.any(arms.renorm):
-        sigma_run = np.sqrt(var_run + EPS)
-        on = arms.renorm[:, None, None]
-        r = np.where(on, np.clip(np.sqrt(batch_var + EPS) / sigma_run, 1.0 / arms.r_max, arms.r_max), 1.0)
-        d_shift = np.where(on, np.clip((batch_mean - mean_run) / sigma_run, -arms.d_max, arms.d_max), 0.0)
-        xhat = u * r + d_shift
-    else:
-        xhat = u
-    if noise is not None:
-        noise_scale, noise_shift = noise
-        xn = xhat * noise_scale + noise_shift
-    else:
-        noise_scale, xn = None, xhat
-    y = xn * gamma + beta
-    # running statistics: the normalizing ones for running-average arms, the EMA of the batch ones otherwise
-    ema_mean = (1 - EMA_MOMENTUM) * mean_run + EMA_MOMENTUM * batch_mean
-    ema_var = (1 - EMA_MOMENTUM) * var_run + EMA_MOMENTUM * batch_var * (n / (n - 1))
-    running = arms.running[:, None, None]
-    new = (np.where(running, mean, ema_mean), np.where(running, var, ema_var))
-    return y, (xc, u, xn, inv_std, r, noise_scale, m, arms.col("through", z.dtype)), new
-
-
-def _norm_backward(dout: np.ndarray, gamma, cache):
-    """dout: (A, N, D) -> dz, dgamma (A, 1, D), dbeta (A, 1, D)."""
-    xc, u, xn, inv_std, r, noise_scale, m, through = cache
-    n = dout.shape[1]
-    ones = np.ones(n, dtype=dout.dtype)
-    dgamma = (ones @ (dout * xn))[:, None, :]
-    dbeta = (ones @ dout)[:, None, :]
-    du = dout * gamma                                                     # dL/dxn
-    if noise_scale is not None:
-        du = du * noise_scale
-    if r is not None:
-        du = du * r
-    # dz = s * (du - g m (mean(du) + xc s mean(du * u)))   (g m = 1: the batch-norm backward)
-    gm = through * m
-    mean_du = (ones @ du)[:, None, :] / n
-    mean_du_u = (ones @ (du * u))[:, None, :] / n
-    dz = du - gm * (mean_du + xc * inv_std * mean_du_u)
-    dz *= inv_std
-    return dz, dgamma, dbeta
-
-
-def forward_train(params: dict, state: dict, x: np.ndarray, arms: Arms | None, noise_rng=None):
-    """Training-mode logits (A, N, C), cache, new state. x: (N, D) or (A, N, D).
-
-    The cache keeps every layer input ("h") and every hidden pre-ReLU value y ("y")."""
-    norm = params["gamma"] is not None
-    h = x
-    cache = {"h": [], "y": [], "norm": []}
-    new_state = {"mean": [], "var": []}
-    layers = len(params["W"])
-    noisy = norm and arms.noisy
-    for layer in range(layers):
-        cache["h"].append(h)
-        z = h @ params["W"][layer]
-        if params["b"][layer] is not None:
-            z += params["b"][layer]
-        if layer == layers - 1:
-            return z, cache, new_state
-        if norm:
-            noise = sample_noise(noise_rng, arms, z.shape[1], z.shape[2]) if noisy else None
-            z, norm_cache, (mean, var) = _norm_train(z, params["gamma"][layer], params["beta"][layer],
-                                                     state["mean"][layer], state["var"][layer], arms, noise)
-            cache["norm"].append(norm_cache)
-            new_state["mean"].append(mean)
-            new_state["var"].append(var)
-        cache["y"].append(z)
-        h = np.maximum(z, 0)
-    raise AssertionError("unreachable")
-
-
-def backward(params: dict, dlogits: np.ndarray, cache: dict) -> dict:
-    """Gradients of the loss whose d/dlogits is `dlogits` (A, N, C); same structure as params."""
-    norm = params["gamma"] is not None
-    layers = len(params["W"])
-    grads = {"W": [None] * layers, "b": [None] * layers,
-             "gamma": [None] * (layers - 1) if norm else None, "beta": [None] * (layers - 1) if norm else None}
-    dz = dlogits
-    for layer in range(layers - 1, -1, -1):
-        grads["W"][layer] = np.swapaxes(cache["h"][layer], -1, -2) @ dz
-        if params["b"][layer] is not None:
-            grads["b"][layer] = (np.ones(dz.shape[1], dtype=dz.dtype) @ dz)[:, None, :]
-        if layer == 0:
-            return grads
-        dz = (dz @ np.swapaxes(params["W"][layer], -1, -2)) * (cache["y"][layer - 1] > 0)
-        if norm:
-            dz, grads["gamma"][layer - 1], grads["beta"][layer - 1] = _norm_backward(
-                dz, params["gamma"][layer - 1], cache["norm"][layer - 1])
-    raise AssertionError("unreachable")
-
-
-def cross_entropy(logits: np.ndarray, y: np.ndarray):
-    """Mean softmax cross-entropy per arm. logits: (A, N, C); y: (N,). Returns loss (A,), dlogits."""
-    a, n, c = logits.shape
-    shifted = logits - logits.max(axis=2, keepdims=True)
-    exp = np.exp(shifted)
-    total = exp.sum(axis=2, keepdims=True)
-    rows = np.arange(n)
-    loss = np.mean(np.log(total[:, :, 0]) - shifted[:, rows, y], axis=1, dtype=np.float64)
-    dlogits = exp / total
-    dlogits[:, rows, y] -= 1.0
-    dlogits *= 1.0 / n
-    return loss, dlogits
-
-
-def sgd_step(params: dict, grads: dict, lr: np.ndarray) -> None:
-    """In place: p -= lr * grad, one learning rate per arm (A,)."""
-    lr = np.asarray(lr, dtype=DTYPE)[:, None, None]
-    for key in ("W", "b", "gamma", "beta"):
-        if params[key] is None:
-            continue
-        for p, g in zip(params[key], grads[key]):
-            if p is not None:
-                p -= lr * g
-
-
-def train_step(params: dict, state: dict, x: np.ndarray, y: np.ndarray, arms: Arms | None, lr: np.ndarray,
-               noise_rng=None) -> tuple[np.ndarray, dict]:
-    """One SGD step of every arm; returns (loss before the step (A,), new running statistics)."""
-    logits, cache, new_state = forward_train(params, state, x, arms, noise_rng)
-    loss, dlogits = cross_entropy(logits, y)
-    sgd_step(params, backward(params, dlogits, cache), lr)
-    return loss, new_state
-
-
-def predict(params: dict, x: np.ndarray, arms: Arms | None, *, state: dict | None = None,
-            stats_rows: int = 0) -> np.ndarray:
-    """Inference logits (A, N, C); x: (N, D). Normalized stacks use fixed statistics: the running
-    ones (`state`) or, with ``stats_rows = M > 0``, the statistics of the first M rows of x computed
-    layer by layer under the current weights ("precise BN"). The noise is replaced by its mean
-    (scale E[s], shift 0)."""
-    norm = params["gamma"] is not None
-    layers = len(params["W"])
-    h = x
-    for layer in range(layers):
-        z = h @ params["W"][layer]
-        if params["b"][layer] is not None:
-            z += params["b"][layer]
-        if layer == layers - 1:
-            return z
-        if norm:
-            if stats_rows:
-                weights = np.full(stats_rows, 1.0 / stats_rows, dtype=z.dtype)
-                mean = (weights @ z[:, :stats_rows])[:, None, :]
-                var = (weights @ np.square(z[:, :stats_rows] - mean))[:, None, :]
-            else:
-                mean, var = state["mean"][layer], state["var"][layer]
-            scale = params["gamma"][layer] / np.sqrt(var + EPS)
-            if arms.noisy:
-                scale = scale * mean_noise_scale(arms)
-            z = (z - mean) * scale + params["beta"][layer]
-        h = np.maximum(z, 0)
-    raise AssertionError("unreachable")
-
-
-def accuracy(logits: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """(A,) fraction classified correctly; an arm with non-finite logits scores 0."""
-    finite = np.isfinite(logits).all(axis=(1, 2))
-    acc = (np.nan_to_num(logits, nan=0.0).argmax(axis=2) == y).mean(axis=1)
-    return np.where(finite, acc, 0.0)
-
-
-def finite_arms(params: dict) -> np.ndarray:
-    """(A,) True where every weight of the arm is finite (not diverged)."""
-    return np.all([np.isfinite(w).all(axis=(1, 2)) for w in params["W"]], axis=0)
-
-
 # ============================================================================ shared helpers
+
+
+def config(sizes: list[int], norm: str = "noisy", **options) -> MLPConfig:
+    """The module's network: ReLU, norm before it, float32; normalized nets have no hidden bias."""
+    return MLPConfig(tuple(sizes), norm=norm, hidden_bias=norm == "none", dtype="float32",
+                     momentum=options.pop("momentum", EMA_MOMENTUM), **options)
+
+
+def stacked(params: dict, arms: int) -> dict:
+    """One network's parameters repeated for `arms` arms (the stack layout of `bnclaims.model`)."""
+    return model.stack_params([params] * arms)
+
+
+def precise_logits(params: dict, cfg: MLPConfig, x: np.ndarray, rows: int,
+                   noise_scale: np.ndarray | None = None) -> np.ndarray:
+    """Inference logits (A, N, C) with precise BN: every layer normalized with the statistics of the
+    first `rows` rows of x under the current weights (training-mode batch norm with those rows as
+    reference, ``MLPConfig(reference_rows=...)``); the noise replaced by its mean (gamma x E[s], shift 0)."""
+    if cfg.norm == "none":
+        logits, _, _ = model.forward(params, {}, x, cfg, False)
+        return logits
+    if noise_scale is not None:
+        params = {k: v * noise_scale if k.startswith("gamma") else v for k, v in params.items()}
+    stats = replace(cfg, norm="batch", reference_rows=rows if rows < len(x) else 0, renorm_warmup=())
+    logits, _, _ = model.forward(params, model.init_stack_state(stats, len(params["W0"])), x, stats, True)
+    return logits
+
+
+def accuracy(logits: np.ndarray, y: np.ndarray, alive: np.ndarray) -> np.ndarray:
+    """(A,) `model.logits_accuracy`, 0 for a diverged arm (not alive)."""
+    return np.where(alive, model.logits_accuracy(logits, y), 0.0)
 
 
 def digits() -> data.Split:
@@ -348,30 +154,10 @@ def digits() -> data.Split:
     return data.digits_split(0.25, 0.2, standardize=True, dtype=DTYPE)
 
 
-def batch_plan(rng: np.random.Generator, n: int, batch_size: int, steps: int) -> np.ndarray:
-    """(steps, batch_size) example indices: shuffled epochs, one row per SGD step."""
-    stream = data.epochs(rng, n, batch_size)
-    return np.stack([next(stream) for _ in range(steps)])
-
-
 def steps_to(curve: np.ndarray, steps: np.ndarray, target: float) -> np.ndarray:
     """First checkpoint step at which each row of `curve` (A, K) reaches `target`; NaN where never."""
     hit = curve >= target
     return np.where(hit.any(axis=1), steps[hit.argmax(axis=1)], np.nan)
-
-
-def tile(params: dict, copies: int) -> dict:
-    """Every parameter of a one-arm stack repeated `copies` times along the arm axis."""
-    return {k: None if v is None else [None if p is None else np.repeat(p, copies, axis=0) for p in v]
-            for k, v in params.items()}
-
-
-def paired_init(rng: np.random.Generator, sizes: list[int], arms_plain: int, arms_norm: int) -> tuple[dict, dict]:
-    """(no-norm, normalized) stacks with the same initial weights: same seed => same initialisation."""
-    state = rng.bit_generator.state
-    plain = init_params(rng, sizes, arms_plain, norm=False)
-    rng.bit_generator.state = state
-    return plain, init_params(rng, sizes, arms_norm, norm=True)
 
 
 def probe_index(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
@@ -508,53 +294,65 @@ def noisy_bn_speed(rng: np.random.Generator, *, hidden: list[int] = [64, 64], ba
                 layout[arm, which] = np.arange(start, start + len(table[arm]))
                 start += len(table[arm])
     normed = Arms.concat(*parts)
-    plain, net = paired_init(init_rng, sizes, len(own["plain"]), len(normed))
-    plan = batch_plan(order_rng, len(y), batch_size, steps)
-    stacks = {"plain": [plain, None, own["plain"], init_state(plain)], "normed": [net, normed, normed.lr, init_state(net)]}
+    plain = Arms.make(own["plain"])
+    configs = {"plain": config(sizes, "none"), "normed": config(sizes, "noisy")}
+    arms_of = {"plain": plain, "normed": normed}
+    plan = model.batch_plan(order_rng, len(y), batch_size, steps)
     probes = np.arange(0, steps + 1, probe_every)
-    curves = {k: {"val": [], "change": [], "train_probe": []} for k in stacks}
-    reach = {k: np.full(len(stack[2]), np.nan) for k, stack in stacks.items()}   # first step at target
+    measure_seeds = [int(measure_rng.integers(2**63)) for _ in probes]
+    curves = {k: {"val": [], "change": [], "train_probe": []} for k in configs}
+    reach = {k: np.full(len(arms_of[k]), np.nan) for k in configs}   # first step at target
+    results = {}
 
-    def record_reach(key, step, train_acc):
-        hit = np.isnan(reach[key]) & (train_acc >= target)
-        reach[key][hit] = step
+    for key, cfg in configs.items():
+        arms = arms_of[key]
+        noisy = cfg.norm == "noisy"
+        scale = mean_noise_scale(arms) if noisy else None
+        last: list = []
 
-    last: dict = {}
-    with np.errstate(all="ignore"):
-        for step in range(steps + 1):
-            if step % check_every == 0 and step % probe_every != 0:
-                for key, (params, arms, _, _) in stacks.items():
-                    if np.isnan(reach[key]).any():     # checked only until every arm got there
-                        record_reach(key, step, accuracy(predict(params, X[probe], arms, stats_rows=m), y[probe]))
-            if step % probe_every == 0:
-                measure_seed = int(measure_rng.integers(2**63))
-                with_val = sweep or step == steps                 # validation only where it is used
-                for key, (params, arms, _, _) in stacks.items():
-                    logits = predict(params, x_eval if with_val else X[probe], arms, stats_rows=m)
-                    train_acc = accuracy(logits[:, :m], y[probe])
-                    if step % check_every == 0:
-                        record_reach(key, step, train_acc)
-                    curves[key]["train_probe"].append(train_acc)
-                    curves[key]["val"].append(accuracy(logits[:, m:], split.y_val) if with_val
-                                              else np.full(len(train_acc), np.nan))
-                    _, cache, _ = forward_train(params, init_state(params), X[probe], arms,
-                                                np.random.default_rng(measure_seed))
-                    moments = layer_moments(cache["y"])
-                    change = moment_change(last[key], moments) if key in last else np.full(len(moments[0]), np.nan)
-                    curves[key]["change"].append(change)
-                    last[key] = moments
-            if step == steps:
-                break
-            idx = plan[step]
-            for stack in stacks.values():
-                params, arms, lr, state = stack
-                _, stack[3] = train_step(params, state, X[idx], y[idx], arms, lr, noise_rng)
+        def measure(step, params, alive, key=key, cfg=cfg, arms=arms, noisy=noisy, scale=scale, last=last):
+            """Probe accuracy (every check_every steps until every arm got there) and, every
+            probe_every steps, the probe distributions in training mode and the validation accuracy."""
+            if step % check_every == 0 and step % probe_every != 0 and np.isnan(reach[key]).any():
+                train_acc = accuracy(precise_logits(params, cfg, X[probe], m, scale), y[probe], alive)
+                reach[key][np.isnan(reach[key]) & (train_acc >= target)] = step
+            if step % probe_every:
+                return
+            with_val = sweep or step == steps                 # validation only where it is used
+            logits = precise_logits(params, cfg, x_eval if with_val else X[probe], m, scale)
+            train_acc = accuracy(logits[:, :m], y[probe], alive)
+            if step % check_every == 0:
+                reach[key][np.isnan(reach[key]) & (train_acc >= target)] = step
+            curves[key]["train_probe"].append(train_acc)
+            curves[key]["val"].append(accuracy(logits[:, m:], split.y_val, alive) if with_val
+                                      else np.full(len(train_acc), np.nan))
+            noise = CommonNoise(np.random.default_rng(measure_seeds[step // probe_every]), arms) if noisy else None
+            record: dict = {}
+            model.forward(params, model.init_stack_state(cfg, len(arms)), X[probe], cfg, True, noise, record)
+            moments = layer_moments([record[f"norm{i}"] for i in range(len(hidden))])
+            change = moment_change(last[0], moments) if last else np.full(len(moments[0]), np.nan)
+            curves[key]["change"].append(np.where(alive, change, np.nan))
+            last[:] = [moments]
+
+        def hook(step, info, measure=measure):
+            measure(step + 1, info.params, info.alive)
+        hook.needs_deltas = False
+
+        params0 = stacked(model.init_params(copy.deepcopy(init_rng), cfg), len(arms))   # paired initial weights
+        with np.errstate(all="ignore"):
+            measure(0, params0, np.ones(len(arms), dtype=bool))
+            result = model.train_stack(np.random.default_rng(0), cfg, X, y, arms.train_arms(), steps=steps,
+                                       batch_size=batch_size, plan=plan, params=params0, record=hook,
+                                       noise=CommonNoise(noise_rng, arms) if noisy else None)
+            for step in range(len(curves[key]["train_probe"]) * probe_every, steps + 1, probe_every):
+                measure(step, result.params, np.zeros(len(arms), dtype=bool))   # every arm diverged early
+        results[key] = result
     curve = {k: {name: np.array(v).T for name, v in c.items()} for k, c in curves.items()}  # (A, K)
-    variation = {k: np.nanmean(curve[k]["change"], axis=1) for k in stacks}
+    variation = {k: np.nanmean(curve[k]["change"], axis=1) for k in configs}
     rows_of = {"plain": ("plain", np.arange(len(own["plain"])))}
     rows_of.update({arm: ("normed", layout[arm, "own"]) for arm in NORMED_ARMS})
     if sweep:
-        val_reach = {k: steps_to(curve[k]["val"], probes, val_target) for k in stacks}
+        val_reach = {k: steps_to(curve[k]["val"], probes, val_target) for k in configs}
 
         def choose(key, rows):
             r, final = val_reach[key][rows], curve[key]["val"][rows, -1]
@@ -575,7 +373,7 @@ def noisy_bn_speed(rng: np.random.Generator, *, hidden: list[int] = [64, 64], ba
         out[f"variation_{arm}"] = float(variation[key][row])
         out[f"final_train_acc_{arm}"] = float(curve[key]["train_probe"][row, -1])
         out[f"final_val_acc_{arm}"] = float(curve[key]["val"][row, -1])
-        out[f"lr_{arm}"] = float(stacks[key][2][row])
+        out[f"lr_{arm}"] = float(arms_of[key].lr[row])
         out[f"train_acc_{arm}"] = curve[key]["train_probe"][row]
         out[f"change_{arm}"] = curve[key]["change"][row, 1:]
     for arm, (key, row) in at_common.items():
@@ -583,7 +381,7 @@ def noisy_bn_speed(rng: np.random.Generator, *, hidden: list[int] = [64, 64], ba
         out[f"variation_{arm}_common"] = float(variation[key][row])
     used = list(chosen.values()) + list(at_common.values())
     out["reached_all"] = float(all(np.isfinite(reach[k][r]) for k, r in used))
-    out["diverged"] = float(sum((~finite_arms(stack[0])).sum() for stack in stacks.values()))
+    out["diverged"] = float(sum(result.diverged.sum() for result in results.values()))
     out["lr"] = np.asarray(lr_grid, dtype=float) if sweep else np.array([])
     for arm, (key, rows) in rows_of.items():
         out[f"sweep_val_steps_{arm}"] = val_reach[key][rows].astype(float) if sweep else np.array([])
@@ -669,19 +467,20 @@ def noisy_bn_generalization(rng: np.random.Generator, *, hidden: list[int] = [64
     per_arm = [grid if sweep else np.array([lrs[i]]) for i in range(len(names))]
     arms = Arms.concat(*[Arms.make(lr, **spec) for lr, spec in zip(per_arm, specs)])
     starts = np.cumsum([0] + [len(p) for p in per_arm])
-    _, params = paired_init(init_rng, sizes, 0, len(arms))
-    state = init_state(params)
-    plan = batch_plan(order_rng, n, batch_size, steps)
+    cfg = config(sizes, "noisy")
+    params0 = model.init_params(init_rng, cfg)
+    plan = model.batch_plan(order_rng, n, batch_size, steps)
     with np.errstate(all="ignore"):
-        for step in range(steps):
-            idx = plan[step]
-            _, state = train_step(params, state, X[idx], y[idx], arms, arms.lr, noise_rng)
+        result = model.train_stack(np.random.default_rng(0), cfg, X, y, arms.train_arms(), steps=steps,
+                                   batch_size=batch_size, plan=plan, params=params0,
+                                   noise=CommonNoise(noise_rng, arms))
         x_eval = np.concatenate([X, split.X_val, split.X_test])
-        logits = predict(params, x_eval, arms, stats_rows=n)
-    train_acc = accuracy(logits[:, :n], y)
-    val_acc = accuracy(logits[:, n:n + len(split.y_val)], split.y_val)
-    test_acc = accuracy(logits[:, n + len(split.y_val):], split.y_test)
-    out: dict = {"diverged": float((~finite_arms(params)).sum())}
+        logits = precise_logits(result.params, cfg, x_eval, n, mean_noise_scale(arms))
+    alive = ~result.diverged
+    train_acc = accuracy(logits[:, :n], y, alive)
+    val_acc = accuracy(logits[:, n:n + len(split.y_val)], split.y_val, alive)
+    test_acc = accuracy(logits[:, n + len(split.y_val):], split.y_test, alive)
+    out: dict = {"diverged": float(result.diverged.sum())}
     for i, name in enumerate(names):
         rows = np.arange(starts[i], starts[i + 1])
         row = int(rows[np.argmax(val_acc[rows])])
@@ -711,28 +510,15 @@ RUNNING_TEXT = {"bn": "batch statistics (BN)",
 SIZES = ("large", "small")
 
 
-def renorm_limits(step: int, steps: int, r_max: float, d_max: float, schedule: list[float]) -> tuple[float, float]:
-    """Batch renorm's clipping limits (r_max, d_max) at `step` of `steps` (Ioffe 2017, section 4).
-
-    schedule = [hold, d_full, r_full], fractions of the steps: r_max = 1 and d_max = 0 (r = 1, d = 0:
-    plain batch norm) until hold, then linear to d_max at d_full and to r_max at r_full."""
-    hold, d_full, r_full = schedule
-    t = step / steps
-
-    def ramp(full: float) -> float:
-        return 1.0 if full <= hold else float(np.clip((t - hold) / (full - hold), 0.0, 1.0))
-
-    return 1.0 + (r_max - 1.0) * ramp(r_full), d_max * ramp(d_full)
-
-
-def running_arms(lrs: np.ndarray, kind: str, momentum: float, slow_momentum: float) -> Arms:
-    """Arms of one normalization kind (see RUNNING_TEXT) at the learning rates `lrs`."""
+def running_config(sizes: list[int], kind: str, momentum: float, slow_momentum: float, r_max: float, d_max: float,
+                   schedule: list[float]) -> MLPConfig:
+    """The network of one normalization kind (see RUNNING_TEXT)."""
     if kind == "bn":
-        return Arms.make(lrs)
+        return config(sizes, "batch")
     if kind == "renorm":
-        return Arms.make(lrs, renorm=True)
-    return Arms.make(lrs, stat_weight=slow_momentum if kind.startswith("slow") else momentum,
-                     through=1.0 if kind.endswith("grad") else 0.0)
+        return config(sizes, "renorm", r_max=r_max, d_max=d_max, renorm_warmup=tuple(schedule))
+    return config(sizes, "running", momentum=slow_momentum if kind.startswith("slow") else momentum,
+                  grad_through_stats=kind.endswith("grad"))
 
 
 @experiment(
@@ -782,7 +568,7 @@ def running_average_bn(rng: np.random.Generator, *, hidden: list[int] = [64, 64]
     0.99 = 0.01 here);
     * batch renormalization (Ioffe 2017): batch statistics corrected by r = clip(sigma_B / sigma,
       1/r_max, r_max) and d = clip((mu_B - mu) / sigma, -d_max, d_max) from the running averages,
-      r and d constants, with the paper's warm-up (`renorm_limits`): r_max = 1, d_max = 0 (plain
+      r and d constants, with the paper's warm-up (`model.renorm_limits`): r_max = 1, d_max = 0 (plain
       BN) for the first `renorm_schedule[0]` of the steps, then relaxed linearly to reach d_max at
       `renorm_schedule[1]` and r_max at `renorm_schedule[2]` of the steps (Ioffe 2017: 5k, 25k and
       40k steps, read here as fractions of 100k).
@@ -797,7 +583,11 @@ def running_average_bn(rng: np.random.Generator, *, hidden: list[int] = [64, 64]
     X, y = split.X_train, split.y_train
     sizes = [X.shape[1], *hidden, N_CLASSES]
     init_rng, order_rng = rng.spawn(2)
-    _, base = paired_init(init_rng, sizes, 0, 1)
+    configs = {kind: running_config(sizes, kind, momentum, slow_momentum, r_max, d_max, renorm_schedule)
+               for kind in RUNNING_ARMS}
+    base = model.init_params(init_rng, configs["bn"])          # the same weights for every kind
+    hidden_weights = [f"W{i}" for i in range(len(hidden))]
+    norms0 = {name: np.sqrt(np.sum(np.square(base[name], dtype=np.float64))) for name in hidden_weights}
     grid = np.asarray(lr_grid, dtype=np.float64)
     out: dict = {}
     failed = {arm: 0 for arm in RUNNING_ARMS}
@@ -807,27 +597,27 @@ def running_average_bn(rng: np.random.Generator, *, hidden: list[int] = [64, 64]
     n_val = len(split.y_val)
     for size, batch_size, order in zip(SIZES, (large_batch, small_batch), order_rng.spawn(2)):
         lrs = grid * (batch_size / large_batch)
-        parts = [running_arms(lrs, kind, momentum, slow_momentum) for kind in RUNNING_ARMS]
-        arms = Arms.concat(*parts)
-        arms = Arms(*[getattr(arms, f) for f in ("lr", "stat_weight", "through", "renorm", "noise", "mean_shift",
-                                                 "scale_spread", "example_noise")], r_max, d_max)
-        params = tile(base, len(arms))
-        state = init_state(params)
         steps = epochs * (len(y) // batch_size)
-        plan = batch_plan(order, len(y), batch_size, steps)
-        norms0 = [np.sqrt(np.sum(np.square(w, dtype=np.float64), axis=(1, 2))) for w in params["W"][:-1]]
-        with np.errstate(all="ignore"):
-            for step in range(steps):
-                idx = plan[step]
-                step_arms = replace(arms, **dict(zip(("r_max", "d_max"),
-                                                     renorm_limits(step, steps, r_max, d_max, renorm_schedule))))
-                _, state = train_step(params, state, X[idx], y[idx], step_arms, arms.lr)
-            logits = predict(params, x_eval, arms, state=state)
-            growth = np.exp(np.mean([np.log(np.sqrt(np.sum(np.square(w, dtype=np.float64), axis=(1, 2))) / n0)
-                                     for w, n0 in zip(params["W"][:-1], norms0)], axis=0))
-            finite = finite_arms(params) & np.all([np.isfinite(s).all(axis=(1, 2)) for s in state["mean"]], axis=0)
-        val_acc = np.where(finite, accuracy(logits[:, :n_val], split.y_val), 0.0)
-        test_acc = np.where(finite, accuracy(logits[:, n_val:], split.y_test), 0.0)
+        plan = model.batch_plan(order, len(y), batch_size, steps)
+        val_acc, test_acc, finite, growth = [], [], [], []
+        for kind in RUNNING_ARMS:
+            cfg = configs[kind]
+            with np.errstate(all="ignore"):
+                result = model.train_stack(np.random.default_rng(0), cfg, X, y, [Arm(lr=float(lr)) for lr in lrs],
+                                           steps=steps, batch_size=batch_size, plan=plan, params=base)
+                logits, _, _ = model.forward(result.params, result.state, x_eval, cfg, False)
+                # diverged: a NaN/inf loss, or weights or running means gone NaN/inf (an overflowed running
+                # variance only silences its units: x / sqrt(inf) = 0, and the network still predicts)
+                ok = ~result.diverged & np.all([np.isfinite(v).all(axis=(1, 2)) for name, v in
+                                                [*result.params.items(), *result.state.items()]
+                                                if name.startswith(("W", "running_mean"))], axis=0)
+                growth.append(np.exp(np.mean([np.log(np.sqrt(np.sum(np.square(result.params[name], dtype=np.float64),
+                                                                    axis=(1, 2))) / norms0[name])
+                                              for name in hidden_weights], axis=0)))
+            finite.append(ok)
+            val_acc.append(accuracy(logits[:, :n_val], split.y_val, ok))
+            test_acc.append(accuracy(logits[:, n_val:], split.y_test, ok))
+        val_acc, test_acc, finite, growth = (np.concatenate(v) for v in (val_acc, test_acc, finite, growth))
         out[f"lr_{size}"] = lrs
         for i, arm in enumerate(RUNNING_ARMS):
             rows = np.arange(i * len(lrs), (i + 1) * len(lrs))
