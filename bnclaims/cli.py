@@ -580,6 +580,11 @@ def cmd_check(args) -> int:
     drafts = sum(1 for c in claims if "draft" in c.tags)
     note = f"; {drafts} draft{'s' if drafts != 1 else ''} (not published: remove the draft tag to publish)" if drafts else ""
     print(f"{len(claims)} valid, {len({p.path for p in problems})} invalid claim file(s){note}", file=human)
+    threads = args.claims / "threads"
+    companions = [f"{len(list(threads.glob(pattern)))} {what}" for pattern, what in
+                  (("*.map.yaml", "sentence map(s)"), ("*.answer.yaml", "answer file(s)"))] if threads.is_dir() else []
+    if companions and not args.targets:
+        print(f"checked {' and '.join(companions)} in {threads}", file=human)
     if json_mode:
         data = {"claims": [{"id": c.id, "path": str(c.path), "line": c.line} for c in claims],
                 "invalid": [p.to_json() for p in problems]}

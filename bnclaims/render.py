@@ -473,7 +473,8 @@ def _reference_html(ref, results: dict, root: str) -> str:
         m = result.metrics.get(ref.metric)
         if m is None:
             return f'<span class="ref-broken">[[{escape(ref.text)}]]: no such metric in the results</span>'
-        text = f"{fmt(m.mean)} [95% CI {fmt(m.ci_low)}, {fmt(m.ci_high)}]" if m.n > 1 else fmt(m.mean)
+        constant = m.n < 2 or m.ci_low == m.ci_high  # the same in every seed: an interval would say nothing
+        text = fmt(m.mean) if constant else f"{fmt(m.mean)} [95% CI {fmt(m.ci_low)}, {fmt(m.ci_high)}]"
         return (f'<a class="ref-num" href="{href}#m-{escape(slug(ref.metric))}" '
                 f'title="{escape(ref.metric)}: mean over {m.n} seeds, claim {escape(ref.claim_id)}">{escape(text)}</a>')
     if ref.condition is not None:
