@@ -39,7 +39,7 @@ from markupsafe import Markup, escape
 import bnclaims
 from bnclaims import experiments as registry
 from bnclaims import coverage, mathtext, svg
-from bnclaims.answers import load_answers
+from bnclaims.answers import REFERENCE, load_answers, parse_reference
 from bnclaims.cache import dumps
 from bnclaims.claims import Claim, schema_json, threads_dir_for
 from bnclaims.errors import UserError
@@ -144,13 +144,17 @@ def inline(text: str) -> Markup:
     return Markup("".join(out))
 
 
-def prose(text: str) -> Markup:
-    """Paragraphs of ``inline`` text: split at blank lines, or at single line breaks when the text
-    has no blank line (a YAML folded ``>`` block turns a blank line into one line break)."""
+def paragraphs(text: str) -> list[str]:
+    """``text`` split at blank lines, or at single line breaks when it has no blank line (a YAML
+    folded ``>`` block turns a blank line into one line break); whitespace collapsed in each."""
     text = (text or "").strip()
     separator = r"\n\s*\n" if re.search(r"\n\s*\n", text) else r"\n"
-    paragraphs = [" ".join(p.split()) for p in re.split(separator, text) if p.strip()]
-    return Markup("\n".join(f"<p>{inline(p)}</p>" for p in paragraphs))
+    return [" ".join(p.split()) for p in re.split(separator, text) if p.strip()]
+
+
+def prose(text: str) -> Markup:
+    """Paragraphs of ``inline`` text."""
+    return Markup("\n".join(f"<p>{inline(p)}</p>" for p in paragraphs(text)))
 
 
 def slug(name: str) -> str:
@@ -492,12 +496,9 @@ def _reference_html(ref, results: dict, root: str) -> str:
 
 def answer_html(text: str, results: dict, root: str = "../") -> Markup:
     """Paragraphs of an answer's text: escaped prose (as ``prose``) with its references resolved."""
-    from bnclaims.answers import REFERENCE, parse_reference
 
-    text = (text or "").strip()
-    separator = r"\n\s*\n" if re.search(r"\n\s*\n", text) else r"\n"
     out = []
-    for paragraph in (" ".join(p.split()) for p in re.split(separator, text) if p.strip()):
+    for paragraph in paragraphs(text):
         pieces, position = [], 0
         for match in REFERENCE.finditer(paragraph):
             pieces.append(str(inline(paragraph[position:match.start()])))
