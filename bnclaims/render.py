@@ -85,14 +85,6 @@ def fmt_p(p: float | None) -> str:
     return f"{p:.2g}" if p < 0.01 else f"{p:.2f}"
 
 
-def fmt_seconds(seconds: float) -> str:
-    if seconds < 1:
-        return f"{seconds * 1000:.0f} ms"
-    if seconds < 120:
-        return f"{seconds:.1f} s"
-    return f"{seconds / 60:.1f} min"
-
-
 def fmt_value(value) -> str:
     """A parameter value as it would be written in the claim file."""
     return json.dumps(value, ensure_ascii=False, sort_keys=True)
@@ -527,7 +519,7 @@ def _answer_view(answer, results: dict) -> dict:
 def _environment() -> Environment:
     env = Environment(loader=PackageLoader("bnclaims", "templates"), autoescape=True, undefined=StrictUndefined,
                       trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
-    env.filters.update(fmt=fmt, fmt_p=fmt_p, fmt_seconds=fmt_seconds, fmt_seeds=fmt_seeds, one_line=one_line,
+    env.filters.update(fmt=fmt, fmt_p=fmt_p, fmt_seeds=fmt_seeds, one_line=one_line,
                        prose=prose, inline=inline, urlquote=urlquote)
     env.globals.update(VERDICT_ORDER=VERDICT_ORDER, SYMBOL=VERDICT_SYMBOL, MEANING=VERDICT_MEANING, ANSWER=ANSWER,
                        version=bnclaims.__version__)
