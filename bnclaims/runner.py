@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from bnclaims import experiments as registry
+from bnclaims import schedule
 from bnclaims.cache import Cache, code_hashes, digest, valid_run, versions
 from bnclaims.claims import Claim
 from bnclaims.executor import Executor, Job, LocalExecutor, Outcome
@@ -293,7 +294,9 @@ def run_claims(
     try:
         if jobs:
             runner = executor or LocalExecutor(min(options.n_jobs(), len(jobs)), options.modules, options.memory_limit)
-            runner.run(jobs, on_done)
+            # longest first, from the CPU seconds recorded when each job ran before: a shorter tail
+            runner.run(schedule.longest_first(jobs, schedule.recorded_seconds(plans, cache, options.seed_store)),
+                       on_done)
     finally:
         tracker.close()
     return [results[id(p)] for p in plans]
