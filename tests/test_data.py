@@ -246,3 +246,42 @@ def test_padded_sequences_masks_match_lengths(length_dist):
         assert np.median(lengths) < 8  # most sequences short: lots of padding
     else:
         assert 10 < lengths.mean() < 16
+
+
+# ---------------------------------------------------------------------------- augmented digits (the harder task)
+
+
+def test_augment_with_no_moves_is_the_identity_exactly():
+    X, _ = data.load_digits()
+    out = data.augment_images(np.random.default_rng(0), X[:50], rotation=0.0, shift=0.0, scale=0.0, noise=0.0)
+    np.testing.assert_array_equal(out, X[:50])
+
+
+def test_augment_moves_pixels_and_stays_in_range():
+    X, _ = data.load_digits()
+    out = data.augment_images(np.random.default_rng(1), X[:200])
+    assert out.shape == (200, 64) and out.min() >= 0.0 and out.max() <= 1.0
+    assert np.abs(out - X[:200]).mean() > 0.05  # every image moved or noisy, not a copy
+
+
+def test_augmented_split_is_fixed_and_shares_the_clean_split():
+    a = data.augmented_digits_split()
+    data._augmented_split.cache_clear()
+    b = data.augmented_digits_split()
+    assert a is not b
+    for name in ("X_train", "y_train", "X_val", "X_test", "y_test"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    clean = data.digits_split(0.25, 0.2)
+    np.testing.assert_array_equal(a.test_index, clean.test_index)
+    np.testing.assert_array_equal(a.y_test, clean.y_test)
+    np.testing.assert_array_equal(a.train_index, np.repeat(clean.train_index, 4))
+    assert a.X_train.shape == (4 * len(clean.X_train), 64) and a.X_train.dtype == np.float32
+    assert not a.X_train.flags.writeable and not a.X_test.flags.writeable
+    np.testing.assert_allclose(a.X_train.astype(np.float64).mean(axis=0), 0.0, atol=1e-5)
+
+
+def test_augmented_split_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="copies"):
+        data.augmented_digits_split(0)
+    with pytest.raises(ValueError, match="validation_fraction"):
+        data.augmented_digits_split(2, 1.0)
