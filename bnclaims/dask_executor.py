@@ -6,7 +6,9 @@ cache, so workers need no shared filesystem. Worker loss is the scheduler's busi
 task whose worker dies is run again elsewhere (``distributed.scheduler.allowed-failures``
 times, then it is reported as an error). Time limits are kept on the client: at most one
 job per worker thread is in flight, so a job's clock starts when it is sent; a job past its
-limit is cancelled, reported as an error, and its worker restarted (if it has a nanny).
+limit is cancelled, reported as an error, and its worker restarted (if it has a nanny). Since the
+scheduler never holds a queue, jobs start in the order given, as on the local pool (the runner
+gives them longest first).
 
 ``distributed`` is an optional extra (``pip install 'bnclaims[dask]'``), imported only here.
 """

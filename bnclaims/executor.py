@@ -4,6 +4,10 @@
 has its own time limit; a job that runs past it, or whose worker dies (killed, out of
 memory), is reported as an error and the worker is replaced, so every other job still
 completes.
+
+Every executor starts jobs in the order it is given them, each on the first worker that is free
+(list scheduling); the runner gives them longest first (``bnclaims.schedule``), and
+``schedule.simulate`` predicts the wall time of that order.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ class Outcome:
 
 
 class Executor(Protocol):
+    """Runs ``jobs``, starting them in the order given, and calls ``on_done`` once per job."""
+
     def run(self, jobs: list[Job], on_done: Callable[[Job, Outcome], None]) -> None: ...
 
 
