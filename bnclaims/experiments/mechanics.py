@@ -14,20 +14,22 @@ Exact identities are checked in "error units": the observed error divided by a w
 rounding-error bound of the dtype (unit roundoff ``u = finfo(dtype).eps / 2``); a value below 1
 means "equal up to floating-point rounding".
 
-The digits experiments train a small batch-norm MLP, ``64 -> H -> BN -> ReLU -> 10``, with
-`bnclaims.model.train_stack` (one stack per affine kind, one arm per learning rate; every arm from
-the same initial function on the same batches: paired arms) and measure the trained networks with
-`model.forward`; every layer is `bnclaims.nn`'s.
+Digits: the shared split (`recorders.digits`: 1,078 train / 269 validation / 450 test images,
+standardised, float32). The digits experiments train a small batch-norm MLP,
+``64 -> H -> BN -> ReLU -> 10``, with `bnclaims.model.train_stack` (one stack per affine kind, one
+arm per learning rate; every arm from the same initial function on the same batches: paired arms)
+and measure the trained networks with `model.forward`; every layer is `bnclaims.nn`'s.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from bnclaims import data, model, nn
-from bnclaims.experiments import experiment
+from bnclaims import data, model, nn, recorders
+from bnclaims.experiments import axes, experiment
 
 _EPS = 1e-5
+_TINY = np.finfo(np.float64).tiny
 
 
 def _roundoff(dtype) -> float:
@@ -43,12 +45,28 @@ def _column_mean_error_bound(x, out_abs_max, inv_std, gamma_abs, beta_abs, u):
     N u mean|x| (recursive summation), which shifts every output by γ s times that; and
     summing the outputs again costs at most N u max|out|. A factor 2 covers the cross terms.
     """
-    n = x.shape[0]
     mean_abs_x = np.abs(np.asarray(x, dtype=np.float64)).mean(axis=0)
-    return 2.0 * n * u * (gamma_abs * inv_std * mean_abs_x + out_abs_max + beta_abs) + np.finfo(np.float64).tiny
+    return 2.0 * x.shape[0] * u * (gamma_abs * inv_std * mean_abs_x + out_abs_max + beta_abs) + _TINY
+
+
+def _weights(rng, fan_in: int, fan_out: int, init: str = "he", dtype=np.float32) -> np.ndarray:
+    """Random (fan_in, fan_out) weights, He or LeCun scale (`model.init_params`)."""
+    return model.init_params(rng, model.MLPConfig(sizes=(fan_in, fan_out), init=init, dtype=np.dtype(dtype).name))["W0"]
+
+
+def _random_layer(rng, fan_in: int, fan_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """A random float32 Linear(fan_in, fan_out): He weights, bias ~ N(0, 0.1²)."""
+    return _weights(rng, fan_in, fan_out), (0.1 * rng.standard_normal(fan_out)).astype(np.float32)
+
+
+def _rows(rng, X: np.ndarray, n: int) -> np.ndarray:
+    """n distinct rows of X, drawn at random."""
+    return X[rng.choice(len(X), size=n, replace=False)]
 
 
 # ============================================================================ 1. batchnorm-moments
+
+_HIDDEN = "hidden-layer batches (32 x 100 pre-activations of a Linear(64, 100) layer on digits)"
 
 
 @experiment(
@@ -61,15 +79,13 @@ def _column_mean_error_bound(x, out_abs_max, inv_std, gamma_abs, beta_abs, u):
                                 "and batch mean within 100 batch stds of 0 (float32 and float64)",
         "max_abs_mean_large_var": "largest |per-feature output mean| over all features with batch variance "
                                   ">= 100 eps, however far from 0 they sit (float32 and float64)",
-        "max_abs_mean_float32": "largest |per-feature output mean| over the float32 batches (any variance)",
-        "max_abs_mean_float64": "largest |per-feature output mean| over the float64 batches",
+        **axes({"max_abs_mean_{dtype}": "largest |per-feature output mean| over the {dtype} batches"},
+               dtype={"float32": "float32 (any variance)", "float64": "float64"}),
         "std_gap_large_var": "largest |output std - 1| over features whose batch variance is >= 100 eps",
         "std_gap_tiny_var": "largest |output std - 1| over features whose batch variance is <= eps",
         "std_formula_error": "largest |output std - sqrt(v / (v + eps))| over all features (v: batch variance)",
-        "hidden_mean_abs": "hidden-layer batches (32 x 100 pre-activations of a Linear(64, 100) layer on digits): "
-                           "largest |per-feature output mean| over every feature and batch",
-        "hidden_std_gap": "hidden-layer batches (32 x 100 pre-activations of a Linear(64, 100) layer on digits): "
-                          "largest |per-feature output std - 1| over every feature and batch",
+        "hidden_mean_abs": f"{_HIDDEN}: largest |per-feature output mean| over every feature and batch",
+        "hidden_std_gap": f"{_HIDDEN}: largest |per-feature output std - 1| over every feature and batch",
         "digits_features_off": "fraction of the 64 pixel features of a 32-image digits batch whose output std "
                                "is not within 1% of 1 (mean over 20 batches)",
         "digits_constant_features": "fraction of the 64 pixel features that are constant within a 32-image "
@@ -96,10 +112,14 @@ def batchnorm_moments(rng: np.random.Generator, *, batch_sizes: list[int] = [2, 
     digits, float32); and a sweep of v / eps for the plot.
     """
     n_const = max(1, features // 20)
+    worst = dict.fromkeys(["mean_error_units", "max_abs_mean_float32", "max_abs_mean_float64", "std_gap_large_var",
+                           "max_abs_mean_large_var", "max_abs_mean_typical", "std_gap_tiny_var",
+                           "std_formula_error", "hidden_mean_abs", "hidden_std_gap"], 0.0)
+
+    def keep(name: str, values) -> None:
+        worst[name] = max(worst[name], float(np.max(values)))
+
     configs = 0
-    mean_units = 0.0
-    max_abs_mean = {np.float32: 0.0, np.float64: 0.0}
-    gap_large = gap_tiny = formula_error = mean_large = mean_typical = 0.0
     for n in batch_sizes:
         for dtype in (np.float32, np.float64):
             for shape in data.SHAPES:
@@ -109,25 +129,23 @@ def batchnorm_moments(rng: np.random.Generator, *, batch_sizes: list[int] = [2, 
                     x = data.shaped_samples(rng, shape, n, features, offset, std)
                     x[:, :n_const] = offset[:n_const]            # constant features: v = 0
                     x = x.astype(dtype)
-                    out, _ = nn.batchnorm_forward(x, None, None, eps)
-                    out64 = out.astype(np.float64)
-                    col_mean = out64.mean(axis=0)
-                    col_std = out64.std(axis=0)
+                    out64 = nn.batchnorm_forward(x, None, None, eps)[0].astype(np.float64)
+                    col_mean, col_std = out64.mean(axis=0), out64.std(axis=0)
                     v = x.astype(np.float64).var(axis=0)       # the batch variance, computed exactly-ish
-                    inv_std = 1.0 / np.sqrt(v + eps)
-                    bound = _column_mean_error_bound(x, np.abs(out64).max(axis=0), inv_std, 1.0, 0.0, _roundoff(dtype))
-                    mean_units = max(mean_units, float(np.max(np.abs(col_mean) / bound)))
-                    max_abs_mean[dtype] = max(max_abs_mean[dtype], float(np.max(np.abs(col_mean))))
+                    bound = _column_mean_error_bound(x, np.abs(out64).max(axis=0), 1.0 / np.sqrt(v + eps), 1.0, 0.0,
+                                                     _roundoff(dtype))
+                    keep("mean_error_units", np.abs(col_mean) / bound)
+                    keep(f"max_abs_mean_{np.dtype(dtype).name}", np.abs(col_mean))
                     large, tiny = v >= 100 * eps, v <= eps
                     if large.any():
-                        gap_large = max(gap_large, float(np.max(np.abs(col_std[large] - 1.0))))
-                        mean_large = max(mean_large, float(np.max(np.abs(col_mean[large]))))
+                        keep("std_gap_large_var", np.abs(col_std[large] - 1.0))
+                        keep("max_abs_mean_large_var", np.abs(col_mean[large]))
                         typical = large & (np.abs(x.astype(np.float64).mean(axis=0)) <= 100 * np.sqrt(v))
                         if typical.any():
-                            mean_typical = max(mean_typical, float(np.max(np.abs(col_mean[typical]))))
+                            keep("max_abs_mean_typical", np.abs(col_mean[typical]))
                     if tiny.any():
-                        gap_tiny = max(gap_tiny, float(np.max(np.abs(col_std[tiny] - 1.0))))
-                    formula_error = max(formula_error, float(np.max(np.abs(col_std - np.sqrt(v / (v + eps))))))
+                        keep("std_gap_tiny_var", np.abs(col_std[tiny] - 1.0))
+                    keep("std_formula_error", np.abs(col_std - np.sqrt(v / (v + eps))))
                     configs += 1
 
     # Real inputs: raw digit pixels (many border pixels are 0 in every image of a batch).
@@ -135,45 +153,27 @@ def batchnorm_moments(rng: np.random.Generator, *, batch_sizes: list[int] = [2, 
     off = const = 0.0
     n_batches = 20
     for _ in range(n_batches):
-        xb = X[rng.choice(len(X), size=32, replace=False)]
+        xb = _rows(rng, X, 32)
         out, _ = nn.batchnorm_forward(xb, None, None, eps)
         off += float(np.mean(np.abs(out.std(axis=0) - 1.0) > 0.01)) / n_batches
         const += float(np.mean(np.ptp(xb, axis=0) == 0)) / n_batches
 
-    # The thread's setting: a (32, 100) batch of a hidden layer's pre-activations Z (a random
-    # He-initialised Linear(64, 100) with bias on standardised digits), normalised in float32.
-    Xs = data.digits_split(validation_fraction=0.2, standardize=True, dtype=np.float32).X_train
-    W = (rng.standard_normal((64, features)) * np.sqrt(2.0 / 64)).astype(np.float32)
-    b = (0.1 * rng.standard_normal(features)).astype(np.float32)
-    hidden_mean = hidden_gap = 0.0
+    # The thread's setting: a hidden layer's pre-activations Z on standardised digits, in float32.
+    Xs = recorders.digits().X_train
+    W, b = _random_layer(rng, 64, features)
     for _ in range(n_batches):
-        z = nn.linear_forward(Xs[rng.choice(len(Xs), size=32, replace=False)], W, b)[0]
+        z = nn.linear_forward(_rows(rng, Xs, 32), W, b)[0]
         out = nn.batchnorm_forward(z, None, None, eps)[0].astype(np.float64)
-        hidden_mean = max(hidden_mean, float(np.max(np.abs(out.mean(axis=0)))))
-        hidden_gap = max(hidden_gap, float(np.max(np.abs(out.std(axis=0) - 1.0))))
+        keep("hidden_mean_abs", np.abs(out.mean(axis=0)))
+        keep("hidden_std_gap", np.abs(out.std(axis=0) - 1.0))
 
     # Sweep: features with batch variance exactly v_k (a standardised column times sqrt(v_k)).
     ratio = 10.0 ** np.linspace(-3.0, 5.0, 33)
     z = rng.standard_normal((32, ratio.size))
     z = (z - z.mean(axis=0)) / z.std(axis=0)
     out, _ = nn.batchnorm_forward(z * np.sqrt(ratio * eps), None, None, eps)
-    return {
-        "configs_checked": configs,
-        "mean_error_units": mean_units,
-        "max_abs_mean_typical": mean_typical,
-        "max_abs_mean_large_var": mean_large,
-        "max_abs_mean_float32": max_abs_mean[np.float32],
-        "max_abs_mean_float64": max_abs_mean[np.float64],
-        "std_gap_large_var": gap_large,
-        "std_gap_tiny_var": gap_tiny,
-        "std_formula_error": formula_error,
-        "hidden_mean_abs": hidden_mean,
-        "hidden_std_gap": hidden_gap,
-        "digits_features_off": off,
-        "digits_constant_features": const,
-        "variance_over_eps": ratio,
-        "output_std": out.std(axis=0),
-    }
+    return {"configs_checked": configs, **worst, "digits_features_off": off, "digits_constant_features": const,
+            "variance_over_eps": ratio, "output_std": out.std(axis=0)}
 
 
 # ============================================================================ digits arms on bnclaims.model
@@ -185,6 +185,7 @@ def batchnorm_moments(rng: np.random.Generator, *, batch_sizes: list[int] = [2, 
 # of rng.spawn(2) as before the port.
 
 _AFFINE = {"vector": {}, "scalar": {"affine_shared": True}, "none": {"affine": False}}
+_LR_GRID = [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0]
 
 
 def _config(hidden: int, kind: str = "vector") -> model.MLPConfig:
@@ -212,8 +213,7 @@ def _train_arms(rng, X, y, kinds: tuple[str, ...], lrs: list[float], *, hidden: 
     for kind in kinds:
         config = _config(hidden, kind)
         params = {k: v for k, v in initial.items() if config.affine or not k.startswith(("gamma", "beta"))}
-        out[kind] = model.train_stack(batch_rng, config, X, y, arms, epochs=epochs, batch_size=batch_size,
-                                      params=params, plan=plan)
+        out[kind] = recorders.train_on_plan(config, X, y, arms, plan, params)
     return out
 
 
@@ -221,40 +221,63 @@ def _logits(params: dict, state: dict, config: model.MLPConfig, X, train: bool =
     return model.forward(params, state, X, config, train)[0]
 
 
-def _eval(res, X, y) -> tuple[np.ndarray, np.ndarray]:
-    """Eval-mode (accuracy, mean cross-entropy) of every arm, (K,) each; a diverged arm scores 0 and inf."""
-    logits = _logits(res.params, res.state, res.config, X)
-    loss, _ = nn.softmax_cross_entropy(logits, y)
-    acc = model.logits_accuracy(logits, y)
-    return np.where(res.diverged, 0.0, acc), np.where(res.diverged | ~np.isfinite(loss), np.inf, loss)
-
-
 def _arms_on_digits(rng, arms: tuple[str, str], lrs: list[float], hidden: int, epochs: int, batch_size: int):
     """Train both arms at every learning rate (paired); pick each arm's LR on validation (`model.select_lr`).
 
-    Returns per arm: the StackResult, validation and test accuracy and training-set loss per LR,
-    the chosen LR index, the mean mini-batch loss per epoch; and the diverged and stuck run counts.
+    Returns per arm: the StackResult, validation and test accuracy and training-set loss per LR
+    (a diverged run scores 0 and inf), the chosen LR index, the mean mini-batch loss per epoch
+    (NaN after a run diverged); and the diverged and stuck run counts.
     """
-    split = data.digits_split(validation_fraction=0.2, standardize=True, dtype=np.float32)
+    split = recorders.digits()
     results = _train_arms(rng, split.X_train, split.y_train, arms, lrs, hidden=hidden, epochs=epochs,
                           batch_size=batch_size)
     out = {"split": split, "diverged_runs": 0, "stuck_runs": 0}
     with np.errstate(all="ignore"):
         for arm, res in results.items():
-            val_acc, _ = _eval(res, split.X_val, split.y_val)
-            test_acc, _ = _eval(res, split.X_test, split.y_test)
-            _, train_loss = _eval(res, split.X_train, split.y_train)
-            best = model.select_lr(lrs, val_acc, res.diverged)
+            val_acc = recorders.eval_accuracy(res, split.X_val, split.y_val)
+            loss, _ = nn.softmax_cross_entropy(_logits(res.params, res.state, res.config, split.X_train),
+                                               split.y_train)
             losses = np.full((len(lrs), epochs * (len(split.X_train) // batch_size)), np.nan)
-            losses[:, :res.losses.shape[1]] = res.losses        # NaN after an arm diverged
-            out[arm] = {"res": res, "val_acc": val_acc, "test_acc": test_acc, "train_loss": train_loss,
-                        "best": best, "epoch_loss": losses.reshape(len(lrs), epochs, -1).mean(axis=2)}
+            losses[:, :res.losses.shape[1]] = res.losses
+            out[arm] = {"res": res, "val_acc": val_acc, "test_acc": recorders.eval_accuracy(res, split.X_test,
+                                                                                            split.y_test),
+                        "train_loss": np.where(res.diverged | ~np.isfinite(loss), np.inf, loss),
+                        "best": model.select_lr(lrs, val_acc, res.diverged),
+                        "epoch_loss": losses.reshape(len(lrs), epochs, -1).mean(axis=2)}
             out["diverged_runs"] += int(res.diverged.sum())
             out["stuck_runs"] += int(res.stuck.sum())
     return out
 
 
-_LR_GRID = [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0]
+def _lr_arm_outputs(arms: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """(metrics, series) that `_lr_arm_results` fills for two arms {name: label}."""
+    metrics = axes({
+        "test_acc[arm]": "test accuracy, {arm}, at its best LR (chosen on validation)",
+        "test_acc_{arm}_common_lr": "test accuracy, {arm}, at the common LR 0.1",
+        "train_loss[arm]": "training-set loss (eval mode), {arm}, at its best LR",
+        "log10_lr[arm]": "log10 of the learning rate chosen for {arm}",
+        "diverged_runs": "runs of the LR grid (both arms) whose loss became NaN/inf",
+        "stuck_runs": "runs of the LR grid (both arms) that stayed finite but ended at chance-level loss",
+    }, arm=arms)
+    series = axes({"lr": "learning rate (grid)", "val_acc_{arm}_by_lr": "validation accuracy, {arm}, at that LR",
+                   "epoch": "epoch (1-based)",
+                   "loss_{arm}_by_epoch": "mean mini-batch loss per epoch, {arm}, at its best LR"}, arm=arms)
+    return metrics, series
+
+
+def _lr_arm_results(res: dict, kinds: dict[str, str], lrs: list[float], epochs: int) -> dict:
+    """The outputs `_lr_arm_outputs` declares, from `_arms_on_digits`; kinds: {output name: affine kind}."""
+    common = int(np.argmin(np.abs(np.log(np.asarray(lrs)) - np.log(0.1))))
+    out = {"diverged_runs": res["diverged_runs"], "stuck_runs": res["stuck_runs"], "lr": np.asarray(lrs, dtype=float),
+           "epoch": np.arange(1, epochs + 1, dtype=float)}
+    for name, kind in kinds.items():
+        arm = res[kind]
+        best = arm["best"]
+        out.update({f"test_acc_{name}": float(arm["test_acc"][best]),
+                    f"test_acc_{name}_common_lr": float(arm["test_acc"][common]),
+                    f"train_loss_{name}": float(arm["train_loss"][best]), f"log10_lr_{name}": float(np.log10(lrs[best])),
+                    f"val_acc_{name}_by_lr": arm["val_acc"], f"loss_{name}_by_epoch": arm["epoch_loss"][best]})
+    return out
 
 
 # ============================================================================ 2. output moments vs gamma, beta
@@ -296,36 +319,28 @@ def output_moments_vs_affine(rng: np.random.Generator, *,
     beta_arr = np.asarray(beta, dtype=np.float32)
     if gamma_arr.shape != beta_arr.shape:
         raise ValueError("gamma and beta need the same length")
-    width = gamma_arr.size
-    split = data.digits_split(validation_fraction=0.2, standardize=True, dtype=np.float32)
-    W = (rng.standard_normal((64, width)) * np.sqrt(2.0 / 64)).astype(np.float32)
-    b = (0.1 * rng.standard_normal(width)).astype(np.float32)
-    layer = lambda X: nn.linear_forward(X, W, b)[0]  # noqa: E731
-    running_mean, running_var = np.zeros(width, np.float32), np.ones(width, np.float32)
+    split = recorders.digits()
+    W, b = _random_layer(rng, 64, gamma_arr.size)
+    running_mean, running_var = np.zeros(gamma_arr.size, np.float32), np.ones(gamma_arr.size, np.float32)
     for _ in range(stat_epochs):
         for index in data.batches(rng, len(split.X_train), batch_size):
-            z = layer(split.X_train[index])
-            mean = z.mean(axis=0)
+            z = nn.linear_forward(split.X_train[index], W, b)[0]
             running_mean, running_var = nn.update_running_stats(
-                running_mean, running_var, mean, z.var(axis=0), len(index), momentum)
+                running_mean, running_var, z.mean(axis=0), z.var(axis=0), len(index), momentum)
 
-    def gaps(n: int):
+    def gaps(n: int) -> dict:
+        """{mode + "m"/"s": mean or std gap}: training mode ("t") the largest, eval mode ("e") the mean."""
         n_batches = max(1, 512 // n)
-        out = {"tm": 0.0, "ts": 0.0, "em": 0.0, "es": 0.0}
+        out = dict.fromkeys(("tm", "ts", "em", "es"), 0.0)
         for _ in range(n_batches):
-            z = layer(split.X_val[rng.choice(len(split.X_val), size=n, replace=False)])
-            y_train, _ = nn.batchnorm_forward(z, gamma_arr, beta_arr)
-            y_eval, _ = nn.batchnorm_eval_forward(z, running_mean, running_var, gamma_arr, beta_arr)
-            for mode, y in (("t", y_train), ("e", y_eval)):
+            z = nn.linear_forward(_rows(rng, split.X_val, n), W, b)[0]
+            for mode, (y, _) in (("t", nn.batchnorm_forward(z, gamma_arr, beta_arr)),
+                                 ("e", nn.batchnorm_eval_forward(z, running_mean, running_var, gamma_arr, beta_arr))):
                 y = y.astype(np.float64)
                 mean_gap = np.abs(y.mean(axis=0) - beta_arr) / np.abs(gamma_arr)
                 std_gap = np.abs(y.std(axis=0) / np.abs(gamma_arr) - 1.0)
-                if mode == "t":
-                    out["tm"] = max(out["tm"], float(mean_gap.max()))
-                    out["ts"] = max(out["ts"], float(std_gap.max()))
-                else:
-                    out["em"] += float(mean_gap.mean()) / n_batches
-                    out["es"] += float(std_gap.mean()) / n_batches
+                for key, g in ((mode + "m", mean_gap), (mode + "s", std_gap)):
+                    out[key] = max(out[key], float(g.max())) if mode == "t" else out[key] + float(g.mean()) / n_batches
         return out
 
     main = gaps(batch_size)
@@ -333,11 +348,8 @@ def output_moments_vs_affine(rng: np.random.Generator, *,
     thread_std = np.array([2.68, 2.40, 2.55, 2.20])
     thread_gamma = np.array([2.33, 2.27, 2.35, 2.20])
     return {
-        "train_mean_gap": main["tm"],
-        "train_std_gap": main["ts"],
-        "eval_mean_gap": main["em"],
-        "eval_std_gap": main["es"],
-        "thread_std_gap": float(np.max(np.abs(thread_std / thread_gamma - 1.0))),
+        "train_mean_gap": main["tm"], "train_std_gap": main["ts"], "eval_mean_gap": main["em"],
+        "eval_std_gap": main["es"], "thread_std_gap": float(np.max(np.abs(thread_std / thread_gamma - 1.0))),
         "eval_batch_size": np.array(eval_batch_sizes, dtype=float),
         "eval_mean_gap_by_size": np.array([g["em"] for g in sweep]),
         "eval_std_gap_by_size": np.array([g["es"] for g in sweep]),
@@ -390,25 +402,18 @@ def mean_set_by_beta(rng: np.random.Generator, *, width: int = 100, batch_size: 
     probe set (``probe_size`` training images), then parameters or inputs change while they
     stay fixed, and the output mean over the probe set is compared with beta.
     """
-    split = data.digits_split(validation_fraction=0.2, standardize=True, dtype=np.float32)
-    X = split.X_train
-    probe = X[rng.choice(len(X), size=probe_size, replace=False)]
+    X = recorders.digits().X_train
+    probe = _rows(rng, X, probe_size)
     f32 = np.float32
     # The lower layers are a model MLP 64 -> width (BN, ReLU) -> width whose output is the input of
     # the BN under test; its parameters are random (not init_params: biases, gamma, beta vary too).
     config = model.MLPConfig(sizes=(64, width, width), norm="batch", eps=_EPS)
-    lower = {
-        "W0": (rng.standard_normal((64, width)) * np.sqrt(2 / 64)).astype(f32),
-        "b0": (0.1 * rng.standard_normal(width)).astype(f32),
-        "gamma0": rng.uniform(0.5, 2.0, width).astype(f32),
-        "beta0": (0.5 * rng.standard_normal(width)).astype(f32),
-        "W1": (rng.standard_normal((width, width)) * np.sqrt(2 / width)).astype(f32),
-        "b1": (0.1 * rng.standard_normal(width)).astype(f32),
-    }
+    lower = dict(zip(("W0", "b0"), _random_layer(rng, 64, width)))
+    lower["gamma0"] = rng.uniform(0.5, 2.0, width).astype(f32)
+    lower["beta0"] = (0.5 * rng.standard_normal(width)).astype(f32)
+    lower.update(zip(("W1", "b1"), _random_layer(rng, width, width)))
     gamma = (rng.choice([-1.0, 1.0], width) * rng.uniform(0.5, 2.0, width)).astype(f32)
     beta = rng.standard_normal(width).astype(f32)
-    u = _roundoff(f32)
-
     fresh = model.init_state(config)     # training mode reads (and ignores) running statistics
 
     def pre_bn(x, q, stats1=None):
@@ -422,16 +427,13 @@ def mean_set_by_beta(rng: np.random.Generator, *, width: int = 100, batch_size: 
         out64 = out.astype(np.float64)
         err = np.abs(out64.mean(axis=0) - beta)
         bound = _column_mean_error_bound(z, np.abs(out64).max(axis=0), cache.inv_std.astype(np.float64),
-                                         np.abs(g), np.abs(beta), u)
+                                         np.abs(g), np.abs(beta), _roundoff(f32))
         return float(np.max(err / bound)), float(np.max(err / np.abs(g)))
 
-    def batch():
-        return X[rng.choice(len(X), size=batch_size, replace=False)]
-
     inputs = [
-        lambda: batch(),
-        lambda: 3.0 * batch(),
-        lambda: batch() + 1.0,
+        lambda: _rows(rng, X, batch_size),
+        lambda: 3.0 * _rows(rng, X, batch_size),
+        lambda: _rows(rng, X, batch_size) + 1.0,
         lambda: data.shaped_samples(rng, "exponential", batch_size, 64, 2.0, 5.0).astype(f32),
         lambda: data.shaped_samples(rng, "student-t", batch_size, 64, -1.0, 0.5).astype(f32),
     ]
@@ -456,30 +458,25 @@ def mean_set_by_beta(rng: np.random.Generator, *, width: int = 100, batch_size: 
         out = nn.batchnorm_eval_forward(pre_bn(x, q, stats1), *stats, gamma, beta)[0].astype(np.float64)
         return float(reducer(np.abs(out.mean(axis=0) - beta) / np.abs(gamma)))
 
-    control = eval_gap(probe, lower, np.max)
-
     def changed_params(delta: float) -> float:
         return float(np.mean([eval_gap(probe, {k: _perturb(rng, v, delta) for k, v in lower.items()})
                               for _ in range(changes)]))
 
+    control = eval_gap(probe, lower, np.max)
     gap_params = changed_params(relative_change)
     eval_gap_by_change = [changed_params(delta) for delta in sweep]
     noise = rng.standard_normal(probe.shape).astype(f32)
-    shifted_inputs = [probe + 0.5, 1.5 * probe, probe + 0.5 * noise]
-    gap_inputs = float(np.mean([eval_gap(x, lower) for x in shifted_inputs]))
+    gap_inputs = float(np.mean([eval_gap(x, lower) for x in (probe + 0.5, 1.5 * probe, probe + 0.5 * noise)]))
     return {
-        "train_mean_error_units": units,
-        "train_max_mean_gap": gap,
-        "eval_control_gap": control,
-        "eval_gap_params": gap_params,
-        "eval_gap_inputs": gap_inputs,
-        "relative_change": np.array(sweep, dtype=float),
-        "eval_gap_by_change": np.array(eval_gap_by_change),
-        "train_gap_by_change": np.array(train_gap_by_change),
+        "train_mean_error_units": units, "train_max_mean_gap": gap, "eval_control_gap": control,
+        "eval_gap_params": gap_params, "eval_gap_inputs": gap_inputs, "relative_change": np.array(sweep, dtype=float),
+        "eval_gap_by_change": np.array(eval_gap_by_change), "train_gap_by_change": np.array(train_gap_by_change),
     }
 
 
 # ============================================================================ 4. scalar vs per-feature gamma, beta
+
+_SCALAR_ARMS = {"vector": "per-feature arm", "scalar": "scalar arm"}
 
 
 @experiment(
@@ -492,25 +489,9 @@ def mean_set_by_beta(rng: np.random.Generator, *, width: int = 100, batch_size: 
         "beta_spread": "per-feature arm after training: std of its learned betas / mean |gamma|",
         "collapse_acc_drop": "test accuracy of the trained per-feature net minus the same net with its gammas "
                              "and betas replaced by their means (one pair for the layer)",
-        "train_loss_vector": "training-set loss (eval mode) of the per-feature arm at its best LR",
-        "train_loss_scalar": "training-set loss (eval mode) of the scalar arm at its best LR",
-        "test_acc_vector": "test accuracy of the per-feature arm at its best LR (chosen on validation)",
-        "test_acc_scalar": "test accuracy of the scalar arm at its best LR (chosen on validation)",
-        "test_acc_vector_common_lr": "test accuracy of the per-feature arm at the common LR 0.1",
-        "test_acc_scalar_common_lr": "test accuracy of the scalar arm at the common LR 0.1",
-        "log10_lr_vector": "log10 of the per-feature arm's chosen learning rate",
-        "log10_lr_scalar": "log10 of the scalar arm's chosen learning rate",
-        "diverged_runs": "runs of the LR grid (both arms) whose loss became NaN/inf",
-        "stuck_runs": "runs of the LR grid (both arms) that stayed finite but ended at chance-level loss",
+        **_lr_arm_outputs(_SCALAR_ARMS)[0],
     },
-    series={
-        "lr": "learning rate (grid)",
-        "val_acc_vector_by_lr": "validation accuracy of the per-feature arm at that LR",
-        "val_acc_scalar_by_lr": "validation accuracy of the scalar arm at that LR",
-        "epoch": "epoch (1-based)",
-        "loss_vector_by_epoch": "mean mini-batch loss per epoch, per-feature arm at its best LR",
-        "loss_scalar_by_epoch": "mean mini-batch loss per epoch, scalar arm at its best LR",
-    },
+    series=_lr_arm_outputs(_SCALAR_ARMS)[1],
 )
 def scalar_vs_per_feature_affine(rng: np.random.Generator, *, hidden: int = 64, epochs: int = 20,
                                  batch_size: int = 32, lrs: list[float] = _LR_GRID):
@@ -526,12 +507,10 @@ def scalar_vs_per_feature_affine(rng: np.random.Generator, *, hidden: int = 64, 
     Reported on the test split.
     """
     res = _arms_on_digits(rng, ("vector", "scalar"), lrs, hidden, epochs, batch_size)
-    split, vec, sca = res["split"], res["vector"], res["scalar"]
-    v, s = vec["best"], sca["best"]
-    trained = vec["res"]
+    split, vec = res["split"], res["vector"]
+    trained, v = vec["res"], vec["best"]
     q, state = model.arm_params(trained.params, v), model.arm_params(trained.state, v)
-    gamma = q["gamma0"].astype(np.float64)
-    beta = q["beta0"].astype(np.float64)
+    gamma, beta = q["gamma0"].astype(np.float64), q["beta0"].astype(np.float64)
     collapsed_params = dict(q, gamma0=np.full_like(q["gamma0"], q["gamma0"].mean()),
                             beta0=np.full_like(q["beta0"], q["beta0"].mean()))     # one pair for the layer
     collapsed = model.logits_accuracy(_logits(collapsed_params, state, trained.config, split.X_test), split.y_test)
@@ -540,28 +519,12 @@ def scalar_vs_per_feature_affine(rng: np.random.Generator, *, hidden: int = 64, 
     z = nn.linear_forward(split.X_train[:batch_size], q["W0"], q["b0"])[0]
     _, cache = nn.batchnorm_forward(z, q["gamma0"], q["beta0"])
     _, dgamma, dbeta = nn.batchnorm_backward(rng.standard_normal(z.shape).astype(z.dtype), cache)
-    common = int(np.argmin(np.abs(np.log(np.asarray(lrs)) - np.log(0.1))))
     return {
         "affine_pairs_per_layer": min(int(np.size(dgamma)), int(np.size(dbeta))),
         "gamma_cv": float(gamma.std() / np.abs(gamma).mean()),
         "beta_spread": float(beta.std() / np.abs(gamma).mean()),
         "collapse_acc_drop": float(vec["test_acc"][v]) - collapsed,
-        "train_loss_vector": float(vec["train_loss"][v]),
-        "train_loss_scalar": float(sca["train_loss"][s]),
-        "test_acc_vector": float(vec["test_acc"][v]),
-        "test_acc_scalar": float(sca["test_acc"][s]),
-        "test_acc_vector_common_lr": float(vec["test_acc"][common]),
-        "test_acc_scalar_common_lr": float(sca["test_acc"][common]),
-        "log10_lr_vector": float(np.log10(lrs[v])),
-        "log10_lr_scalar": float(np.log10(lrs[s])),
-        "diverged_runs": res["diverged_runs"],
-        "stuck_runs": res["stuck_runs"],
-        "lr": np.asarray(lrs, dtype=float),
-        "val_acc_vector_by_lr": vec["val_acc"],
-        "val_acc_scalar_by_lr": sca["val_acc"],
-        "epoch": np.arange(1, epochs + 1, dtype=float),
-        "loss_vector_by_epoch": vec["epoch_loss"][v],
-        "loss_scalar_by_epoch": sca["epoch_loss"][s],
+        **_lr_arm_results(res, {"vector": "vector", "scalar": "scalar"}, lrs, epochs),
     }
 
 
@@ -577,12 +540,10 @@ def _fold_error_units(x_hat, gamma, beta, W, b, relu: bool) -> float:
     x_hat: (N, H), gamma, beta: (H,), W: (H, M), b: (M,).
     """
     act = (lambda a: np.maximum(a, 0)) if relu else (lambda a: a)
-    h = x_hat * gamma + beta
-    y1 = nn.linear_forward(act(h), W, b)[0]
+    y1 = nn.linear_forward(act(x_hat * gamma + beta), W, b)[0]
     y2 = nn.linear_forward(act(x_hat), gamma[:, None] * W, beta @ W + b)[0]
-    u = _roundoff(x_hat.dtype)
     size = (np.abs(x_hat * gamma).astype(np.float64) + np.abs(beta)) @ np.abs(W).astype(np.float64) + np.abs(b)
-    bound = 2.0 * (W.shape[0] + 2) * u * size + np.finfo(np.float64).tiny
+    bound = 2.0 * (W.shape[0] + 2) * _roundoff(x_hat.dtype) * size + _TINY
     return float(np.max(np.abs(y1.astype(np.float64) - y2) / bound))
 
 
@@ -598,6 +559,9 @@ def _refit_residual(h_train, y_train, h_val, y_val) -> tuple[float, np.ndarray, 
     return float(resid), coef[:-1], coef[-1]
 
 
+_FOLD_ARMS = {"affine": "(c) BN with gamma, beta", "none": "(c) BN without gamma, beta"}
+
+
 @experiment(
     "bn-affine-fold-next-layer",
     metrics={
@@ -611,25 +575,9 @@ def _refit_residual(h_train, y_train, h_val, y_val) -> tuple[float, np.ndarray, 
         "refit_relu_residual_trained": "(b3) the same for the gamma, beta, weights of the trained per-feature net",
         "refit_acc_drop_trained": "test accuracy of the trained per-feature net minus that of its refit "
                                   "without gamma, beta",
-        "test_acc_affine": "(c) test accuracy, BN with gamma, beta, at its best LR (chosen on validation)",
-        "test_acc_none": "(c) test accuracy, BN without gamma, beta, at its best LR (chosen on validation)",
-        "test_acc_affine_common_lr": "(c) test accuracy with gamma, beta at the common LR 0.1",
-        "test_acc_none_common_lr": "(c) test accuracy without gamma, beta at the common LR 0.1",
-        "train_loss_affine": "(c) training-set loss with gamma, beta at its best LR",
-        "train_loss_none": "(c) training-set loss without gamma, beta at its best LR",
-        "log10_lr_affine": "log10 of the chosen LR with gamma, beta",
-        "log10_lr_none": "log10 of the chosen LR without gamma, beta",
-        "diverged_runs": "runs of the LR grid (both arms) whose loss became NaN/inf",
-        "stuck_runs": "runs of the LR grid (both arms) that stayed finite but ended at chance-level loss",
+        **_lr_arm_outputs(_FOLD_ARMS)[0],
     },
-    series={
-        "lr": "learning rate (grid)",
-        "val_acc_affine_by_lr": "validation accuracy with gamma, beta at that LR",
-        "val_acc_none_by_lr": "validation accuracy without gamma, beta at that LR",
-        "epoch": "epoch (1-based)",
-        "loss_affine_by_epoch": "mean mini-batch loss per epoch with gamma, beta (best LR)",
-        "loss_none_by_epoch": "mean mini-batch loss per epoch without gamma, beta (best LR)",
-    },
+    series=_lr_arm_outputs(_FOLD_ARMS)[1],
 )
 def affine_fold_next_layer(rng: np.random.Generator, *, hidden: int = 64, epochs: int = 20, batch_size: int = 32,
                            lrs: list[float] = _LR_GRID, draws: int = 50):
@@ -653,7 +601,7 @@ def affine_fold_next_layer(rng: np.random.Generator, *, hidden: int = 64, epochs
         for _ in range(draws):
             z = data.shaped_samples(rng, "normal", 32, 64, rng.normal(0, 3, 64), 10 ** rng.uniform(-2, 2, 64))
             x_hat = nn.batchnorm_forward(z.astype(dtype), None, None)[0]
-            W = (rng.standard_normal((64, 10)) / 8).astype(dtype)
+            W = _weights(rng, 64, 10, "lecun", dtype)
             b = rng.standard_normal(10).astype(dtype)
             gamma = rng.uniform(-2, 2, 64).astype(dtype)
             beta = rng.standard_normal(64).astype(dtype)
@@ -662,14 +610,14 @@ def affine_fold_next_layer(rng: np.random.Generator, *, hidden: int = 64, epochs
                                                              np.zeros_like(beta), W, b, relu=True))
 
     # (b2): general gamma, beta with ReLU between, on digits features.
-    split = data.digits_split(validation_fraction=0.2, standardize=True, dtype=np.float32)
-    W1 = (rng.standard_normal((64, hidden)) * np.sqrt(2 / 64)).astype(np.float32)
+    split = recorders.digits()
+    W1 = _weights(rng, 64, hidden)
     z_train, z_val = split.X_train @ W1, split.X_val @ W1
     mu, var = z_train.mean(axis=0), z_train.var(axis=0)
     xh_train, xh_val = (z_train - mu) / np.sqrt(var + _EPS), (z_val - mu) / np.sqrt(var + _EPS)
     gamma = rng.uniform(0.5, 2.0, hidden).astype(np.float32)
     beta = rng.standard_normal(hidden).astype(np.float32)
-    W2 = (rng.standard_normal((hidden, 10)) / np.sqrt(hidden)).astype(np.float32)
+    W2 = _weights(rng, hidden, 10, "lecun")
     target = lambda xh: np.maximum(xh * gamma + beta, 0) @ W2  # noqa: E731
     y_val = target(xh_val)
     naive = np.maximum(xh_val, 0) @ (gamma[:, None] * W2) + beta @ W2
@@ -678,12 +626,11 @@ def affine_fold_next_layer(rng: np.random.Generator, *, hidden: int = 64, epochs
 
     # (c): train with and without gamma, beta.
     res = _arms_on_digits(rng, ("vector", "none"), lrs, hidden, epochs, batch_size)
-    vec, none = res["vector"], res["none"]
-    a, n = vec["best"], none["best"]
+    vec = res["vector"]
 
     # (b3): refit the trained per-feature net's last layer without gamma, beta (eval-mode features).
     trained = vec["res"]
-    q, state = model.arm_params(trained.params, a), model.arm_params(trained.state, a)
+    q, state = model.arm_params(trained.params, vec["best"]), model.arm_params(trained.state, vec["best"])
 
     def features(X):
         """(relu(x_hat) without gamma, beta; the trained net's logits), eval mode."""
@@ -695,30 +642,14 @@ def affine_fold_next_layer(rng: np.random.Generator, *, hidden: int = 64, epochs
     (h_train, logits_train), (h_val, logits_val) = features(split.X_train), features(split.X_val)
     resid_trained, W_fit, b_fit = _refit_residual(h_train, logits_train, h_val, logits_val)
     refit_acc = model.logits_accuracy(features(split.X_test)[0] @ W_fit + b_fit, split.y_test)
-    common = int(np.argmin(np.abs(np.log(np.asarray(lrs)) - np.log(0.1))))
     return {
         "fold_linear_error_units": linear_units,
         "fold_relu_scale_error_units": scale_units,
         "naive_fold_relu_rel_error": naive_error,
         "refit_relu_residual_random": resid_random,
         "refit_relu_residual_trained": resid_trained,
-        "refit_acc_drop_trained": float(vec["test_acc"][a]) - refit_acc,
-        "test_acc_affine": float(vec["test_acc"][a]),
-        "test_acc_none": float(none["test_acc"][n]),
-        "test_acc_affine_common_lr": float(vec["test_acc"][common]),
-        "test_acc_none_common_lr": float(none["test_acc"][common]),
-        "train_loss_affine": float(vec["train_loss"][a]),
-        "train_loss_none": float(none["train_loss"][n]),
-        "log10_lr_affine": float(np.log10(lrs[a])),
-        "log10_lr_none": float(np.log10(lrs[n])),
-        "diverged_runs": res["diverged_runs"],
-        "stuck_runs": res["stuck_runs"],
-        "lr": np.asarray(lrs, dtype=float),
-        "val_acc_affine_by_lr": vec["val_acc"],
-        "val_acc_none_by_lr": none["val_acc"],
-        "epoch": np.arange(1, epochs + 1, dtype=float),
-        "loss_affine_by_epoch": vec["epoch_loss"][a],
-        "loss_none_by_epoch": none["epoch_loss"][n],
+        "refit_acc_drop_trained": float(vec["test_acc"][vec["best"]]) - refit_acc,
+        **_lr_arm_results(res, {"affine": "vector", "none": "none"}, lrs, epochs),
     }
 
 
@@ -742,8 +673,8 @@ def affine_fold_next_layer(rng: np.random.Generator, *, hidden: int = 64, epochs
     },
     series={
         "batch_size": "batch size (sweep)",
-        "bn_change_by_batch": "BN training mode: mean |change| of one example's output when its batch mates change",
-        "ln_change_by_batch": "LN: mean |change| of one example's output when its batch mates change",
+        **axes({"{norm}_change_by_batch": "{norm}: mean |change| of one example's output when its batch mates change"},
+               norm={"bn": "BN training mode", "ln": "LN"}),
     },
 )
 def bn_vs_layernorm(rng: np.random.Generator, *, batch_size: int = 32, trials: int = 20,
@@ -756,28 +687,25 @@ def bn_vs_layernorm(rng: np.random.Generator, *, batch_size: int = 32, trials: i
     Batch-mate test: keep example 0, replace the other examples by different images, and
     compare example 0's output; ``trials`` batches per batch size of ``sweep``.
     """
-    X = data.digits_split(validation_fraction=0.2, standardize=True, dtype=np.float32).X_train
-
-    def batch(n):
-        return X[rng.choice(len(X), size=n, replace=False)]
+    X = recorders.digits().X_train
+    bn = lambda x: nn.batchnorm_forward(x, None, None)[0]  # noqa: E731
+    ln = lambda x: nn.layernorm_forward(x, None, None)[0]  # noqa: E731
 
     def identity_units(x) -> float:
-        ln = nn.layernorm_forward(x, None, None)[0]
-        bn_t = nn.batchnorm_forward(x.T, None, None)[0].T
         x64 = x.astype(np.float64)
         inv_std = 1.0 / np.sqrt(x64.var(axis=1, keepdims=True) + _EPS)
-        d = x.shape[1]
-        bound = 4.0 * d * _roundoff(x.dtype) * (np.abs(x64).mean(axis=1, keepdims=True) * inv_std + np.abs(ln))
-        return float(np.max(np.abs(ln.astype(np.float64) - bn_t) / (bound + np.finfo(np.float64).tiny)))
+        ln_x = ln(x)
+        bound = 4.0 * x.shape[1] * _roundoff(x.dtype) * (np.abs(x64).mean(axis=1, keepdims=True) * inv_std
+                                                         + np.abs(ln_x))
+        return float(np.max(np.abs(ln_x.astype(np.float64) - bn(x.T).T) / (bound + _TINY)))
 
     rel_diff, units, row_mean, col_mean = np.inf, 0.0, 0.0, 0.0
     for _ in range(trials):
-        x = batch(batch_size)
-        bn = nn.batchnorm_forward(x, None, None)[0]
-        ln = nn.layernorm_forward(x, None, None)[0]
-        rel_diff = min(rel_diff, float(np.linalg.norm(bn - ln) / np.linalg.norm(bn)))
-        row_mean += float(np.mean(np.abs(bn.mean(axis=1)))) / trials
-        col_mean += float(np.mean(np.abs(ln.mean(axis=0)))) / trials
+        x = _rows(rng, X, batch_size)
+        bn_x, ln_x = bn(x), ln(x)
+        rel_diff = min(rel_diff, float(np.linalg.norm(bn_x - ln_x) / np.linalg.norm(bn_x)))
+        row_mean += float(np.mean(np.abs(bn_x.mean(axis=1)))) / trials
+        col_mean += float(np.mean(np.abs(ln_x.mean(axis=0)))) / trials
         units = max(units, identity_units(x))
     for n in (4, 32, 256):
         for dtype in (np.float32, np.float64):
@@ -785,33 +713,27 @@ def bn_vs_layernorm(rng: np.random.Generator, *, batch_size: int = 32, trials: i
                 x = data.shaped_samples(rng, shape, n, 100, rng.normal(0, 5, (n, 1)), 10 ** rng.uniform(-2, 2, (n, 1)))
                 units = max(units, identity_units(x.astype(dtype)))
 
-    # Population statistics for the eval-mode control.
-    running_mean, running_var = X.mean(axis=0), X.var(axis=0)
+    running_mean, running_var = X.mean(axis=0), X.var(axis=0)    # population statistics: the eval-mode control
 
     def change(n):
         """(BN mean |change|, LN mean |change|, LN units, BN-eval max |change|) of example 0."""
         bn_c = ln_c = ln_u = ev = 0.0
         for _ in range(trials):
-            x = batch(2 * n)
+            x = _rows(rng, X, 2 * n)
             a, b = x[:n], np.concatenate([x[:1], x[n + 1:]])    # same example 0, new batch mates
-            bn_c += float(np.mean(np.abs(nn.batchnorm_forward(a, None, None)[0][0]
-                                         - nn.batchnorm_forward(b, None, None)[0][0]))) / trials
-            la, lb = nn.layernorm_forward(a, None, None)[0][0], nn.layernorm_forward(b, None, None)[0][0]
+            bn_c += float(np.mean(np.abs(bn(a)[0] - bn(b)[0]))) / trials
+            la, lb = ln(a)[0], ln(b)[0]
             ln_c += float(np.mean(np.abs(la - lb))) / trials
             ln_u = max(ln_u, float(np.max(np.abs(la - lb)) / (64 * _roundoff(np.float32) * np.abs(la).max())))
-            ea = nn.batchnorm_eval_forward(a, running_mean, running_var, None, None)[0][0]
-            eb = nn.batchnorm_eval_forward(b, running_mean, running_var, None, None)[0][0]
+            ea, eb = (nn.batchnorm_eval_forward(v, running_mean, running_var, None, None)[0][0] for v in (a, b))
             ev = max(ev, float(np.max(np.abs(ea - eb))))
         return bn_c, ln_c, ln_u, ev
 
     sweep_results = [change(n) for n in sweep]
     bn_c, _, ln_u, ev = change(batch_size)
     return {
-        "bn_ln_rel_diff": rel_diff,
-        "ln_is_bn_transposed_units": units,
-        "bn_row_mean_abs": row_mean,
-        "ln_col_mean_abs": col_mean,
-        "bn_batchmate_change": bn_c,
+        "bn_ln_rel_diff": rel_diff, "ln_is_bn_transposed_units": units, "bn_row_mean_abs": row_mean,
+        "ln_col_mean_abs": col_mean, "bn_batchmate_change": bn_c,
         "ln_batchmate_change_units": max(ln_u, max(r[2] for r in sweep_results)),
         "bn_eval_batchmate_change": max(ev, max(r[3] for r in sweep_results)),
         "batch_size": np.array(sweep, dtype=float),
@@ -826,11 +748,8 @@ def bn_vs_layernorm(rng: np.random.Generator, *, batch_size: int = 32, trials: i
 @experiment(
     "bn-big-example",
     metrics={
-        "train_flip_n32_s16": "training mode, batch 32, one image x16: fraction of the other 31 images whose "
-                              "predicted class changes",
-        "train_flip_n256_s16": "training mode, batch 256, one image x16: fraction of the other 255 whose "
-                               "predicted class changes",
-        "train_flip_n4_s16": "training mode, batch 4, one image x16: fraction of the other 3 whose class changes",
+        **axes({"train_flip_n{n}_s16": "training mode, batch {n}, one image x16: fraction of the other images whose "
+                                       "predicted class changes"}, n=("32", "256", "4")),
         "train_flip_n32_s1e6": "training mode, batch 32, one image x10^6: fraction of the others that change",
         "xhat_shift_n32_s16": "training mode, batch 32, one image x16: mean |change| of the others' normalised "
                               "hidden values",
@@ -842,9 +761,8 @@ def bn_vs_layernorm(rng: np.random.Generator, *, batch_size: int = 32, trials: i
     },
     series={
         "scale": "factor the one big image's pixels are multiplied by",
-        "flip_n4": "training mode, batch 4: fraction of the other images whose predicted class changes",
-        "flip_n32": "training mode, batch 32: fraction of the others whose class changes",
-        "flip_n256": "training mode, batch 256: fraction of the others whose class changes",
+        **axes({"flip_n{n}": "training mode, batch {n}: fraction of the other images whose predicted class changes"},
+               n=("4", "32", "256")),
         "flip_eval": "eval mode, every batch size: fraction of the others whose class changes",
     },
 )
@@ -869,13 +787,11 @@ def big_example(rng: np.random.Generator, *, hidden: int = 64, epochs: int = 20,
     p, state, config = model.arm_params(res.params, 0), model.arm_params(res.state, 0), res.config
     logits = lambda x, train: _logits(p, state, config, x, train)  # noqa: E731  x: (k, n, 64) probe batches
     test_acc = model.logits_accuracy(logits(split.X_test, False), split.y_test)
-    n_test = len(split.X_test)
     flips = {(mode, n): [] for mode in ("train", "eval") for n in batch_sizes}
     extra = {}
     with np.errstate(all="ignore"):
         for n in batch_sizes:
-            k = max(1, 512 // n)
-            index = np.stack([rng.choice(n_test, size=n, replace=False) for _ in range(k)])
+            index = np.stack([rng.choice(len(split.X_test), size=n, replace=False) for _ in range(max(1, 512 // n))])
             xb, yb = split.X_test[index], split.y_test[index]                   # (k, n, 64), (k, n)
             for mode in ("train", "eval"):
                 base = np.argmax(logits(xb, mode == "train"), axis=2)
@@ -894,18 +810,11 @@ def big_example(rng: np.random.Generator, *, hidden: int = 64, epochs: int = 20,
                 extra["shift"] = float(np.mean(np.abs(xhat(xs)[:, 1:] - xhat(xb)[:, 1:])))
     at = lambda mode, n, s: flips[mode, n][scales.index(s)]  # noqa: E731
     return {
-        "train_flip_n32_s16": at("train", 32, 16.0),
-        "train_flip_n256_s16": at("train", 256, 16.0),
-        "train_flip_n4_s16": at("train", 4, 16.0),
-        "train_flip_n32_s1e6": at("train", 32, 1e6),
-        "xhat_shift_n32_s16": extra["shift"],
-        "others_acc_n32": extra[1.0],
-        "others_acc_n32_s1e6": extra[1e6],
-        "eval_flip_max": max(max(v) for (mode, _), v in flips.items() if mode == "eval"),
-        "test_acc": test_acc,
+        **{f"train_flip_n{n}_s16": at("train", n, 16.0) for n in (32, 256, 4)},
+        "train_flip_n32_s1e6": at("train", 32, 1e6), "xhat_shift_n32_s16": extra["shift"],
+        "others_acc_n32": extra[1.0], "others_acc_n32_s1e6": extra[1e6],
+        "eval_flip_max": max(max(v) for (mode, _), v in flips.items() if mode == "eval"), "test_acc": test_acc,
         "scale": np.asarray(scales, dtype=float),
-        "flip_n4": np.array(flips["train", 4]),
-        "flip_n32": np.array(flips["train", 32]),
-        "flip_n256": np.array(flips["train", 256]),
+        **{f"flip_n{n}": np.array(flips["train", n]) for n in (4, 32, 256)},
         "flip_eval": np.max([flips["eval", n] for n in batch_sizes], axis=0),
     }
