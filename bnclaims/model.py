@@ -25,6 +25,10 @@ stacked arrays), each arm with its own `Arm` settings: learning rate (or schedul
 the one accuracy rule (`logits_accuracy`: NaN/inf logits count as wrong), the one
 learning-rate selection on validation (`select_lr`: ties to the smaller rate), and recorders
 for the loop (`ParamTrajectory`, `ProbeMoments`, `GradientNorms`).
+
+Curvature: `hessian_vector_product` gives exact Hessian-vector products of one network's
+training-mode loss (the R-operator on `forward`'s tape), and `flatten_params` /
+`unflatten_params` turn parameters into the flat vectors that eigensolvers take.
 """
 
 from __future__ import annotations
@@ -438,6 +442,181 @@ def loss_and_grads(
     return loss, backward(dlogits, tape), new_state, logits
 
 
+# ----------------------------------------------------------------------------- Hessian-vector products
+
+# Where flat vectors list each kind of parameter: all weights, then biases, then gammas, then betas.
+_FLAT_KINDS = ("W", "b", "gamma", "beta")
+
+
+def _flat_order(params: Params) -> list[str]:
+    """Parameter names in flat-vector order: by kind (`_FLAT_KINDS`), then by layer."""
+    def key(name: str):
+        kind = name.rstrip("0123456789")
+        return _FLAT_KINDS.index(kind), int(name[len(kind):])
+    return sorted(params, key=key)
+
+
+def flatten_params(params: Params) -> np.ndarray:
+    """All parameters of one network (or its gradients, or a direction) as one flat vector (P,).
+
+    The order does not depend on the dict's order: every ``W{i}``, then every ``b{i}``, then the
+    ``gamma{i}``, then the ``beta{i}``, each by layer.
+    """
+    return np.concatenate([params[name].ravel() for name in _flat_order(params)])
+
+
+def unflatten_params(flat: np.ndarray, like: Params) -> Params:
+    """The inverse of `flatten_params`: ``flat`` (P,) cut into arrays shaped like ``like`` (views)."""
+    size = sum(value.size for value in like.values())
+    if flat.shape != (size,):
+        raise ValueError(f"flat vector has shape {flat.shape}; the parameters have {size} entries")
+    out: Params = {}
+    position = 0
+    for name in _flat_order(like):
+        out[name] = flat[position:position + like[name].size].reshape(like[name].shape)
+        position += like[name].size
+    return out
+
+
+class _BatchNormPoint(NamedTuple):
+    """What the tangents of one training-mode batch-norm layer need, at the linearization point."""
+    xhat: np.ndarray          # (N, D) normalized input
+    jacobian: object          # a no-affine batch-norm cache: its backward applies J (see below)
+    inv_std: np.ndarray       # (D,) s = 1 / sqrt(var + eps)
+    gamma: np.ndarray | None  # (D,) or None (affine off)
+    names: tuple              # (gamma name, beta name) or (None, None)
+    dout: np.ndarray          # (N, D) dL/d(output)
+    dxhat: np.ndarray         # (N, D) dL/dx_hat = gamma * dout
+    dxhat_xhat: np.ndarray    # (D,) mean over the batch of dxhat * x_hat
+    dx: np.ndarray            # (N, D) dL/d(input) = J dxhat
+
+
+def _batchnorm_tangent(point: _BatchNormPoint, tangent_x: np.ndarray, direction: Params):
+    """R x_hat and R(output) of batch norm along a direction, from the input's tangent R x (N, D).
+
+    x_hat = (x - mean_B) s has the symmetric Jacobian J v = s (v - mean(v) - x_hat mean(x_hat v)),
+    which is what `nn.batchnorm_backward` applies without affine parameters.
+    """
+    tangent_xhat = nn.batchnorm_backward(tangent_x, point.jacobian)[0]
+    if point.gamma is None:
+        return tangent_xhat, tangent_xhat
+    gamma_name, beta_name = point.names
+    return tangent_xhat, point.gamma * tangent_xhat + direction[gamma_name] * point.xhat + direction[beta_name]
+
+
+def _batchnorm_tangent_backward(point: _BatchNormPoint, tangent_x, tangent_xhat, direction: Params):
+    """The R-derivative of batch norm's backward pass, less the part that `nn.batchnorm_backward`
+    applied to R(dout) gives. Returns the extra (R dx (N, D), R dgamma (D,) or None).
+
+    dx = J (gamma dout): along the direction gamma dout also changes by V_gamma dout, and J changes
+    through s and x_hat (R s = -s^2 mean(x_hat R x), R x_hat = J R x); dgamma = sum(dout x_hat)
+    changes by sum(dout R x_hat).
+    """
+    s = point.inv_std
+    extra = (-s * np.mean(point.xhat * tangent_x, axis=0)) * point.dx                      # R s * dx / s
+    extra -= s * (tangent_xhat * point.dxhat_xhat + point.xhat * np.mean(point.dxhat * tangent_xhat, axis=0))
+    if point.gamma is None:
+        return extra, None
+    extra += nn.batchnorm_backward(direction[point.names[0]] * point.dout, point.jacobian)[0]   # J (V_gamma dout)
+    return extra, np.sum(point.dout * tangent_xhat, axis=0)
+
+
+def hessian_vector_product(params: Params, x: np.ndarray, y: np.ndarray, config: MLPConfig) -> Callable[[Params], Params]:
+    """Exact Hessian-vector products of the training-mode loss of one network on (x, y).
+
+    Returns ``hvp(direction) -> H @ direction`` (both dicts shaped like ``params``), with H the
+    Hessian of the mean softmax cross-entropy of `forward` (``train=True``: batch statistics of
+    x) with respect to the parameters. The forward and backward pass at ``params`` are made once;
+    each call then costs about one forward and one backward pass.
+
+    Pearlmutter's R-operator (forward-over-reverse, 1994) on the model's own tape: along the
+    direction V, the tangent of every layer's output in forward order; then, in reverse, each
+    layer's own backward function applied to the tangent of the gradient, plus the terms from
+    the tangents of its cache (its input, its weights). Batch norm includes every Jacobian term
+    of the batch mean and variance. ReLU is piecewise linear, so the product is exact wherever no
+    pre-activation is exactly 0 (finite differences through the kinks are not).
+
+    Supports a single (unstacked) network with norm "none" or "batch" (before or after the
+    activation, affine or not) and relu or linear activations; use float64.
+    """
+    if (config.norm not in ("none", "batch") or config.activation == "tanh" or config.reference_rows
+            or config.affine_shared):
+        raise ValueError("hessian_vector_product supports norm 'none' or 'batch' with relu or linear activations "
+                         f"(no reference rows, no shared affine); got norm={config.norm!r}, "
+                         f"activation={config.activation!r}")
+    if params["W0"].ndim != 2:
+        raise ValueError("hessian_vector_product takes one network, not a stack")
+    record: dict = {}
+    logits, tape, _ = forward(params, init_state(config), x, config, True, record=record)
+    _, dlogits = nn.softmax_cross_entropy(logits, y)
+    n = len(y)
+    probs = dlogits * n                                  # the gradient is (softmax - onehot) / n
+    probs[np.arange(n), y] += 1.0
+    # the gradient reaching each layer's output (grad_out[p]; its input's is grad_out[p - 1])
+    grad_out = [dlogits] * len(tape)
+    for position in range(len(tape) - 1, 0, -1):
+        backward_fn, cache, names = tape[position]
+        dx = backward_fn(grad_out[position], cache)
+        grad_out[position - 1] = dx[0] if names else dx
+    norms: dict[int, _BatchNormPoint] = {}
+    for position, (backward_fn, _, names) in enumerate(tape):
+        if backward_fn is nn.batchnorm_backward:
+            xhat, jacobian = nn.batchnorm_forward(record[f"pre{len(norms)}"], None, None, config.eps)
+            gamma = params[names[0]] if names[0] else None
+            dout = grad_out[position]
+            dxhat = dout if gamma is None else dout * gamma
+            norms[position] = _BatchNormPoint(
+                xhat, jacobian, 1.0 / np.sqrt(nn.batch_stats(jacobian)[1] + config.eps), gamma, names, dout, dxhat,
+                np.mean(dxhat * xhat, axis=0), grad_out[position - 1])
+
+    def hvp(direction: Params) -> Params:
+        # R forward: the tangent of each layer's input (kept for the backward) and output
+        tangent_in: list = []
+        tangent = None                                   # the data: no tangent
+        for position, (backward_fn, cache, names) in enumerate(tape):
+            tangent_in.append(tangent)
+            if backward_fn is nn.linear_backward:        # R(x W + b) = R x W + x V_W + V_b
+                out, _ = nn.linear_forward(cache.x, direction[names[0]], direction[names[1]] if names[1] else None)
+                if tangent is not None:
+                    out += tangent @ cache.W
+                tangent = out
+            elif backward_fn is nn.relu_backward:
+                tangent = nn.relu_backward(tangent, cache)   # ReLU's Jacobian is its mask
+            else:
+                tangent_in[-1] = (tangent, *_batchnorm_tangent(norms[position], tangent, direction))
+                tangent = tangent_in[-1][2]
+        # R of the softmax cross-entropy gradient (p - onehot) / n
+        dp = probs * tangent
+        tangent_dout = (dp - probs * dp.sum(axis=1, keepdims=True)) / n
+        # R backward: each layer's backward on the tangent of its gradient, plus its cache's tangent terms
+        out: Params = {}
+        for position in range(len(tape) - 1, -1, -1):
+            backward_fn, cache, names = tape[position]
+            if backward_fn is nn.relu_backward:
+                tangent_dout = backward_fn(tangent_dout, cache)
+                continue
+            tangent_dx, *grads = backward_fn(tangent_dout, cache)
+            if backward_fn is nn.linear_backward:
+                if tangent_in[position] is not None:     # d(dout W^T) = dout V_W^T, d(x^T dout) = (R x)^T dout
+                    extra_dx, extra_dW, _ = nn.linear_backward(
+                        grad_out[position], nn.LinearCache(tangent_in[position], direction[names[0]], None))
+                    tangent_dx += extra_dx
+                    grads[0] = grads[0] + extra_dW
+            else:
+                tangent_x, tangent_xhat, _ = tangent_in[position]
+                extra_dx, extra_dgamma = _batchnorm_tangent_backward(norms[position], tangent_x, tangent_xhat, direction)
+                tangent_dx += extra_dx
+                if extra_dgamma is not None:
+                    grads[0] = grads[0] + extra_dgamma
+            for name, grad in zip(names, grads):
+                if name is not None:
+                    out[name] = grad
+            tangent_dout = tangent_dx
+        return out
+
+    return hvp
+
+
 def predict(params: Params, state: State, X: np.ndarray, config: MLPConfig, train: bool = False) -> np.ndarray:
     """Predicted classes (N,) int64; eval mode (running statistics) unless ``train``."""
     logits, _, _ = forward(params, state, X, config, train)
@@ -531,21 +710,37 @@ class SGD:
         self.velocity: Params = {}
 
     def step(self, params: Params, grads: Params) -> Params:
-        lr, mu = self.lr, self.momentum
         for name, grad in grads.items():
-            p = params[name]
-            if self.weight_decay and self.decay(name):
-                grad = grad + self.weight_decay * p
-            if mu:
-                v = self.velocity.get(name)
-                if v is None:
-                    v = self.velocity[name] = grad.copy()
-                else:
-                    v *= mu
-                    v += grad
-                grad = grad + mu * v if self.nesterov else v
-            p -= lr * grad
+            _sgd_update(params[name], grad, self.lr, self.momentum or None,
+                        self.weight_decay if self.weight_decay and self.decay(name) else None,
+                        bool(self.nesterov), self.velocity, name)
         return params
+
+
+def _sgd_update(p, grad, lr, momentum, weight_decay, nesterov, velocity: dict, key) -> None:
+    """The one SGD / heavy-ball momentum update (PyTorch semantics), IN PLACE on ``p``.
+
+    g = grad + weight_decay * p; v = momentum * v + g (``velocity[key]``, starting at g);
+    p -= lr * (g + momentum * v if nesterov else v). ``momentum`` / ``weight_decay`` None: that
+    term is off (plain p -= lr * g). Scalars for one network; per-arm columns (K, 1, 1) for a
+    stack, with ``nesterov`` True, False or a (K, 1, 1) bool mask.
+    """
+    if weight_decay is not None:
+        grad = grad + weight_decay * p
+    if momentum is not None:
+        v = velocity.get(key)
+        if v is None:
+            v = velocity[key] = grad.copy()
+        else:
+            v *= momentum
+            v += grad
+        if nesterov is True:
+            grad = grad + momentum * v
+        elif nesterov is False:
+            grad = v
+        else:
+            grad = np.where(nesterov, grad + momentum * v, v)
+    p -= lr * grad
 
 
 # ----------------------------------------------------------------------------- training
@@ -843,8 +1038,7 @@ class StackOptimizer:
         mu, wd = pick(self.momentum), pick(self.weight_decay)
         nesterov = self.nesterov[arms]
         settings = {"mu": mu, "wd": wd, "use_mu": bool(mu.any()), "use_wd": bool(wd.any()),
-                    "nesterov": "all" if nesterov.all() else "some" if nesterov.any() else "none",
-                    "nesterov_mask": nesterov.reshape(-1, 1, 1)}
+                    "nesterov": True if nesterov.all() else nesterov.reshape(-1, 1, 1) if nesterov.any() else False}
         if kind == "adam":
             settings["beta1"] = self._column([self.arms[k].betas[0] for k in arms])
             settings["beta2"] = self._column([self.arms[k].betas[1] for k in arms])
@@ -853,24 +1047,9 @@ class StackOptimizer:
         return settings
 
     def _sgd(self, key, name, p, grad, lr, settings) -> None:
-        mu = settings["mu"]
-        if settings["use_wd"] and self.decay(name):
-            grad = grad + settings["wd"] * p
-        if settings["use_mu"]:
-            v = self.velocity.get(key)
-            if v is None:
-                v = self.velocity[key] = grad.copy()
-            else:
-                v *= mu
-                v += grad
-            nesterov = settings["nesterov"]
-            if nesterov == "all":
-                grad = grad + mu * v
-            elif nesterov == "some":
-                grad = np.where(settings["nesterov_mask"], grad + mu * v, v)
-            else:
-                grad = v
-        p -= lr * grad
+        _sgd_update(p, grad, lr, settings["mu"] if settings["use_mu"] else None,
+                    settings["wd"] if settings["use_wd"] and self.decay(name) else None,
+                    settings["nesterov"], self.velocity, key)
 
     def _adam(self, key, name, p, grad, lr, settings) -> None:
         if settings["use_wd"] and self.decay(name):
@@ -1177,14 +1356,14 @@ def train_stack(
                 losses[0, step] = loss
                 taken[0] = ran
                 loss = np.array([loss])
-                if not loss[0] <= max_loss:  # NaN compares False
+                if not (math.isfinite(loss[0]) and loss[0] <= max_loss):  # NaN, +-inf, or above max_loss
                     optimizer.freeze(0)
                     alive[0] = False
                     break
             else:
                 losses[alive, step] = loss[alive]
                 taken[alive] = ran
-                bad = alive & ~(loss <= max_loss)
+                bad = alive & ~(np.isfinite(loss) & (loss <= max_loss))
                 if bad.any():
                     for k in np.flatnonzero(bad):
                         optimizer.freeze(k)

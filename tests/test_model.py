@@ -336,6 +336,22 @@ def test_finite_blow_up_counts_as_divergence_only_with_max_loss():
     assert capped.status == "diverged" and capped.losses[-1] > 100.0 and len(capped.losses) < 200
 
 
+def test_an_infinite_loss_is_divergence_even_with_max_loss_inf():
+    """Finite logits 2e308 apart give a loss of exactly +inf (and finite gradients): diverged at the
+    default max_loss=inf, both for one network and for an arm of a stack."""
+    config = MLPConfig(sizes=(2, 2), dtype="float64")
+    params = {"W0": np.array([[1e308, -1e308], [0.0, 0.0]]), "b0": np.zeros(2)}
+    X, y = np.tile([1.0, 0.0], (4, 1)), np.ones(4, dtype=np.int64)
+    logits, _, _ = model.forward(params, {}, X, config)
+    with np.errstate(over="ignore"):
+        assert np.all(np.isfinite(logits)) and nn.softmax_cross_entropy(logits, y)[0] == math.inf
+    single = model.train(np.random.default_rng(0), config, X, y, steps=3, batch_size=2, params=params)
+    assert single.diverged and single.losses.tolist() == [math.inf] and single.steps == 0
+    stack = model.train_stack(np.random.default_rng(0), config, X, y, [model.Arm(), model.Arm()], steps=3,
+                              batch_size=2, params=model.stack_params([params, {"W0": np.eye(2), "b0": np.zeros(2)}]))
+    assert stack.diverged.tolist() == [True, False] and stack.steps.tolist() == [0, 3]
+
+
 def test_stuck_at_chance_is_not_divergence():
     # All-zero weights and ReLU: every hidden unit is dead; only the output bias learns,
     # which reaches the class frequencies -- finite loss at chance level.
