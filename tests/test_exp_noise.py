@@ -48,7 +48,7 @@ def test_precise_logits_is_training_mode_batch_norm_on_the_statistics_rows():
     the noise at its mean = gamma scaled by E[s]."""
     rng = np.random.default_rng(2)
     cfg = nz.config([6, 5, 5, 3], "noisy")
-    params = nz.stacked(model.init_params(rng, cfg), 2)
+    params = model.stack_params([model.init_params(rng, cfg)] * 2)
     params["gamma0"] = params["gamma0"] * np.float32(1.3)
     x = rng.normal(size=(11, 6)).astype(np.float32)
     state = model.population_state(params, x[:7], cfg)
@@ -73,14 +73,14 @@ def test_common_noise_feeds_train_stack_and_noise_off_is_batch_norm():
     params = model.init_params(np.random.default_rng(0), cfg)
     plan = model.batch_plan(np.random.default_rng(1), len(y), 16, 6)
     kw = dict(steps=6, batch_size=16, plan=plan, params=params)
-    noisy = model.train_stack(np.random.default_rng(0), cfg, X, y, arms.train_arms(),
+    noisy = model.train_stack(np.random.default_rng(0), cfg, X, y, [model.Arm(lr=float(lr)) for lr in arms.lr],
                               noise=nz.CommonNoise(np.random.default_rng(5), arms), **kw)
     bn = model.train_stack(np.random.default_rng(0), nz.config([64, 8, 8, 10], "batch"), X, y,
-                           arms.train_arms()[:1], **kw)
+                           [model.Arm(lr=0.1)], **kw)
     assert "b0" not in noisy.params                                        # normalized nets: no hidden bias
     assert rel_error(noisy.losses[0], bn.losses[0]) < 1e-5
     assert rel_error(noisy.losses[1, 1:], bn.losses[0, 1:]) > 1e-3
-    again = model.train_stack(np.random.default_rng(0), cfg, X, y, arms.train_arms(),
+    again = model.train_stack(np.random.default_rng(0), cfg, X, y, [model.Arm(lr=float(lr)) for lr in arms.lr],
                               noise=nz.CommonNoise(np.random.default_rng(5), arms), **kw)
     np.testing.assert_array_equal(noisy.losses, again.losses)
 

@@ -1,25 +1,19 @@
 """Noise and drift in batch norm's statistics: injected covariate shift ("noisy BN") and
 normalizing by running averages during training.
 
-Three experiments:
+* ``noisy-bn-speed`` -- does limiting the variation of hidden-layer distributions speed up training?
+  No norm vs BN vs "noisy" BN (Santurkar et al. 2018, arXiv:1805.11604, section 2.1).
+* ``noisy-bn-generalization`` -- does a time-varying shift of the feature distributions during
+  training improve test accuracy on a small training set?
+* ``running-average-bn`` -- batch statistics vs exponential running averages (with and without
+  gradient through them) vs batch renormalization (Ioffe 2017, arXiv:1702.03275).
 
-* ``noisy-bn-speed``        -- does limiting the variation of hidden-layer distributions speed up
-                               training? No norm vs BN vs "noisy" BN (Santurkar et al. 2018,
-                               arXiv:1805.11604, section 2.1): variation on a fixed probe set and
-                               steps to a target training accuracy.
-* ``noisy-bn-generalization`` -- does injecting a time-varying shift of the feature distributions
-                               during training improve test accuracy on a small training set?
-* ``running-average-bn``    -- batch statistics vs exponential running averages (with and without
-                               gradient through them) vs batch renormalization (Ioffe 2017,
-                               arXiv:1702.03275) at batch 32 and at a small batch.
-
-The networks are `bnclaims.model` stacks trained by `model.train_stack` (arms = learning rates
-x noise settings, same initial weights, same batches): batch norm is ``norm="batch"``, noisy BN
-and the distribution-shift arms ``norm="noisy"`` with the noise of `CommonNoise` (common random
-numbers at per-arm strengths; noise off = scale 1, shift 0 = batch norm), running averages
-``norm="running"``, batch renorm ``norm="renorm"`` with ``renorm_warmup``. Normalized networks
-have no hidden bias (``hidden_bias=False``); the no-norm network has one. This module keeps only
-the noise it injects and what it measures.
+The networks are `bnclaims.model` stacks (arms = learning rates x noise settings, same initial
+weights, same batches): BN is ``norm="batch"``, noisy BN and the shift arms ``norm="noisy"`` with
+the noise of `CommonNoise` (common random numbers at per-arm strengths; noise off = batch norm),
+running averages ``norm="running"``, batch renorm ``norm="renorm"``. Normalized networks have no
+hidden bias; the no-norm network has one. This module keeps only the noise it injects and what it
+measures.
 """
 
 from __future__ import annotations
@@ -29,25 +23,24 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from bnclaims import data, model
-from bnclaims.experiments import experiment
-from bnclaims.model import Arm, MLPConfig
+from bnclaims import model
+from bnclaims.experiments import axes, experiment, spread
+from bnclaims.model import MLPConfig
+from bnclaims.recorders import (digits, lrs_per_arm, masked_accuracy, per_class_subset, sample_rows, steps_to,
+                                train_on_plan)
 
 DTYPE = np.float32
 EMA_MOMENTUM = 0.1          # running statistics for inference (PyTorch convention, weight of the new batch)
 N_CLASSES = 10
 
 
-# ============================================================================ per-arm noise settings
+# ============================================================================ per-arm noise
 
 
 @dataclass(frozen=True)
 class Arms:
-    """Per-arm learning rate and noise settings of a normalized stack, each an (A,) array.
-
-    noise: True where noise is injected; mean_shift, scale_spread, example_noise set it (see
-    `sample_noise`).
-    """
+    """Per-arm learning rate and noise settings of a normalized stack, each an (A,) array; noise is
+    True where noise is injected, mean_shift, scale_spread, example_noise set it (`sample_noise`)."""
 
     lr: np.ndarray
     noise: np.ndarray
@@ -73,22 +66,17 @@ class Arms:
         """An (A, 1, 1) column of a per-arm setting, for broadcasting against (A, N, D)."""
         return np.asarray(getattr(self, name), dtype=dtype)[:, None, None]
 
-    def train_arms(self) -> list[Arm]:
-        return [Arm(lr=float(lr)) for lr in self.lr]
-
 
 def sample_noise(rng: np.random.Generator, arms: Arms, n: int, d: int):
     """Noisy-BN noise for one layer and one step, for every arm at once.
 
-    For an arm with noise on, per feature j: m_j ~ U(-mean_shift, mean_shift),
-    s_j ~ U(1, scale_spread); per activation: noise_scale = s_j and
-    noise_shift = m_j + example_noise * s_j * N(0, 1).
-    example_noise = 1 is the law of `bnclaims.nn.sample_covariate_noise` (Santurkar et al.'s
-    "noisy BN": every activation shifted by an i.i.d. draw from N(m_j, s_j^2)); example_noise = 0
-    is a pure shift of the feature distribution: every example of the step scaled by s_j and
-    shifted by m_j alike. The arms share the underlying uniform and normal draws (common random
-    numbers), so arms that differ only in strength are paired. Arms with noise off get scale 1,
-    shift 0. Returns noise_scale (A, 1, D) and noise_shift (A, N, D), float32.
+    For an arm with noise on, per feature j: m_j ~ U(-mean_shift, mean_shift), s_j ~ U(1,
+    scale_spread); per activation: noise_scale = s_j, noise_shift = m_j + example_noise * s_j * N(0, 1).
+    example_noise = 1 is the law of `bnclaims.nn.sample_covariate_noise` (Santurkar et al.'s noisy
+    BN: every activation shifted by an i.i.d. draw from N(m_j, s_j^2)); example_noise = 0 is a pure
+    shift of the feature distribution, the same for every example of the step. The arms share the
+    uniform and normal draws (common random numbers), so arms that differ only in strength are
+    paired; arms with noise off get scale 1, shift 0. Returns noise_scale (A, 1, D), noise_shift (A, N, D).
     """
     u = rng.uniform(-1.0, 1.0, size=(1, 1, d)).astype(DTYPE)
     v = rng.uniform(0.0, 1.0, size=(1, 1, d)).astype(DTYPE)
@@ -110,8 +98,8 @@ class CommonNoise:
 
 
 def mean_noise_scale(arms: Arms) -> np.ndarray:
-    """(A, 1, 1) expected noise scale E[s] = (1 + scale_spread) / 2 where the noise is on, else 1
-    (E[shift] = 0): inference replaces the noise by its mean."""
+    """(A, 1, 1) expected noise scale (1 + scale_spread) / 2 where the noise is on, else 1 (the
+    expected shift is 0): inference replaces the noise by its mean."""
     return np.where(arms.noise[:, None, None], (1.0 + arms.col("scale_spread")) / 2.0, 1.0).astype(DTYPE)
 
 
@@ -124,51 +112,22 @@ def config(sizes: list[int], norm: str = "noisy", **options) -> MLPConfig:
                      momentum=options.pop("momentum", EMA_MOMENTUM), **options)
 
 
-def stacked(params: dict, arms: int) -> dict:
-    """One network's parameters repeated for `arms` arms (the stack layout of `bnclaims.model`)."""
-    return model.stack_params([params] * arms)
-
-
 def precise_logits(params: dict, cfg: MLPConfig, x: np.ndarray, rows: int,
                    noise_scale: np.ndarray | None = None) -> np.ndarray:
     """Inference logits (A, N, C) with precise BN: every layer normalized with the statistics of the
-    first `rows` rows of x under the current weights (training-mode batch norm with those rows as
-    reference, ``MLPConfig(reference_rows=...)``); the noise replaced by its mean (gamma x E[s], shift 0)."""
+    first `rows` rows of x under the current weights (``MLPConfig(reference_rows=...)``); the noise
+    replaced by its mean (gamma x E[s], shift 0)."""
     if cfg.norm == "none":
-        logits, _, _ = model.forward(params, {}, x, cfg, False)
-        return logits
+        return model.forward(params, {}, x, cfg, False)[0]
     if noise_scale is not None:
         params = {k: v * noise_scale if k.startswith("gamma") else v for k, v in params.items()}
     stats = replace(cfg, norm="batch", reference_rows=rows if rows < len(x) else 0, renorm_warmup=())
-    logits, _, _ = model.forward(params, model.init_stack_state(stats, len(params["W0"])), x, stats, True)
-    return logits
-
-
-def accuracy(logits: np.ndarray, y: np.ndarray, alive: np.ndarray) -> np.ndarray:
-    """(A,) `model.logits_accuracy`, 0 for a diverged arm (not alive)."""
-    return np.where(alive, model.logits_accuracy(logits, y), 0.0)
-
-
-def digits() -> data.Split:
-    """The shared digits split (test 25 %, validation 20 % of the rest), standardized, float32."""
-    return data.digits_split(0.25, 0.2, standardize=True, dtype=DTYPE)
-
-
-def steps_to(curve: np.ndarray, steps: np.ndarray, target: float) -> np.ndarray:
-    """First checkpoint step at which each row of `curve` (A, K) reaches `target`; NaN where never."""
-    hit = curve >= target
-    return np.where(hit.any(axis=1), steps[hit.argmax(axis=1)], np.nan)
-
-
-def probe_index(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
-    """A fixed random probe subset of the training rows (sorted)."""
-    return np.sort(rng.choice(n, size=min(size, n), replace=False))
+    return model.forward(params, model.init_stack_state(stats, len(params["W0"])), x, stats, True)[0]
 
 
 def layer_moments(ys: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Per-unit mean and std over the probe rows of every hidden layer's pre-ReLU values y.
-
-    ys: per layer (A, P, D). Returns mean, std: (A, L * D) float64."""
+    """Per-unit mean and std over the probe rows of every hidden layer: ys per layer (A, P, D) ->
+    mean, std (A, L * D) float64."""
     y = np.concatenate([np.asarray(v, dtype=np.float64) for v in ys], axis=2)
     return y.mean(axis=1), y.std(axis=1)
 
@@ -186,6 +145,7 @@ def moment_change(before: tuple[np.ndarray, np.ndarray], after: tuple[np.ndarray
 SPEED_ARMS = ("plain", "bn", "shift", "noisy")
 NORMED_ARMS = SPEED_ARMS[1:]
 ARM_TEXT = {"plain": "no norm", "bn": "BN", "shift": "BN + distribution shift", "noisy": "noisy BN"}
+NORMED_TEXT = {arm: ARM_TEXT[arm] for arm in NORMED_ARMS}
 
 
 def speed_arms(lrs, kind: str, mean_shift: float, scale_spread: float) -> Arms:
@@ -198,38 +158,29 @@ def speed_arms(lrs, kind: str, mean_shift: float, scale_spread: float) -> Arms:
 
 @experiment(
     "noisy-bn-speed",
-    metrics={
-        **{f"steps_{arm}": f"SGD steps for {ARM_TEXT[arm]} to reach the target training accuracy at its own best "
-                           f"LR (censored at `steps` when never reached)" for arm in SPEED_ARMS},
-        **{f"steps_{arm}_common": f"the same for {ARM_TEXT[arm]} at the common LR (the no-norm net's best LR)"
-           for arm in NORMED_ARMS},
-        **{f"time_{arm}": f"steps_{arm} x the cost of one step relative to a no-norm step (wall-clock model)"
-           for arm in SPEED_ARMS},
-        **{f"variation_{arm}": f"{ARM_TEXT[arm]}: mean change of the hidden units' distributions on a fixed probe "
-                               f"set between checkpoints, own best LR" for arm in SPEED_ARMS},
-        **{f"variation_{arm}_common": f"{ARM_TEXT[arm]} at the common LR: distribution variation"
-           for arm in NORMED_ARMS},
-        **{f"final_train_acc_{arm}": f"{ARM_TEXT[arm]}: training-probe accuracy at the end, own best LR"
-           for arm in SPEED_ARMS},
-        **{f"final_val_acc_{arm}": f"{ARM_TEXT[arm]}: validation accuracy at the end, own best LR"
-           for arm in SPEED_ARMS},
-        **{f"lr_{arm}": f"learning rate used for {ARM_TEXT[arm]}" for arm in SPEED_ARMS},
+    metrics=axes({
+        "steps[arm]": "SGD steps for {arm} to reach the target training accuracy at its own best LR (censored at "
+                      "`steps` when never reached)",
+        "steps_{normed}_common": "the same for {normed} at the common LR (the no-norm net's best LR)",
+        "time[arm]": "steps for {arm} x the cost of one step relative to a no-norm step (wall-clock model)",
+        "variation[arm]": "{arm}: mean change of the hidden units' distributions on a fixed probe set between "
+                          "checkpoints, own best LR",
+        "variation_{normed}_common": "{normed} at the common LR: distribution variation",
+        "final_train_acc[arm]": "{arm}: training-probe accuracy at the end, own best LR",
+        "final_val_acc[arm]": "{arm}: validation accuracy at the end, own best LR",
+        "lr[arm]": "learning rate used for {arm}",
         "reached_all": "1 when every arm reached the target (own best and common LR)",
         "diverged": "arms (x LRs) whose weights went NaN/inf",
-    },
-    series={
+    }, arm=ARM_TEXT, normed=NORMED_TEXT),
+    series=axes({
         "step": "probe checkpoints (SGD steps, every probe_every)",
-        **{f"train_acc_{arm}": f"training-probe accuracy over training, {ARM_TEXT[arm]}, own best LR"
-           for arm in SPEED_ARMS},
+        "train_acc[arm]": "training-probe accuracy over training, {arm}, own best LR",
         "change_step": "checkpoints after the first (x axis of the change_* series)",
-        **{f"change_{arm}": f"distribution change since the previous checkpoint, {ARM_TEXT[arm]}, own best LR"
-           for arm in SPEED_ARMS},
+        "change[arm]": "distribution change since the previous checkpoint, {arm}, own best LR",
         "lr": "learning-rate grid (sweep mode; empty otherwise)",
-        **{f"sweep_val_steps_{arm}": f"sweep mode: steps to the target validation accuracy per LR, {ARM_TEXT[arm]} "
-                                     f"(NaN: never)" for arm in SPEED_ARMS},
-        **{f"sweep_val_acc_{arm}": f"sweep mode: final validation accuracy per LR, {ARM_TEXT[arm]}"
-           for arm in SPEED_ARMS},
-    },
+        "sweep_val_steps[arm]": "sweep mode: steps to the target validation accuracy per LR, {arm} (NaN: never)",
+        "sweep_val_acc[arm]": "sweep mode: final validation accuracy per LR, {arm}",
+    }, arm=ARM_TEXT),
 )
 def noisy_bn_speed(rng: np.random.Generator, *, hidden: list[int] = [64, 64], batch_size: int = 32,
                    steps: int = 300, check_every: int = 1, probe_every: int = 5, target: float = 0.97,
@@ -273,18 +224,13 @@ def noisy_bn_speed(rng: np.random.Generator, *, hidden: list[int] = [64, 64], ba
     X, y = split.X_train, split.y_train
     sizes = [X.shape[1], *hidden, N_CLASSES]
     init_rng, order_rng, probe_rng, noise_rng, measure_rng = rng.spawn(5)
-    probe = probe_index(probe_rng, len(y), probe_size)
+    probe = sample_rows(probe_rng, len(y), probe_size)
     x_eval = np.concatenate([X[probe], split.X_val])                  # probe rows give the statistics
     m = len(probe)
-    sweep = not lrs
-    if sweep:
-        own = {arm: np.asarray(lr_grid, dtype=np.float64) for arm in SPEED_ARMS}
-        common: dict = {}
-    else:
-        if len(lrs) != len(SPEED_ARMS):
-            raise ValueError(f"lrs needs one learning rate per arm ({', '.join(SPEED_ARMS)}); got {len(lrs)}")
-        own = {arm: np.array([lr]) for arm, lr in zip(SPEED_ARMS, lrs)}
-        common = {arm: np.array([lrs[0]]) for arm in NORMED_ARMS}
+    sweep = lrs_per_arm(lrs, SPEED_ARMS)
+    own = {arm: np.asarray(lr_grid, dtype=np.float64) if sweep else np.array([lrs[i]])
+           for i, arm in enumerate(SPEED_ARMS)}
+    common = {} if sweep else {arm: np.array([lrs[0]]) for arm in NORMED_ARMS}
     # rows of the normalized stack: each arm's own LRs, then each arm at the common LR
     layout, parts, start = {}, [], 0
     for arm in NORMED_ARMS:
@@ -293,10 +239,8 @@ def noisy_bn_speed(rng: np.random.Generator, *, hidden: list[int] = [64, 64], ba
                 parts.append(speed_arms(table[arm], arm, mean_shift, scale_spread))
                 layout[arm, which] = np.arange(start, start + len(table[arm]))
                 start += len(table[arm])
-    normed = Arms.concat(*parts)
-    plain = Arms.make(own["plain"])
+    arms_of = {"plain": Arms.make(own["plain"]), "normed": Arms.concat(*parts)}
     configs = {"plain": config(sizes, "none"), "normed": config(sizes, "noisy")}
-    arms_of = {"plain": plain, "normed": normed}
     plan = model.batch_plan(order_rng, len(y), batch_size, steps)
     probes = np.arange(0, steps + 1, probe_every)
     measure_seeds = [int(measure_rng.integers(2**63)) for _ in probes]
@@ -314,17 +258,17 @@ def noisy_bn_speed(rng: np.random.Generator, *, hidden: list[int] = [64, 64], ba
             """Probe accuracy (every check_every steps until every arm got there) and, every
             probe_every steps, the probe distributions in training mode and the validation accuracy."""
             if step % check_every == 0 and step % probe_every != 0 and np.isnan(reach[key]).any():
-                train_acc = accuracy(precise_logits(params, cfg, X[probe], m, scale), y[probe], alive)
+                train_acc = masked_accuracy(precise_logits(params, cfg, X[probe], m, scale), y[probe], alive)
                 reach[key][np.isnan(reach[key]) & (train_acc >= target)] = step
             if step % probe_every:
                 return
             with_val = sweep or step == steps                 # validation only where it is used
             logits = precise_logits(params, cfg, x_eval if with_val else X[probe], m, scale)
-            train_acc = accuracy(logits[:, :m], y[probe], alive)
+            train_acc = masked_accuracy(logits[:, :m], y[probe], alive)
             if step % check_every == 0:
                 reach[key][np.isnan(reach[key]) & (train_acc >= target)] = step
             curves[key]["train_probe"].append(train_acc)
-            curves[key]["val"].append(accuracy(logits[:, m:], split.y_val, alive) if with_val
+            curves[key]["val"].append(masked_accuracy(logits[:, m:], split.y_val, alive) if with_val
                                       else np.full(len(train_acc), np.nan))
             noise = CommonNoise(np.random.default_rng(measure_seeds[step // probe_every]), arms) if noisy else None
             record: dict = {}
@@ -338,15 +282,13 @@ def noisy_bn_speed(rng: np.random.Generator, *, hidden: list[int] = [64, 64], ba
             measure(step + 1, info.params, info.alive)
         hook.needs_deltas = False
 
-        params0 = stacked(model.init_params(copy.deepcopy(init_rng), cfg), len(arms))   # paired initial weights
+        params0 = model.stack_params([model.init_params(copy.deepcopy(init_rng), cfg)] * len(arms))   # paired
         with np.errstate(all="ignore"):
             measure(0, params0, np.ones(len(arms), dtype=bool))
-            result = model.train_stack(np.random.default_rng(0), cfg, X, y, arms.train_arms(), steps=steps,
-                                       batch_size=batch_size, plan=plan, params=params0, record=hook,
-                                       noise=CommonNoise(noise_rng, arms) if noisy else None)
+            results[key] = train_on_plan(cfg, X, y, arms.lr, plan, params0, record=hook,
+                                         noise=CommonNoise(noise_rng, arms) if noisy else None)
             for step in range(len(curves[key]["train_probe"]) * probe_every, steps + 1, probe_every):
-                measure(step, result.params, np.zeros(len(arms), dtype=bool))   # every arm diverged early
-        results[key] = result
+                measure(step, results[key].params, np.zeros(len(arms), dtype=bool))   # every arm diverged early
     curve = {k: {name: np.array(v).T for name, v in c.items()} for k, c in curves.items()}  # (A, K)
     variation = {k: np.nanmean(curve[k]["change"], axis=1) for k in configs}
     rows_of = {"plain": ("plain", np.arange(len(own["plain"])))}
@@ -359,8 +301,7 @@ def noisy_bn_speed(rng: np.random.Generator, *, hidden: list[int] = [64, 64], ba
             return int(rows[np.lexsort((-final, np.where(np.isnan(r), np.inf, r)))[0]])
 
         chosen = {arm: (key, choose(key, rows)) for arm, (key, rows) in rows_of.items()}
-        k_plain = chosen["plain"][1]
-        at_common = {arm: ("normed", int(layout[arm, "own"][k_plain])) for arm in NORMED_ARMS}
+        at_common = {arm: ("normed", int(layout[arm, "own"][chosen["plain"][1]])) for arm in NORMED_ARMS}
     else:
         chosen = {arm: (key, int(rows[0])) for arm, (key, rows) in rows_of.items()}
         at_common = {arm: ("normed", int(layout[arm, "common"][0])) for arm in NORMED_ARMS}
@@ -399,22 +340,23 @@ def shift_arm_names(strengths: list[float]) -> list[str]:
     return [f"{kind}_{name}" for kind in ("shift", "noisy") for name in names]
 
 
+SHIFT_ARMS = {arm: arm.replace("_", " ") for arm in shift_arm_names(STRENGTH_NAMES)}
+
+
 @experiment(
     "noisy-bn-generalization",
-    metrics={
+    metrics=axes({
         "test_acc_bn": "test accuracy of plain BN (no injected shift), own best LR",
-        **{f"test_acc_{arm}": f"test accuracy, {arm.replace('_', ' ')} injected shift, own best LR"
-           for arm in shift_arm_names([0, 0, 0])},
+        "test_acc[arm]": "test accuracy, {arm} injected shift, own best LR",
         "gap_bn": "train accuracy - test accuracy, BN",
-        **{f"gap_{arm}": f"train accuracy - test accuracy, {arm.replace('_', ' ')}" for arm in shift_arm_names([0, 0, 0])},
+        "gap[arm]": "train accuracy - test accuracy, {arm}",
         "train_acc_bn": "training-set accuracy at the end, BN",
-        **{f"train_acc_{arm}": f"training-set accuracy at the end, {arm.replace('_', ' ')}"
-           for arm in shift_arm_names([0, 0, 0])},
+        "train_acc[arm]": "training-set accuracy at the end, {arm}",
         "lr_bn": "learning rate used for BN",
-        **{f"lr_{arm}": f"learning rate used for {arm.replace('_', ' ')}" for arm in shift_arm_names([0, 0, 0])},
+        "lr[arm]": "learning rate used for {arm}",
         "diverged": "arms (x LRs) whose weights went NaN/inf",
-    },
-    series={
+    }, arm=SHIFT_ARMS),
+    series=axes({
         "strength": "noise strength k of each shift arm (mean_shift = 0.5 k, scale_spread = 1 + 0.25 k)",
         "test_gain_shift": "test accuracy minus BN's, distribution shift only, per strength",
         "test_gain_noisy": "test accuracy minus BN's, noisy BN (shift + per-example noise), per strength",
@@ -422,9 +364,8 @@ def shift_arm_names(strengths: list[float]) -> list[str]:
         "gap_gain_noisy": "generalization gap minus BN's, noisy BN, per strength",
         "lr": "learning-rate grid (sweep mode; empty otherwise)",
         "sweep_val_acc_bn": "sweep mode: final validation accuracy per LR, BN",
-        **{f"sweep_val_acc_{arm}": f"sweep mode: final validation accuracy per LR, {arm.replace('_', ' ')}"
-           for arm in shift_arm_names([0, 0, 0])},
-    },
+        "sweep_val_acc[arm]": "sweep mode: final validation accuracy per LR, {arm}",
+    }, arm=SHIFT_ARMS),
 )
 def noisy_bn_generalization(rng: np.random.Generator, *, hidden: list[int] = [64, 64], n_per_class: int = 20,
                             batch_size: int = 32, steps: int = 300, strengths: list[float] = [0.5, 1.0, 2.0],
@@ -451,35 +392,29 @@ def noisy_bn_generalization(rng: np.random.Generator, *, hidden: list[int] = [64
     """
     split = digits()
     sub_rng, init_rng, order_rng, noise_rng = rng.spawn(4)
-    index = np.sort(np.concatenate([sub_rng.permutation(np.flatnonzero(split.y_train == c))[:n_per_class]
-                                    for c in range(N_CLASSES)]))
+    index = per_class_subset(sub_rng, split.y_train, n_per_class, N_CLASSES)
     X, y = split.X_train[index], split.y_train[index]
     n = len(y)
-    sizes = [X.shape[1], *hidden, N_CLASSES]
     names = ["bn"] + shift_arm_names(strengths)
     k = np.asarray(strengths, dtype=np.float64)
     specs = [dict()] + [dict(noise=True, mean_shift=0.5 * s, scale_spread=1.0 + 0.25 * s, example_noise=e)
                         for e in (0.0, 1.0) for s in k]
-    sweep = not lrs
-    if not sweep and len(lrs) != len(names):
-        raise ValueError(f"lrs needs one learning rate per arm ({len(names)}: {', '.join(names)}); got {len(lrs)}")
+    sweep = lrs_per_arm(lrs, names)
     grid = np.asarray(lr_grid, dtype=np.float64)
     per_arm = [grid if sweep else np.array([lrs[i]]) for i in range(len(names))]
     arms = Arms.concat(*[Arms.make(lr, **spec) for lr, spec in zip(per_arm, specs)])
     starts = np.cumsum([0] + [len(p) for p in per_arm])
-    cfg = config(sizes, "noisy")
-    params0 = model.init_params(init_rng, cfg)
+    cfg = config([X.shape[1], *hidden, N_CLASSES], "noisy")
     plan = model.batch_plan(order_rng, n, batch_size, steps)
     with np.errstate(all="ignore"):
-        result = model.train_stack(np.random.default_rng(0), cfg, X, y, arms.train_arms(), steps=steps,
-                                   batch_size=batch_size, plan=plan, params=params0,
-                                   noise=CommonNoise(noise_rng, arms))
-        x_eval = np.concatenate([X, split.X_val, split.X_test])
-        logits = precise_logits(result.params, cfg, x_eval, n, mean_noise_scale(arms))
+        result = train_on_plan(cfg, X, y, arms.lr, plan, model.init_params(init_rng, cfg),
+                               noise=CommonNoise(noise_rng, arms))
+        logits = precise_logits(result.params, cfg, np.concatenate([X, split.X_val, split.X_test]), n,
+                                mean_noise_scale(arms))
     alive = ~result.diverged
-    train_acc = accuracy(logits[:, :n], y, alive)
-    val_acc = accuracy(logits[:, n:n + len(split.y_val)], split.y_val, alive)
-    test_acc = accuracy(logits[:, n + len(split.y_val):], split.y_test, alive)
+    train_acc = masked_accuracy(logits[:, :n], y, alive)
+    val_acc = masked_accuracy(logits[:, n:n + len(split.y_val)], split.y_val, alive)
+    test_acc = masked_accuracy(logits[:, n + len(split.y_val):], split.y_test, alive)
     out: dict = {"diverged": float(result.diverged.sum())}
     for i, name in enumerate(names):
         rows = np.arange(starts[i], starts[i + 1])
@@ -500,13 +435,13 @@ def noisy_bn_generalization(rng: np.random.Generator, *, hidden: list[int] = [64
 
 # ============================================================================ running averages in training
 
-RUNNING_ARMS = ("bn", "ewa_grad", "ewa_const", "slow_ewa_grad", "slow_ewa_const", "renorm")
 RUNNING_TEXT = {"bn": "batch statistics (BN)",
                 "ewa_grad": "running averages (momentum 0.1), gradient through the batch part",
                 "ewa_const": "running averages (momentum 0.1) as constants",
                 "slow_ewa_grad": "slow running averages (momentum 0.01), gradient through the batch part",
                 "slow_ewa_const": "slow running averages (momentum 0.01) as constants",
                 "renorm": "batch renormalization"}
+RUNNING_ARMS = tuple(RUNNING_TEXT)
 SIZES = ("large", "small")
 
 
@@ -521,32 +456,27 @@ def running_config(sizes: list[int], kind: str, momentum: float, slow_momentum: 
                   grad_through_stats=kind.endswith("grad"))
 
 
+FAILED = "diverged (NaN/inf) or ended below 50 % validation accuracy"
+
+
 @experiment(
     "running-average-bn",
-    metrics={
-        **{f"test_acc_{arm}_{size}": f"test accuracy, {RUNNING_TEXT[arm]}, {size} batch, LR chosen on validation"
-           for arm in RUNNING_ARMS for size in SIZES},
-        **{f"failed_{arm}": f"{RUNNING_TEXT[arm]}: grid LRs (both batch sizes) at which training diverged "
-                            f"(NaN/inf) or ended below 50 % validation accuracy" for arm in RUNNING_ARMS},
-        **{f"failed_{arm}_{size}": f"{RUNNING_TEXT[arm]}: grid LRs at the {size} batch at which training diverged "
-                                   f"(NaN/inf) or ended below 50 % validation accuracy"
-           for arm in RUNNING_ARMS for size in SIZES},
-        **{f"diverged_{arm}": f"{RUNNING_TEXT[arm]}: grid LRs (both batch sizes) at which the weights went NaN/inf"
-           for arm in RUNNING_ARMS},
-        **{f"weight_growth_{arm}_{size}": f"{RUNNING_TEXT[arm]}, {size} batch, at the LR chosen on validation: "
-                                          f"final / initial Frobenius norm of the normalized layers' weights "
-                                          f"(geometric mean over layers; inf where diverged)"
-           for arm in RUNNING_ARMS for size in SIZES},
-        **{f"lr_{arm}_{size}": f"learning rate chosen on validation, {RUNNING_TEXT[arm]}, {size} batch"
-           for arm in RUNNING_ARMS for size in SIZES},
+    metrics=axes({
+        "test_acc[arm, size]": "test accuracy, {arm}, {size} batch, LR chosen on validation",
+        "failed[arm]": "{arm}: grid LRs (both batch sizes) at which training " + FAILED,
+        "failed[arm, size]": "{arm}: grid LRs at the {size} batch at which training " + FAILED,
+        "diverged[arm]": "{arm}: grid LRs (both batch sizes) at which the weights went NaN/inf",
+        "weight_growth[arm, size]": "{arm}, {size} batch, at the LR chosen on validation: final / initial Frobenius "
+                                    "norm of the normalized layers' weights (geometric mean over layers; inf where "
+                                    "diverged)",
+        "lr[arm, size]": "learning rate chosen on validation, {arm}, {size} batch",
         "best_at_edge": "chosen LRs (arms x batch sizes) at the smallest or largest value of the grid",
-    },
-    series={
+    }, arm=RUNNING_TEXT, size=SIZES),
+    series=axes({
         "lr_large": "learning-rate grid at the large batch",
         "lr_small": "learning-rate grid at the small batch (the large-batch grid x small/large batch size)",
-        **{f"val_acc_{arm}_{size}": f"final validation accuracy per LR, {RUNNING_TEXT[arm]}, {size} batch "
-                                    f"(0 where diverged)" for arm in RUNNING_ARMS for size in SIZES},
-    },
+        "val_acc[arm, size]": "final validation accuracy per LR, {arm}, {size} batch (0 where diverged)",
+    }, arm=RUNNING_TEXT, size=SIZES),
 )
 def running_average_bn(rng: np.random.Generator, *, hidden: list[int] = [64, 64], large_batch: int = 32,
                        small_batch: int = 4, epochs: int = 4, momentum: float = 0.1, slow_momentum: float = 0.01,
@@ -588,23 +518,19 @@ def running_average_bn(rng: np.random.Generator, *, hidden: list[int] = [64, 64]
     base = model.init_params(init_rng, configs["bn"])          # the same weights for every kind
     hidden_weights = [f"W{i}" for i in range(len(hidden))]
     norms0 = {name: np.sqrt(np.sum(np.square(base[name], dtype=np.float64))) for name in hidden_weights}
-    grid = np.asarray(lr_grid, dtype=np.float64)
-    out: dict = {}
-    failed = {arm: 0 for arm in RUNNING_ARMS}
-    diverged = {arm: 0 for arm in RUNNING_ARMS}
-    edge = 0
     x_eval = np.concatenate([split.X_val, split.X_test])
     n_val = len(split.y_val)
+    out: dict = {}
+    table = {name: [] for name in ("test_acc", "lr", "failed", "weight_growth", "diverged")}   # per size: (arms,)
+    edge = 0
     for size, batch_size, order in zip(SIZES, (large_batch, small_batch), order_rng.spawn(2)):
-        lrs = grid * (batch_size / large_batch)
-        steps = epochs * (len(y) // batch_size)
-        plan = model.batch_plan(order, len(y), batch_size, steps)
+        lrs = np.asarray(lr_grid, dtype=np.float64) * (batch_size / large_batch)
+        plan = model.batch_plan(order, len(y), batch_size, epochs * (len(y) // batch_size))
         val_acc, test_acc, finite, growth = [], [], [], []
         for kind in RUNNING_ARMS:
             cfg = configs[kind]
             with np.errstate(all="ignore"):
-                result = model.train_stack(np.random.default_rng(0), cfg, X, y, [Arm(lr=float(lr)) for lr in lrs],
-                                           steps=steps, batch_size=batch_size, plan=plan, params=base)
+                result = train_on_plan(cfg, X, y, lrs, plan, base)
                 logits, _, _ = model.forward(result.params, result.state, x_eval, cfg, False)
                 # diverged: a NaN/inf loss, or weights or running means gone NaN/inf (an overflowed running
                 # variance only silences its units: x / sqrt(inf) = 0, and the network still predicts)
@@ -615,24 +541,22 @@ def running_average_bn(rng: np.random.Generator, *, hidden: list[int] = [64, 64]
                                                                     axis=(1, 2))) / norms0[name])
                                               for name in hidden_weights], axis=0)))
             finite.append(ok)
-            val_acc.append(accuracy(logits[:, :n_val], split.y_val, ok))
-            test_acc.append(accuracy(logits[:, n_val:], split.y_test, ok))
-        val_acc, test_acc, finite, growth = (np.concatenate(v) for v in (val_acc, test_acc, finite, growth))
+            val_acc.append(masked_accuracy(logits[:, :n_val], split.y_val, ok))
+            test_acc.append(masked_accuracy(logits[:, n_val:], split.y_test, ok))
+        val_acc, test_acc, finite, growth = (np.array(v) for v in (val_acc, test_acc, finite, growth))  # (arms, lrs)
+        best = val_acc.argmax(axis=1)
+        chosen = (np.arange(len(RUNNING_ARMS)), best)
         out[f"lr_{size}"] = lrs
-        for i, arm in enumerate(RUNNING_ARMS):
-            rows = np.arange(i * len(lrs), (i + 1) * len(lrs))
-            best = int(np.argmax(val_acc[rows]))
-            out[f"test_acc_{arm}_{size}"] = float(test_acc[rows[best]])
-            out[f"lr_{arm}_{size}"] = float(lrs[best])
-            out[f"val_acc_{arm}_{size}"] = val_acc[rows].astype(float)
-            failed_here = int(np.sum(~finite[rows] | (val_acc[rows] < fail_below)))
-            out[f"failed_{arm}_{size}"] = float(failed_here)
-            out[f"weight_growth_{arm}_{size}"] = float(growth[rows[best]]) if finite[rows[best]] else float("inf")
-            failed[arm] += failed_here
-            diverged[arm] += int(np.sum(~finite[rows]))
-            edge += int(best in (0, len(lrs) - 1))
-    for arm in RUNNING_ARMS:
-        out[f"failed_{arm}"] = float(failed[arm])
-        out[f"diverged_{arm}"] = float(diverged[arm])
+        out.update(spread(f"val_acc_{{arm}}_{size}", val_acc, arm=RUNNING_ARMS))
+        table["test_acc"].append(test_acc[chosen])
+        table["lr"].append(lrs[best])
+        table["failed"].append(np.sum(~finite | (val_acc < fail_below), axis=1))
+        table["weight_growth"].append(np.where(finite[chosen], growth[chosen], np.inf))
+        table["diverged"].append(np.sum(~finite, axis=1))
+        edge += int(np.sum((best == 0) | (best == len(lrs) - 1)))
+    for name in ("test_acc", "lr", "failed", "weight_growth"):
+        out.update(spread(f"{name}[arm, size]", np.stack(table[name], axis=1), arm=RUNNING_ARMS, size=SIZES))
+    for name in ("failed", "diverged"):
+        out.update(spread(f"{name}[arm]", np.sum(table[name], axis=0), arm=RUNNING_ARMS))
     out["best_at_edge"] = float(edge)
     return out
