@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from bnclaims import experiments, model, nn
+from bnclaims import experiments, model, nn, recorders
 from bnclaims.experiments import inference as inf
 
 
@@ -33,14 +33,14 @@ def test_running_bank_matches_nn_update_running_stats():
 
 def test_single_example_batch_statistics_give_one_constant_prediction(trained):
     params, _, cfg = trained
-    logits = inf.single_example_batch_stats_logits(params, inf.digits().X_test[:20], cfg)
+    logits = inf.single_example_batch_stats_logits(params, recorders.digits().X_test[:20], cfg)
     assert np.all(logits == logits[0])
 
 
 def test_population_state_is_the_training_mode_statistics_of_the_set(trained):
     params, _, cfg = trained
-    X = inf.digits().X_val
-    population = inf.population_state(params, X, cfg)
+    X = recorders.digits().X_val
+    population = model.population_state(params, X, cfg)
     train_mode = model.forward(params, model.init_state(cfg), X, cfg, train=True)[0]
     eval_mode = model.forward(params, population, X, cfg, train=False)[0]
     np.testing.assert_allclose(eval_mode, train_mode, rtol=1e-4, atol=1e-4)
@@ -49,11 +49,11 @@ def test_population_state_is_the_training_mode_statistics_of_the_set(trained):
 def test_adabn_undoes_an_affine_shift_exactly(trained):
     # x' = a x + b per pixel makes every first-layer pre-activation a * h + c: re-estimated BN removes it
     params, _, cfg = trained
-    split = inf.digits()
+    split = recorders.digits()
     raw = inf._raw(split, split.X_val)
     shifted = inf._standardize(split, inf.shift_images(raw, "affine", contrast=0.5, brightness=0.3))
-    clean_logits = model.forward(params, inf.population_state(params, split.X_val, cfg), split.X_val, cfg, False)[0]
-    shifted_logits = model.forward(params, inf.population_state(params, shifted, cfg), shifted, cfg, False)[0]
+    clean_logits = model.forward(params, model.population_state(params, split.X_val, cfg), split.X_val, cfg, False)[0]
+    shifted_logits = model.forward(params, model.population_state(params, shifted, cfg), shifted, cfg, False)[0]
     np.testing.assert_allclose(shifted_logits, clean_logits, rtol=1e-3, atol=1e-3)
 
 
@@ -115,5 +115,5 @@ def test_affine_strength_interpolates_between_clean_and_the_full_shift():
 def test_shift_strength_validation_uses_the_validation_split():
     out = inf.shift_strength_validation(5, [1.0], lr_plain=0.03, lr_bn=0.03, epochs=1)
     assert out["strength"] == [0.0, 1.0] and len(out["plain"]) == len(out["bn"]) == 2
-    n_val = len(inf.digits().y_val)
+    n_val = len(recorders.digits().y_val)
     assert all(abs(a * n_val - round(a * n_val)) < 1e-6 for a in out["plain"] + out["bn"])

@@ -7,9 +7,9 @@ predicted), in eval mode (running averages), or with statistics re-estimated on 
 Recipe (shared by every experiment here, so one documented learning-rate sweep serves all):
 64-128-128-10 ReLU MLP, batch norm before the activation, float32, plain SGD with momentum
 0.9, batch 32, `epochs` epochs over the 1,078 training digits of the fixed split
-(``data.digits_split(0.25, 0.2, standardize=True)``: 1,078 train / 269 validation / 450 test).
-The learning rate comes from `lr_sweep` on the validation split with seeds other than the
-reported ones (see the claim files for the table).
+(`recorders.digits`: 1,078 train / 269 validation / 450 test, standardized by the training
+pixels). The learning rate comes from `lr_sweep` on the validation split with seeds other than
+the reported ones (see the claim files for the table). Accuracy is eval mode unless said.
 """
 
 from __future__ import annotations
@@ -18,16 +18,11 @@ from typing import Literal
 
 import numpy as np
 
-from bnclaims import data, model
-from bnclaims.experiments import experiment
+from bnclaims import data, model, nn, recorders
+from bnclaims.experiments import axes, experiment
 
 SIZES = (64, 128, 128, 10)
 N_HIDDEN = len(SIZES) - 2
-
-
-def digits() -> data.Split:
-    """The split every experiment of this module uses (float32, standardized by train pixels)."""
-    return data.digits_split(0.25, 0.2, standardize=True, dtype=np.float32)
 
 
 def config(norm: Literal["batch", "none"], bn_momentum: float = 0.1) -> model.MLPConfig:
@@ -37,25 +32,24 @@ def config(norm: Literal["batch", "none"], bn_momentum: float = 0.1) -> model.ML
 def train_digits(rng: np.random.Generator, norm: Literal["batch", "none"], lr: float, epochs: int,
                  bn_momentum: float = 0.1, record=None) -> model.TrainResult:
     """Train the module's recipe; the same rng state gives every norm the same weights and batches."""
-    split = digits()
+    split = recorders.digits()
     return model.train(rng, config(norm, bn_momentum), split.X_train, split.y_train, epochs=epochs,
                        batch_size=32, lr=lr, momentum=0.9, record=record)
 
 
-def lr_sweep(seed: int, lrs: list[float], norm: Literal["batch", "none"], epochs: int = 20) -> list[float]:
-    """Validation accuracy (eval mode) of the recipe at each learning rate, for one seed.
+def _accuracy(result, X: np.ndarray, y: np.ndarray, state: model.State | None = None) -> float:
+    """Eval-mode accuracy of a trained network (with `state` instead of its running statistics if given)."""
+    return model.accuracy(result.params, result.state if state is None else state, X, y, result.config)
 
-    Used once, by hand, on seeds far from the reported ones, to fix the learning rates in the
-    claim files; diverged or stuck runs score their (chance-level) accuracy.
+
+def lr_sweep(seed: int, lrs: list[float], norm: Literal["batch", "none"], epochs: int = 20) -> list[float]:
+    """Validation accuracy of the recipe at each learning rate, for one seed (a diverged run scores 0).
+
+    Used once, by hand, on seeds far from the reported ones, to fix the learning rates in the claim files.
     """
-    split = digits()
-    out = []
-    for lr in lrs:
-        result = train_digits(np.random.default_rng(seed), norm, lr, epochs)
-        acc = 0.0 if result.diverged else model.accuracy(result.params, result.state, split.X_val, split.y_val,
-                                                          result.config)
-        out.append(acc)
-    return out
+    split = recorders.digits()
+    runs = [train_digits(np.random.default_rng(seed), norm, lr, epochs) for lr in lrs]
+    return [0.0 if r.diverged else _accuracy(r, split.X_val, split.y_val) for r in runs]
 
 
 def _raw(split: data.Split, X: np.ndarray) -> np.ndarray:
@@ -65,20 +59,6 @@ def _raw(split: data.Split, X: np.ndarray) -> np.ndarray:
 
 def _standardize(split: data.Split, raw: np.ndarray) -> np.ndarray:
     return ((raw - split.pixel_mean) / split.pixel_std).astype(np.float32)
-
-
-def population_state(params: model.Params, X: np.ndarray, cfg: model.MLPConfig) -> model.State:
-    """Batch-norm statistics of the whole set X, layer after layer (each layer normalized with the
-    statistics of all of X before the next is measured): the population values running averages
-    estimate ("precise BN"). Variances biased (divide by N); N is in the hundreds here."""
-    record: dict = {}
-    model.forward(params, model.init_state(cfg), X, cfg, train=True, record=record)
-    state = {}
-    for i in range(len(cfg.hidden_sizes)):
-        pre = record[f"pre{i}"].astype(np.float64)
-        state[f"running_mean{i}"] = pre.mean(axis=0).astype(cfg.np_dtype)
-        state[f"running_var{i}"] = pre.var(axis=0).astype(cfg.np_dtype)
-    return state
 
 
 def _logits(params, state, X, cfg, train: bool) -> np.ndarray:
@@ -93,8 +73,8 @@ def _logits(params, state, X, cfg, train: bool) -> np.ndarray:
     metrics={
         "acc_eval": "accuracy on the clean test examples, eval mode (running statistics)",
         "acc_train_clean": "same examples predicted in training mode, batches of clean digits only",
-        "acc_train_mild": "training mode, each batch holding one digit `mild` x brighter",
-        "acc_train_extreme": "training mode, each batch holding one digit `extreme` x brighter",
+        **axes({"acc_train_{k}": "training mode, each batch holding one digit `{k}` x brighter"},
+               k=("mild", "extreme")),
         "outlier_cost_mild": "acc_train_clean - acc_train_mild: what the `mild` x brighter digit itself costs "
                              "(same batches, same mode; only the outlier's brightness differs)",
         "outlier_cost_extreme": "acc_train_clean - acc_train_extreme: the cost of the `extreme` x brighter digit",
@@ -123,13 +103,13 @@ def outlier_in_batch(
 ) -> dict:
     """How much one "big" example in a batch changes the predictions for the others.
 
-    Trains the module's BN recipe (see the module docstring). Then the 450 test digits are
-    shuffled into batches of `batch_size` - 1 clean examples, and each batch gets one extra
-    example: a random training digit whose pixel intensities are multiplied by a magnitude k
-    (k = 16 is the classic bug of feeding the raw 0..16 counts instead of 0..1). The clean
-    examples are predicted (a) in training mode, normalized with the statistics of their batch
-    including the outlier, and (b) in eval mode with the running statistics. Reports the clean
-    accuracy per k and the largest change of any eval-mode logit caused by the outlier.
+    Trains the module's BN recipe. Then the 450 test digits are shuffled into batches of
+    `batch_size` - 1 clean examples, and each batch gets one extra example: a random training
+    digit whose pixel intensities are multiplied by a magnitude k (k = 16 is the classic bug of
+    feeding the raw 0..16 counts instead of 0..1). The clean examples are predicted (a) in
+    training mode, normalized with the statistics of their batch including the outlier, and (b)
+    in eval mode with the running statistics. Reports the clean accuracy per k and the largest
+    change of any eval-mode logit caused by the outlier.
 
     The cost of an outlier is measured against the training-mode arm with k = 1 (the same
     batches, the extra digit at its ordinary brightness), never against eval mode: eval minus
@@ -140,7 +120,7 @@ def outlier_in_batch(
         if k not in magnitudes:
             raise ValueError(f"magnitude {k} must be one of the swept magnitudes {magnitudes} "
                              f"(1 = an ordinary digit, the no-outlier reference)")
-    split = digits()
+    split = recorders.digits()
     result = train_digits(rng, "batch", lr, epochs)
     params, state, cfg = result.params, result.state, result.config
 
@@ -167,29 +147,21 @@ def outlier_in_batch(
             correct += int(np.sum(logits[:clean_per_batch].argmax(1) == y_clean[b]))
             pre = record["pre0"].astype(np.float64)
             clean_pre = pre[:clean_per_batch]
-            shift = np.abs(pre.mean(0) - clean_pre.mean(0)) / (clean_pre.std(0) + 1e-6)
-            shifts.append(np.median(shift))
+            shifts.append(np.median(np.abs(pre.mean(0) - clean_pre.mean(0)) / (clean_pre.std(0) + 1e-6)))
             if k == max(magnitudes):
                 eval_logits = _logits(params, state, xb, cfg, False)[:clean_per_batch]
                 alone = eval_logits_alone[b * clean_per_batch:(b + 1) * clean_per_batch]
                 eval_change = max(eval_change, float(np.max(np.abs(eval_logits - alone))) / scale)
         acc_by_k.append(correct / clean_index.size)
         shift_by_k.append(float(np.mean(shifts)))
-    acc_by_k = np.array(acc_by_k)
-    mags = list(magnitudes)
+    acc = dict(zip(magnitudes, acc_by_k))
     return {
-        "acc_eval": acc_eval,
-        "acc_train_clean": float(acc_by_k[mags.index(1.0)]),
-        "acc_train_mild": float(acc_by_k[mags.index(mild)]),
-        "acc_train_extreme": float(acc_by_k[mags.index(extreme)]),
-        "outlier_cost_mild": float(acc_by_k[mags.index(1.0)] - acc_by_k[mags.index(mild)]),
-        "outlier_cost_extreme": float(acc_by_k[mags.index(1.0)] - acc_by_k[mags.index(extreme)]),
-        "batch_stats_cost": float(acc_eval - acc_by_k[mags.index(1.0)]),
-        "eval_max_change": eval_change,
-        "magnitude": np.array(mags, dtype=float),
-        "acc_train_by_magnitude": acc_by_k,
-        "acc_eval_by_magnitude": np.full(len(mags), acc_eval),
-        "mean_shift_by_magnitude": np.array(shift_by_k),
+        "acc_eval": acc_eval, "acc_train_clean": float(acc[1.0]),
+        "acc_train_mild": float(acc[mild]), "acc_train_extreme": float(acc[extreme]),
+        "outlier_cost_mild": float(acc[1.0] - acc[mild]), "outlier_cost_extreme": float(acc[1.0] - acc[extreme]),
+        "batch_stats_cost": float(acc_eval - acc[1.0]), "eval_max_change": eval_change,
+        "magnitude": np.array(magnitudes, dtype=float), "acc_train_by_magnitude": np.array(acc_by_k),
+        "acc_eval_by_magnitude": np.full(len(magnitudes), acc_eval), "mean_shift_by_magnitude": np.array(shift_by_k),
     }
 
 
@@ -207,22 +179,18 @@ class RunningBank:
 
     def update(self, record: dict, n: int) -> None:
         """One training batch: ``record[f"pre{i}"]`` (n, width) is the input of BN layer i."""
-        m = self.momenta
         for i in range(len(self.mean)):
             pre = record[f"pre{i}"].astype(np.float64)
             batch_mean = pre.mean(axis=0)
             centred = pre - batch_mean
-            batch_var = np.einsum("nd,nd->d", centred, centred) / (n - 1)     # unbiased, as PyTorch
-            self.mean[i] = (1.0 - m) * self.mean[i] + m * batch_mean
-            self.var[i] = (1.0 - m) * self.var[i] + m * batch_var
+            unbiased_var = np.einsum("nd,nd->d", centred, centred) / (n - 1)
+            self.mean[i], self.var[i] = nn.update_running_stats(self.mean[i], self.var[i], batch_mean, unbiased_var,
+                                                                n, self.momenta, unbiased=False)
 
     def state(self, k: int, dtype=np.float32) -> model.State:
         """The running statistics of the k-th momentum as a model state."""
-        out = {}
-        for i in range(len(self.mean)):
-            out[f"running_mean{i}"] = self.mean[i][k].astype(dtype)
-            out[f"running_var{i}"] = self.var[i][k].astype(dtype)
-        return out
+        return {f"running_{stat}{i}": values[i][k].astype(dtype)
+                for i in range(len(self.mean)) for stat, values in (("mean", self.mean), ("var", self.var))}
 
     def errors(self, population: model.State) -> np.ndarray:
         """`stat_error` of every momentum at once: (M,)."""
@@ -241,12 +209,9 @@ def stat_error(state: model.State, population: model.State) -> float:
     (running_mean - pop_mean) / pop_std and of log(running_std / pop_std), pooled."""
     errors = []
     for i in range(N_HIDDEN):
-        pm = population[f"running_mean{i}"].astype(np.float64)
-        pv = population[f"running_var{i}"].astype(np.float64) + 1e-5
-        rm = state[f"running_mean{i}"].astype(np.float64)
-        rv = state[f"running_var{i}"].astype(np.float64) + 1e-5
-        errors.append((rm - pm) / np.sqrt(pv))
-        errors.append(0.5 * np.log(rv / pv))
+        pm, pv, rm, rv = (source[f"running_{stat}{i}"].astype(np.float64)
+                          for source in (population, state) for stat in ("mean", "var"))
+        errors += [(rm - pm) / np.sqrt(pv + 1e-5), 0.5 * np.log((rv + 1e-5) / (pv + 1e-5))]
     return float(np.sqrt(np.mean(np.concatenate(errors) ** 2)))
 
 
@@ -255,20 +220,18 @@ def single_example_batch_stats_logits(params: model.Params, X: np.ndarray, cfg: 
 
     With one example the batch mean is the example itself and the batch variance is 0, so
     (x - mean) / sqrt(var + eps) = 0 and each BN layer outputs beta whatever the input.
-    Computed literally, row by row (``nn.batchnorm_forward`` refuses a batch of one).
+    Computed literally, each example a stack entry (N, 1, D): `nn.batchnorm_forward` refuses a
+    batch of one, so each layer normalizes with its batch's own mean and variance given as fixed
+    statistics (`nn.batchnorm_eval_forward`: the same arithmetic).
     """
-    out = np.empty((len(X), cfg.sizes[-1]), dtype=cfg.np_dtype)
-    for row in range(len(X)):
-        a = X[row:row + 1].astype(cfg.np_dtype)
-        for i in range(cfg.n_layers):
-            h = a @ params[f"W{i}"] + params[f"b{i}"]
-            if i == cfg.n_layers - 1:
-                break
-            mean, var = h.mean(axis=0), h.var(axis=0)
-            z = (h - mean) / np.sqrt(var + cfg.eps) * params[f"gamma{i}"] + params[f"beta{i}"]
-            a = np.maximum(z, 0)
-        out[row] = h[0]
-    return out
+    h = np.asarray(X, dtype=cfg.np_dtype)[:, None, :]
+    for i in range(cfg.n_layers):
+        h = nn.linear_forward(h, params[f"W{i}"], params[f"b{i}"])[0]
+        if i < cfg.n_layers - 1:
+            h = nn.batchnorm_eval_forward(h, h.mean(axis=-2, keepdims=True), h.var(axis=-2, keepdims=True),
+                                          params[f"gamma{i}"], params[f"beta{i}"], cfg.eps)[0]
+            h = nn.relu_forward(h)[0]
+    return h[:, 0]
 
 
 @experiment(
@@ -293,9 +256,8 @@ def single_example_batch_stats_logits(params: model.Params, X: np.ndarray, cfg: 
         "acc_by_test_batch": "test accuracy in training mode with test batches of that size",
         "acc_single_line": "test accuracy one example at a time with running statistics, repeated per x",
         "warmup_step": "step of re-estimating the running statistics of the trained, frozen network (x axis)",
-        "warmup_err_slow": "distance from the population statistics after that many batches, `slow_momentum`",
-        "warmup_err_default": "same, `momentum`",
-        "warmup_err_fast": "same, `fast_momentum`",
+        **axes({"warmup_err_{m}": "distance from the population statistics after that many batches, `{m}`"},
+               m={"slow": "slow_momentum", "default": "momentum", "fast": "fast_momentum"}),
     },
 )
 def single_example_inference(
@@ -319,11 +281,12 @@ def single_example_inference(
     batches of one), the same in training mode (batch statistics of one example), the whole
     test set in training mode, test batches of each size in `test_batches` in training mode,
     and eval mode with the exact population statistics of the training set. (Eval mode is a
-    per-example map, so the slow-momentum accuracy is computed on the whole batch.) Finally, with the trained network frozen, running
-    statistics are re-estimated from (0, 1) over `warmup_steps` training batches of 32 to show
-    how fast each momentum approaches the population statistics.
+    per-example map, so the slow-momentum accuracy is computed on the whole batch.) Finally, with
+    the trained network frozen, running statistics are re-estimated from (0, 1) over
+    `warmup_steps` training batches of 32 to show how fast each momentum approaches the
+    population statistics.
     """
-    split = digits()
+    split = recorders.digits()
     cfg = config("batch", momentum)
     tracked = list(momenta) + [momentum, slow_momentum]
     bank = RunningBank(tracked, cfg.hidden_sizes)
@@ -331,8 +294,7 @@ def single_example_inference(
                           record=lambda step, info: bank.update(info.activations, len(info.y)))
     params = result.params
     running = result.state                                  # the model's own, momentum `momentum`
-    slow = bank.state(len(tracked) - 1)
-    population = population_state(params, split.X_train, cfg)
+    population = model.population_state(params, split.X_train, cfg)
     X, y = split.X_test, split.y_test
 
     def acc(logits):
@@ -351,20 +313,17 @@ def single_example_inference(
         acc_by_batch.append(correct / n_full)
 
     # warm-up of fresh running statistics on the frozen, trained network
-    warm_momenta = [slow_momentum, momentum, fast_momentum]
-    warm = RunningBank(warm_momenta, cfg.hidden_sizes)
-    curves = np.empty((warmup_steps, len(warm_momenta)))
+    warm = RunningBank([slow_momentum, momentum, fast_momentum], cfg.hidden_sizes)
+    curves = np.empty((warmup_steps, 3))
     stream = data.epochs(rng, len(split.y_train), 32)
     for step in range(warmup_steps):
-        record_batch: dict = {}
-        model.forward(params, running, split.X_train[next(stream)], cfg, True, record=record_batch)
-        warm.update(record_batch, 32)
+        warm.update(model.activations(params, running, split.X_train[next(stream)], cfg, True), 32)
         curves[step] = warm.errors(population)
 
     sweep_errors = bank.errors(population)
     return {
         "acc_single_running": acc(single),
-        "acc_single_running_slow": acc(_logits(params, slow, X, cfg, False)),
+        "acc_single_running_slow": acc(_logits(params, bank.state(len(tracked) - 1), X, cfg, False)),
         "acc_population": acc(_logits(params, population, X, cfg, False)),
         "acc_batch_full": acc(_logits(params, running, X, cfg, True)),
         "acc_single_batchstats": acc(single_example_batch_stats_logits(params, X, cfg)),
@@ -372,16 +331,13 @@ def single_example_inference(
         "stat_err_running": stat_error(running, population),
         "stat_err_slow": float(sweep_errors[-1]),
         "momentum": np.array(momenta, dtype=float),
-        "acc_by_momentum": np.array([acc(_logits(params, bank.state(k), X, cfg, False))
-                                     for k in range(len(momenta))]),
+        "acc_by_momentum": np.array([acc(_logits(params, bank.state(k), X, cfg, False)) for k in range(len(momenta))]),
         "stat_err_by_momentum": sweep_errors[:len(momenta)],
         "test_batch": np.array(test_batches, dtype=float),
         "acc_by_test_batch": np.array(acc_by_batch),
         "acc_single_line": np.full(len(test_batches), acc(single)),
         "warmup_step": np.arange(1, warmup_steps + 1, dtype=float),
-        "warmup_err_slow": curves[:, 0],
-        "warmup_err_default": curves[:, 1],
-        "warmup_err_fast": curves[:, 2],
+        "warmup_err_slow": curves[:, 0], "warmup_err_default": curves[:, 1], "warmup_err_fast": curves[:, 2],
     }
 
 
@@ -419,6 +375,12 @@ def affine_at_strength(strength: float, contrast: float, brightness: float) -> d
     return dict(contrast=1.0 - strength * (1.0 - contrast), brightness=strength * brightness)
 
 
+def _plain_and_bn(seed: int, lr_plain: float, lr_bn: float, epochs: int):
+    """The recipe without normalization and with batch norm, from the same weights and batches."""
+    return (train_digits(np.random.default_rng(seed), "none", lr_plain, epochs),
+            train_digits(np.random.default_rng(seed), "batch", lr_bn, epochs))
+
+
 def shift_strength_validation(seed: int, strengths: list[float], *, lr_plain: float, lr_bn: float,
                               epochs: int = 20, contrast: float = 0.5, brightness: float = 0.3) -> dict:
     """VALIDATION accuracy of both nets (BN with running statistics) on brightness/contrast-shifted
@@ -428,39 +390,33 @@ def shift_strength_validation(seed: int, strengths: list[float], *, lr_plain: fl
     of `bn-covariate-shift-adabn` (a strength where neither net is near chance or near 100 %);
     the test images are not looked at.
     """
-    split = digits()
-    plain = train_digits(np.random.default_rng(seed), "none", lr_plain, epochs)
-    bn = train_digits(np.random.default_rng(seed), "batch", lr_bn, epochs)
+    split = recorders.digits()
+    plain, bn = _plain_and_bn(seed, lr_plain, lr_bn, epochs)
     raw_val = _raw(split, split.X_val)
     out: dict = {"strength": [0.0] + list(strengths), "plain": [], "bn": []}
     for s in out["strength"]:
         X_val = _standardize(split, shift_images(raw_val, "affine", **affine_at_strength(s, contrast, brightness)))
-        out["plain"].append(model.accuracy(plain.params, plain.state, X_val, split.y_val, plain.config))
-        out["bn"].append(model.accuracy(bn.params, bn.state, X_val, split.y_val, bn.config))
+        out["plain"].append(_accuracy(plain, X_val, split.y_val))
+        out["bn"].append(_accuracy(bn, X_val, split.y_val))
     return out
+
+
+_NETS = {"plain": "no normalization", "bn": "BN with its running statistics",
+         "adabn": "BN with statistics re-estimated on validation inputs of the same domain (AdaBN)"}
 
 
 @experiment(
     "bn-covariate-shift-adabn",
-    metrics={
-        **{f"acc_plain_{s}": f"test accuracy, no normalization, {s} test inputs (affine: at `affine_strength`)"
-           for s in SHIFTS},
-        **{f"acc_bn_{s}": f"test accuracy, BN with its running statistics, {s} test inputs" for s in SHIFTS},
-        **{f"acc_adabn_{s}": f"test accuracy, BN with statistics re-estimated on {s} validation inputs (AdaBN)"
-           for s in SHIFTS},
-        **{f"drop_plain_{s}": f"clean minus {s} accuracy, no normalization" for s in SHIFTS[1:]},
-        **{f"drop_bn_{s}": f"clean minus {s} accuracy, BN with running statistics" for s in SHIFTS[1:]},
-    },
+    metrics={**axes({"acc[net, shift]": "test accuracy, {net}, {shift} test inputs"}, net=_NETS,
+                    shift={s: s for s in SHIFTS} | {"affine": "affine (at `affine_strength`)"}),
+             **axes({"drop[net, shift]": "clean minus {shift} accuracy, {net}"}, net={k: _NETS[k] for k in ("plain", "bn")},
+                    shift=SHIFTS[1:])},
     series={
         "shift": "test domain: 0 clean, 1 brightness/contrast, 2 gamma curve, 3 one-pixel translation (x axis)",
-        "acc_plain": "test accuracy per domain, no normalization",
-        "acc_bn": "test accuracy per domain, BN with running statistics",
-        "acc_adabn": "test accuracy per domain, BN with statistics re-estimated on that domain",
+        **axes({"acc[net]": "test accuracy per domain, {net}"}, net=_NETS),
         "severity": "strength s of the brightness/contrast shift (x axis): s * `brightness` added, "
                     "contrast 1 - s * (1 - `contrast`); s = 1 is the affine domain above",
-        "sweep_plain": "test accuracy per severity, no normalization",
-        "sweep_bn": "test accuracy per severity, BN with running statistics",
-        "sweep_adabn": "test accuracy per severity, BN with re-estimated statistics",
+        **axes({"sweep[net]": "test accuracy per severity, {net}"}, net=_NETS),
     },
 )
 def covariate_shift_adabn(
@@ -488,38 +444,27 @@ def covariate_shift_adabn(
     test images are not used for it either). The brightness/contrast shift is also swept in
     strength (`severities`) for the plot.
     """
-    split = digits()
-    train_seed = int(rng.integers(2**63))
-    plain = train_digits(np.random.default_rng(train_seed), "none", lr_plain, epochs)
-    bn = train_digits(np.random.default_rng(train_seed), "batch", lr_bn, epochs)
+    split = recorders.digits()
+    plain, bn = _plain_and_bn(int(rng.integers(2**63)), lr_plain, lr_bn, epochs)
     if plain.diverged or bn.diverged:
         raise ValueError(f"training diverged (plain: {plain.status}, bn: {bn.status}); the learning rate is too high")
     raw_test, raw_val = _raw(split, split.X_test), _raw(split, split.X_val)
-    out: dict = {}
-    for s in SHIFTS:
-        kwargs = dict(affine_at_strength(affine_strength, contrast, brightness), gamma=gamma)
-        X_test = _standardize(split, shift_images(raw_test, s, **kwargs))
-        X_val = _standardize(split, shift_images(raw_val, s, **kwargs))
-        out[f"acc_plain_{s}"] = model.accuracy(plain.params, plain.state, X_test, split.y_test, plain.config)
-        out[f"acc_bn_{s}"] = model.accuracy(bn.params, bn.state, X_test, split.y_test, bn.config)
-        adapted = population_state(bn.params, X_val, bn.config)
-        out[f"acc_adabn_{s}"] = model.accuracy(bn.params, adapted, X_test, split.y_test, bn.config)
-    for s in SHIFTS[1:]:
-        out[f"drop_plain_{s}"] = out["acc_plain_clean"] - out[f"acc_plain_{s}"]
-        out[f"drop_bn_{s}"] = out["acc_bn_clean"] - out[f"acc_bn_{s}"]
-    sweep = {"plain": [], "bn": [], "adabn": []}
-    for level in severities:
-        kwargs = affine_at_strength(level, contrast, brightness)
-        X_test = _standardize(split, shift_images(raw_test, "affine", **kwargs))
-        X_val = _standardize(split, shift_images(raw_val, "affine", **kwargs))
-        sweep["plain"].append(model.accuracy(plain.params, plain.state, X_test, split.y_test, plain.config))
-        sweep["bn"].append(model.accuracy(bn.params, bn.state, X_test, split.y_test, bn.config))
-        adapted = population_state(bn.params, X_val, bn.config)
-        sweep["adabn"].append(model.accuracy(bn.params, adapted, X_test, split.y_test, bn.config))
-    out["severity"] = np.array(severities, dtype=float)
-    for arm, values in sweep.items():
-        out[f"sweep_{arm}"] = np.array(values)
-    out["shift"] = np.arange(len(SHIFTS), dtype=float)
-    for arm in ("plain", "bn", "adabn"):
-        out[f"acc_{arm}"] = np.array([out[f"acc_{arm}_{s}"] for s in SHIFTS])
+
+    def scores(kind: str, **shift) -> dict:
+        """{net: test accuracy} on the `kind` domain; AdaBN re-estimates on that domain's validation images."""
+        X_test = _standardize(split, shift_images(raw_test, kind, **shift))
+        X_val = _standardize(split, shift_images(raw_val, kind, **shift))
+        adapted = model.population_state(bn.params, X_val, bn.config)
+        return {"plain": _accuracy(plain, X_test, split.y_test), "bn": _accuracy(bn, X_test, split.y_test),
+                "adabn": _accuracy(bn, X_test, split.y_test, adapted)}
+
+    by_shift = {s: scores(s, **affine_at_strength(affine_strength, contrast, brightness), gamma=gamma) for s in SHIFTS}
+    sweep = [scores("affine", **affine_at_strength(level, contrast, brightness)) for level in severities]
+    out: dict = {"shift": np.arange(len(SHIFTS), dtype=float), "severity": np.array(severities, dtype=float)}
+    for net in _NETS:
+        out.update({f"acc_{net}_{s}": by_shift[s][net] for s in SHIFTS})
+        out[f"acc_{net}"] = np.array([by_shift[s][net] for s in SHIFTS])
+        out[f"sweep_{net}"] = np.array([row[net] for row in sweep])
+    for net in ("plain", "bn"):
+        out.update({f"drop_{net}_{s}": out[f"acc_{net}_clean"] - out[f"acc_{net}_{s}"] for s in SHIFTS[1:]})
     return out
