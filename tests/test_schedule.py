@@ -118,7 +118,7 @@ def test_the_runner_starts_jobs_longest_first_by_the_seconds_the_cache_recorded(
     again = InProcess()
     run_claims(claims, RunOptions(cache_dir=cache_dir, modules=MODULES, use_cache=False), executor=again,
                progress=False)
-    # unrecorded first; of the three at 3.0 s, toy-down's first: its params sort first ({"mu": -2.0...} < {"mu": 1.0...})
+    # unrecorded first; of the three at 3.0 s, toy-down's first: its params sort first ({"mu": -2.0 before 1.0)
     assert [(j.params["mu"], j.seed) for j in again.started] == [
         (-2.0, 3), (1.0, 1), (-2.0, 0), (-2.0, 2), (1.0, 0), (1.0, 3), (-2.0, 4), (1.0, 2), (1.0, 4), (-2.0, 5),
         (-2.0, 1)]
