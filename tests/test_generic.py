@@ -173,3 +173,39 @@ def test_a_train_compare_claim_is_served_from_the_cache_and_its_page_describes_e
     assert "to run" not in second.stdout  # every seed came from the cache
     page = (claims_dir.parent / "site" / "claims" / "toy-train-compare.html").read_text()
     assert "<code>test_acc_bn</code>" in page and "<code>test_acc_plain</code>" in page
+
+
+def test_new_metrics_train_accuracy_mode_comparison_and_input_noise():
+    exp = registry.get("train-compare")
+    base = {"lr": 0.3, "epochs": 2, "width": 16}
+    params = {"arms": {"bn": {"norm": "batch", **base}, "plain": {"norm": "none", **base},
+                       "free": {"norm": "batch", "reference": True, **base},
+                       "ewa": {"norm": "running", **base}},
+              "train_per_class": 10, "test_noise_std": 1.0}
+    out = registry.run_experiment(exp, 1, params)
+    metrics = out["metrics"]
+    assert set(metrics) == set(exp.metric_names(params))
+    # no batch statistics, nothing to change between the modes
+    assert metrics["mode_flip_plain"] == 0.0 and metrics["mode_acc_gap_plain"] == 0.0
+    for arm in ("bn", "plain", "free", "ewa"):
+        assert 0.0 <= metrics[f"train_acc_{arm}"] <= 1.0 and 0.0 <= metrics[f"mode_flip_{arm}"] <= 1.0
+        # noise of std 1 on standardized pixels costs accuracy
+        assert metrics[f"noisy_test_acc_{arm}"] < metrics[f"test_acc_{arm}"]
+    # test batches of 32 against eval mode: batch statistics of 32 test images are not the running ones
+    assert metrics["mode_flip_bn"] > 0.0
+    # without test_noise_std the noise metric is not declared
+    assert "noisy_test_acc_bn" not in exp.metric_names({"arms": {"bn": {"norm": "batch"}}})
+
+
+def test_reference_statistics_need_batch_norm():
+    with pytest.raises(ValueError, match="reference .* needs norm 'batch'"):
+        generic.check_arms({"r": {"norm": "ghost", "reference": True}}, 1000)
+
+
+def test_mode_comparison_of_running_averages_is_small_and_of_a_plain_network_zero():
+    # running averages in training mode differ from eval mode only by the current batch's share (momentum 0.1)
+    exp = registry.get("train-compare")
+    base = {"lr": 0.1, "epochs": 3, "width": 32}
+    params = {"arms": {"bn": {"norm": "batch", **base}, "ewa": {"norm": "running", **base}}, "train_per_class": 20}
+    metrics = registry.run_experiment(exp, 2, params)["metrics"]
+    assert metrics["mode_flip_ewa"] < metrics["mode_flip_bn"]

@@ -39,12 +39,13 @@ class ArmSettings(TypedDict, total=False):
     groups: Annotated[int, Range(1, 4096)]
     running_momentum: Annotated[float, Range(0, 1, low_open=True)]
     affine: bool
+    reference: bool
 
 
 ARM_DEFAULTS: dict = {
     "norm": "batch", "lr": [0.01, 0.03, 0.1, 0.3, 1.0], "batch_size": 32, "order": "shuffled", "depth": 2,
     "width": 64, "optimizer": "sgd", "momentum": None, "epochs": 10, "ghost_batch_size": 8, "groups": 8,
-    "running_momentum": 0.1, "affine": True,
+    "running_momentum": 0.1, "affine": True, "reference": False,
 }
 MOMENTUM_DEFAULT = {"sgd": 0.0, "momentum": 0.9, "adam": 0.0}  # when an arm names no momentum
 
@@ -60,6 +61,16 @@ PER_ARM_METRICS = {
     "lr_edge": "1 if the chosen learning rate is the smallest or largest of a grid of 2 or more, else 0",
     "diverged": "1 if training at the chosen rate diverged (a NaN/inf loss), else 0",
     "stuck": "1 if training at the chosen rate stayed finite but at chance (final loss >= 95 % of chance), else 0",
+    "train_acc": "accuracy on the arm's own training examples at the end, eval mode, chosen rate (diverged: 0)",
+    "mode_flip": "fraction of test predictions that change between training mode (the norm's statistics of "
+                 "test batches of the arm's batch size) and eval mode, chosen rate (0 for a norm without "
+                 "batch statistics, and for a diverged arm)",
+    "mode_acc_gap": "eval-mode minus training-mode test accuracy on the same test batches, chosen rate "
+                    "(0 for a norm without batch statistics, and for a diverged arm)",
+}
+NOISE_METRICS = {
+    "noisy_test_acc": "test accuracy with Gaussian noise of std test_noise_std added to every (standardized) "
+                      "test input, the same noise for every arm, chosen rate (diverged: 0)",
 }
 AFFINE_METRICS = {
     "gamma_step": "mean |change of gamma| per step, over features, layers and steps (chosen rate)",
@@ -97,7 +108,8 @@ def train_compare_names(params: dict) -> tuple[dict[str, str], dict[str, str]]:
     series: dict[str, str] = {}
     for arm, settings in params["arms"].items():
         s = arm_settings(settings)
-        per_arm = {**PER_ARM_METRICS, **(AFFINE_METRICS if _has_affine(s) else {})}
+        per_arm = {**PER_ARM_METRICS, **(AFFINE_METRICS if _has_affine(s) else {}),
+                   **(NOISE_METRICS if params.get("test_noise_std", 0.0) > 0 else {})}
         for base, text in per_arm.items():
             metrics[f"{base}_{arm}"] = f"arm '{arm}': {text}"
         for base, text in PER_ARM_SERIES.items():
@@ -120,6 +132,8 @@ def check_arms(arms: dict, n_train: int) -> None:
             raise ValueError(f"arm '{arm}': batch_size {s['batch_size']} exceeds the {n_train} training examples")
         if s["optimizer"] == "momentum" and not s["momentum"] > 0:
             raise ValueError(f"arm '{arm}': optimizer 'momentum' needs momentum > 0")
+        if s["reference"] and s["norm"] != "batch":
+            raise ValueError(f"arm '{arm}': reference (noise-free statistics) needs norm 'batch'")
 
 
 def _step_size(trajectory: np.ndarray, steps: int) -> float:
@@ -142,6 +156,38 @@ def _late_fluctuation(trajectory: np.ndarray, steps: int, late_fraction: float) 
     return float(np.mean(residual.std(axis=0)))
 
 
+def _mode_comparison(result: model.StackResult, config: model.MLPConfig, X: np.ndarray, y: np.ndarray,
+                     batch_size: int, order: np.ndarray, X_reference: np.ndarray | None,
+                     noise_rngs: list[np.random.Generator]) -> tuple[np.ndarray, np.ndarray]:
+    """Training mode against eval mode on the same examples, for every arm of a stack: (flip (K,), gap (K,)).
+
+    The examples ``X[order]`` are cut into whole batches of ``batch_size`` (a remainder is left out);
+    training mode normalizes each batch with the norm's own training statistics (batch, ghost,
+    renorm, running averages updated with the batch, noisy; with ``X_reference`` its rows, as in
+    training), from the final parameters and state, nothing kept. flip: the fraction of predictions
+    that differ; gap: eval-mode minus training-mode accuracy."""
+    k_arms = len(result.diverged)
+    if config.norm not in model.RUNNING_NORMS:
+        return np.zeros(k_arms), np.zeros(k_arms)
+    covered = order[: len(order) // batch_size * batch_size]
+    train_pred, eval_pred = [], []
+    with np.errstate(all="ignore"):
+        for start in range(0, len(covered), batch_size):
+            xb = X[covered[start:start + batch_size]]
+            rows = xb if X_reference is None else np.concatenate([X_reference, xb])
+            logits = model.forward(result.params, result.state, rows, config, True, noise_rngs)[0]
+            train_pred.append(np.where(np.isfinite(logits[..., -len(xb):, :]).all(axis=-1),
+                                       logits[..., -len(xb):, :].argmax(axis=-1), -1))
+        logits = model.forward(result.params, result.state, X[covered], config, False)[0]
+    eval_pred = np.where(np.isfinite(logits).all(axis=-1), logits.argmax(axis=-1), -1)
+    train_pred = np.concatenate(train_pred, axis=-1)
+    labels = y[covered]
+    flip = np.mean(train_pred != eval_pred, axis=-1)
+    gap = np.mean(eval_pred == labels, axis=-1) - np.mean(train_pred == labels, axis=-1)
+    alive = ~result.diverged
+    return np.where(alive, flip, 0.0), np.where(alive, gap, 0.0)
+
+
 def _censor(values: np.ndarray) -> np.ndarray:
     """A curve with NaN for points that are missing or not finite (a diverged run)."""
     return np.where(np.isfinite(values), values, np.nan)
@@ -149,7 +195,7 @@ def _censor(values: np.ndarray) -> np.ndarray:
 
 @experiment(
     "train-compare",
-    metrics={f"{base}_<arm>": text for base, text in {**PER_ARM_METRICS, **AFFINE_METRICS}.items()},
+    metrics={f"{base}_<arm>": text for base, text in {**PER_ARM_METRICS, **AFFINE_METRICS, **NOISE_METRICS}.items()},
     series={f"{base}_<arm>": text for base, text in PER_ARM_SERIES.items()},
     names=train_compare_names,
 )
@@ -162,6 +208,7 @@ def train_compare(
     train_per_class: Annotated[int, Range(0)] = 0,
     evals_per_epoch: Annotated[int, Range(1, 1000)] = 1,
     late_fraction: Annotated[float, Range(0, 1, low_open=True)] = 0.25,
+    test_noise_std: Annotated[float, Range(0, None)] = 0.0,
 ):
     """Train the declared arms (MLPs on 8x8 digits, softmax cross-entropy) and compare them.
 
@@ -171,14 +218,22 @@ def train_compare(
     rate, a diverged run counts as 0), and every ``<metric>_<arm>`` is measured at that rate,
     except ``max_lr_trains``, which looks at the whole grid. ``train_per_class`` > 0 trains on
     that many examples per class (a random subset per seed, the same for every arm). A diverged
-    arm is flagged (``diverged_<arm>`` = 1), never an error.
+    arm is flagged (``diverged_<arm>`` = 1), never an error. An arm with ``reference: true`` is
+    noise-free batch norm: the statistics of all its training examples at every step, gradients
+    through them, the loss on the batch (``MLPConfig(reference_rows=)``). ``test_noise_std`` > 0
+    adds ``noisy_test_acc_<arm>``: test accuracy under Gaussian input noise of that std.
     """
     split = data.digits_split(0.25, validation_fraction, standardize=True, dtype=np.float32)
-    subset_rng, pair_rng = rng.spawn(2)
+    subset_rng, pair_rng, measure_rng = rng.spawn(3)   # the first two as rng.spawn(2) gives them
     X, y = split.X_train, split.y_train
     if train_per_class:
         X, y = data.subsample(subset_rng, X, y, train_per_class)
     check_arms(arms, len(y))
+    # what every arm is measured on, drawn once (paired): input noise and the order of the test batches
+    noise_rng, order_rng, mode_rng = measure_rng.spawn(3)
+    X_noisy = (split.X_test + test_noise_std * noise_rng.standard_normal(split.X_test.shape)).astype(np.float32) \
+        if test_noise_std > 0 else None
+    test_order = order_rng.permutation(len(split.y_test))
 
     # one stack per (architecture, batch size, epochs): every learning rate of every arm that shares them
     stacks: dict[tuple, list[tuple[str, float, model.Arm]]] = {}
@@ -187,6 +242,7 @@ def train_compare(
         config = model.MLPConfig(
             sizes=(X.shape[1],) + (s["width"],) * s["depth"] + (10,), norm=s["norm"], affine=s["affine"],
             ghost_batch_size=s["ghost_batch_size"], groups=s["groups"], momentum=s["running_momentum"],
+            reference_rows=len(y) if s["reference"] else 0,
         )
         for lr in s["lr"]:
             arm = model.Arm(lr=lr, optimizer=s["optimizer"], momentum=s["momentum"], order=s["order"])
@@ -202,17 +258,28 @@ def train_compare(
             copy.deepcopy(pair_rng), config, X, y, [arm for _, _, arm in members], epochs=epochs,
             batch_size=batch_size, X_eval=split.X_val, y_eval=split.y_val,
             eval_every=max(1, steps_per_epoch // evals_per_epoch),
-            record=trajectory,
+            record=trajectory, X_reference=X if config.reference_rows else None,
         )
+        accuracy = {}
         with np.errstate(all="ignore"):
-            logits, _, _ = model.forward(result.params, result.state, split.X_test, config, False)
-        test_acc = model.logits_accuracy(logits, split.y_test)
+            for key, (X_eval, y_eval) in {"test": (split.X_test, split.y_test), "train": (X, y),
+                                          "noisy": (X_noisy, split.y_test)}.items():
+                if X_eval is not None:
+                    logits, _, _ = model.forward(result.params, result.state, X_eval, config, False)
+                    accuracy[key] = model.logits_accuracy(logits, y_eval)
+        flip, gap = _mode_comparison(result, config, split.X_test, split.y_test, batch_size, test_order,
+                                     X if config.reference_rows else None,
+                                     copy.deepcopy(mode_rng).spawn(len(members)))
+        test_acc = accuracy["test"]
         paths = trajectory.arrays() if trajectory else {}
         for k, (name, lr, _) in enumerate(members):
             diverged = bool(result.diverged[k])
             runs[name].append({
                 "lr": lr, "diverged": diverged, "stuck": bool(result.stuck[k]), "steps": int(result.steps[k]),
                 "test_acc": 0.0 if diverged else float(test_acc[k]),
+                "train_acc": 0.0 if diverged else float(accuracy["train"][k]),
+                "noisy_test_acc": 0.0 if diverged or "noisy" not in accuracy else float(accuracy["noisy"][k]),
+                "mode_flip": float(flip[k]), "mode_acc_gap": float(gap[k]),
                 "val_acc": 0.0 if diverged else float(np.nan_to_num(result.eval_accuracy[-1, k])),
                 "final_loss": result.chance_loss if diverged else float(result.final_loss[k]),
                 "curve_step": result.eval_steps.astype(np.float64),
@@ -240,12 +307,17 @@ def train_compare(
             f"lr_edge_{name}": float(len(lrs) > 1 and chosen["lr"] in (lrs.min(), lrs.max())),
             f"diverged_{name}": float(chosen["diverged"]),
             f"stuck_{name}": float(chosen["stuck"]),
+            f"train_acc_{name}": chosen["train_acc"],
+            f"mode_flip_{name}": chosen["mode_flip"],
+            f"mode_acc_gap_{name}": chosen["mode_acc_gap"],
             f"curve_step_{name}": chosen["curve_step"],
             f"curve_val_acc_{name}": _censor(chosen["curve_val_acc"]),
             f"curve_val_loss_{name}": _censor(chosen["curve_val_loss"]),
             f"grid_lr_{name}": lrs.astype(np.float64),
             f"grid_val_acc_{name}": val,
         })
+        if test_noise_std > 0:
+            out[f"noisy_test_acc_{name}"] = chosen["noisy_test_acc"]
         if _has_affine(s):
             for p in ("gamma", "beta"):
                 layers = [v for key, v in chosen["paths"].items() if key.startswith(p)]
