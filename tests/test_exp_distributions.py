@@ -1,6 +1,7 @@
 """Tests for bnclaims.experiments.distributions (shape vs moments, padded sequences, batch noise)."""
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -75,17 +76,19 @@ def test_sampling_noise_closed_form_for_gaussian_population():
     np.testing.assert_allclose(th_v, 15 / 16 * math.sqrt(2 / 15), rtol=0.05)
 
 
-def test_full_batch_statistics_with_one_batch_per_epoch_is_plain_full_batch_training():
+def test_noise_free_control_with_one_batch_per_epoch_is_plain_full_batch_training():
+    # the control arm of batch-statistics-noise: statistics of the whole training set (reference rows)
     split = data.digits_split(0.25, 0.2, standardize=True, dtype=np.float32)
     n = len(split.y_train)
     cfg = model.MLPConfig(sizes=(64, 16, 10), norm="batch", dtype="float32")
-    params, _, failed = dist.train_full_batch_stats(5, cfg, split.X_train, split.y_train, epochs=3,
-                                                    batch_size=n, lr=0.1)
+    control = model.train_stack(np.random.default_rng(5), replace(cfg, reference_rows=n), split.X_train,
+                                split.y_train, model.Arm(lr=0.1, momentum=0.9), epochs=3, batch_size=n,
+                                X_reference=split.X_train)
     reference = model.train(np.random.default_rng(5), cfg, split.X_train, split.y_train, epochs=3,
                             batch_size=n, lr=0.1, momentum=0.9)
-    assert not failed
-    for name in params:
-        np.testing.assert_allclose(params[name], reference.params[name], rtol=1e-4, atol=1e-5)
+    assert not control.diverged.any()
+    for name, value in model.arm_params(control.params, 0).items():
+        np.testing.assert_allclose(value, reference.params[name], rtol=1e-4, atol=1e-5)
 
 
 def test_batch_noise_experiment_tiny_run():

@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import replace
 from typing import Literal
 
 import numpy as np
 from scipy import stats
 
-from bnclaims import data, model, nn
-from bnclaims.experiments import experiment
+from bnclaims import data, model, nn, recorders
+from bnclaims.experiments import axes, experiment
 
 EPS64 = float(np.finfo(np.float64).eps)
 SHAPED = ("exponential", "bimodal", "student-t", "uniform")
+_KEY = {s: s.replace("-", "_") for s in ("normal",) + SHAPED}     # shape -> part of an output name
+_SHAPED_KEYS = {_KEY[s]: s for s in SHAPED}
 
 
 # ----------------------------------------------------------------------------- shape vs moments
@@ -106,11 +109,10 @@ def _ks(a: np.ndarray, b: np.ndarray) -> float:
         "ks_after_same": "same after batch norm of each batch (sampling-noise floor)",
         "ks_before_moments": "KS, reference vs normal batch with other mean and std, raw",
         "ks_after_moments": "same after batch norm",
-        **{f"ks_before_{s.replace('-', '_')}": f"KS, reference vs {s} batch with other mean and std, raw"
-           for s in SHAPED},
-        **{f"ks_after_{s.replace('-', '_')}": f"same ({s}) after batch norm" for s in SHAPED},
-        **{f"ks_population_{s.replace('-', '_')}": f"sup |F - Phi| between standardized {s} and N(0,1) (exact)"
-           for s in SHAPED},
+        **axes({"ks_before_{shape}": "KS, reference vs {shape} batch with other mean and std, raw"}, shape=_SHAPED_KEYS),
+        **axes({"ks_after_{shape}": "same ({shape}) after batch norm"}, shape=_SHAPED_KEYS),
+        **axes({"ks_population_{shape}": "sup |F - Phi| between standardized {shape} and N(0,1) (exact)"},
+               shape=_SHAPED_KEYS),
         "ks_after_nearest_shape": "smallest KS distance after batch norm over the differently shaped batches "
                                   "(the shape difference BN comes closest to removing)",
     },
@@ -120,8 +122,8 @@ def _ks(a: np.ndarray, b: np.ndarray) -> float:
         "ks_after": "KS distance after batch norm, per comparison",
         "ks_population": "shape-only distance of the standardized laws, per comparison (0 for 0 and 1)",
         "normal_quantile": "standard normal quantiles (x axis of the Q-Q plot)",
-        **{f"qq_{s.replace('-', '_')}": f"quantiles of batch-normed {s} batches at the same probabilities"
-           for s in ("normal",) + SHAPED},
+        **axes({"qq_{shape}": "quantiles of batch-normed {shape} batches at the same probabilities"},
+               shape={key: shape for shape, key in _KEY.items()}),
     },
 )
 def shape_vs_moments(
@@ -160,23 +162,17 @@ def shape_vs_moments(
 
     normed = {"normal": compare("normal", 0.0, 1.0, "same")}
     compare("normal", other_mean, other_std, "moments")
-    pops = [0.0, 0.0]
     for shape in SHAPED:
-        key = shape.replace("-", "_")
-        normed[shape] = compare(shape, other_mean, other_std, key)
-        out[f"ks_population_{key}"] = population_ks(shape, df)
-        pops.append(out[f"ks_population_{key}"])
-    out["ks_after_nearest_shape"] = min(out[f"ks_after_{s.replace('-', '_')}"] for s in SHAPED)
-    keys = ["same", "moments"] + [s.replace("-", "_") for s in SHAPED]
-    out["pair"] = np.arange(len(keys), dtype=float)
-    out["ks_before"] = np.array([out[f"ks_before_{k}"] for k in keys])
-    out["ks_after"] = np.array([out[f"ks_after_{k}"] for k in keys])
-    out["ks_population"] = np.array(pops)
+        normed[shape] = compare(shape, other_mean, other_std, _KEY[shape])
+        out[f"ks_population_{_KEY[shape]}"] = population_ks(shape, df)
+    keys = ["same", "moments"] + [_KEY[s] for s in SHAPED]
     probs = np.linspace(0.01, 0.99, 99)
-    out["normal_quantile"] = stats.norm.ppf(probs)
-    for shape, values in normed.items():
-        out[f"qq_{shape.replace('-', '_')}"] = np.quantile(values, probs)
-    return out
+    return {**out, "ks_after_nearest_shape": min(out[f"ks_after_{_KEY[s]}"] for s in SHAPED),
+            "pair": np.arange(len(keys), dtype=float), "ks_before": np.array([out[f"ks_before_{k}"] for k in keys]),
+            "ks_after": np.array([out[f"ks_after_{k}"] for k in keys]),
+            "ks_population": np.array([0.0, 0.0] + [out[f"ks_population_{_KEY[s]}"] for s in SHAPED]),
+            "normal_quantile": stats.norm.ppf(probs),
+            **{f"qq_{_KEY[shape]}": np.quantile(values, probs) for shape, values in normed.items()}}
 
 
 # ----------------------------------------------------------------------------- padded sequences
@@ -203,8 +199,10 @@ def per_timestep_stats(x: np.ndarray, mask: np.ndarray, masked: bool) -> tuple[n
 
 
 def _normalize(x, mean, var, eps):
-    """(x - mean) / sqrt(var + eps) with per-timestep stats broadcast over the batch axis."""
-    return (x - mean[:, None]) / np.sqrt(var[:, None] + eps)
+    """Batch norm of x (S, B, T, D) with given per-timestep statistics (S, T, D), `nn.batchnorm_eval_forward`."""
+    per_timestep = np.swapaxes(x, 1, 2)                      # (S, T, B, D): the batch axis second to last
+    out = nn.batchnorm_eval_forward(per_timestep, mean[..., None, :], var[..., None, :], None, None, eps)[0]
+    return np.swapaxes(out, 1, 2)
 
 
 def _window_rms(err: np.ndarray, mask: np.ndarray, window: np.ndarray) -> float:
@@ -345,51 +343,18 @@ def sampling_noise(pre: np.ndarray, batch_size: int, draws: int, rng: np.random.
         sd(mean)  = sigma / sqrt(B)
         sd(var_b) = (B - 1) / B * sigma^2 * sqrt(kappa / B - (B - 3) / (B (B - 1)))
 
-    (kappa = E[(x - mu)^4] / sigma^4 of the population). Returns four (D,) arrays:
-    measured and closed-form sd of the mean, measured and closed-form sd of the variance.
+    (kappa = E[(x - mu)^4] / sigma^4 of the population). Returns five (D,) arrays: measured and
+    closed-form sd of the mean, measured and closed-form sd of the variance, and sigma^2.
     """
     pre = pre.astype(np.float64)
     mu = pre.mean(axis=0)
     sigma2 = pre.var(axis=0)
     kappa = np.mean((pre - mu) ** 4, axis=0) / sigma2**2
     b = batch_size
-    idx = rng.integers(len(pre), size=(draws, b))
-    batches = pre[idx]                                            # (draws, B, D)
-    means = batches.mean(axis=1)
-    variances = batches.var(axis=1)
-    theory_mean = np.sqrt(sigma2 / b)
+    batches = pre[rng.integers(len(pre), size=(draws, b))]                  # (draws, B, D)
     theory_var = (b - 1) / b * sigma2 * np.sqrt(np.maximum(kappa / b - (b - 3) / (b * (b - 1)), 0.0))
-    return means.std(axis=0, ddof=1), theory_mean, variances.std(axis=0, ddof=1), theory_var, sigma2
-
-
-def train_full_batch_stats(seed: int, cfg: model.MLPConfig, X: np.ndarray, y: np.ndarray, *, epochs: int,
-                           batch_size: int, lr: float, momentum: float = 0.9) -> tuple[model.Params, model.State, bool]:
-    """SGD where batch norm uses the statistics of the WHOLE training set at every step, with the
-    gradient flowing through them, while the loss is the mean over the mini-batch only.
-
-    The noise-free control for batch-statistics noise (same optimiser, same batches: the rng
-    is split exactly as `model.train` splits it). Returns (params, state, diverged).
-    """
-    init_rng, batch_rng, _ = np.random.default_rng(seed).spawn(3)
-    X = np.asarray(X, dtype=cfg.np_dtype)
-    params = model.init_params(init_rng, cfg)
-    state = model.init_state(cfg)
-    optimizer = model.SGD(lr, momentum)
-    n = len(X)
-    stream = data.epochs(batch_rng, n, batch_size, "shuffled", labels=y)
-    dlogits = np.zeros((n, cfg.sizes[-1]), dtype=cfg.np_dtype)
-    with np.errstate(all="ignore"):
-        for _ in range(epochs * (n // batch_size)):
-            index = next(stream)
-            logits, tape, new_state = model.forward(params, state, X, cfg, True)
-            loss, dl = nn.softmax_cross_entropy(logits[index], y[index])
-            if not math.isfinite(loss):
-                return params, state, True
-            dlogits[:] = 0.0
-            dlogits[index] = dl
-            optimizer.step(params, model.backward(dlogits, tape))
-            state = new_state
-    return params, state, False
+    return (batches.mean(axis=1).std(axis=0, ddof=1), np.sqrt(sigma2 / b), batches.var(axis=1).std(axis=0, ddof=1),
+            theory_var, sigma2)
 
 
 @experiment(
@@ -399,7 +364,7 @@ def train_full_batch_stats(seed: int, cfg: model.MLPConfig, X: np.ndarray, y: np
         "sd_var_ratio": "measured / closed-form sd of the batch variance at batch `headline` (geomean over units)",
         "rel_sd_mean": "sd of the batch mean at batch `headline`, in population stds (median over units)",
         "rel_sd_std": "sd of the batch std at batch `headline`, relative to the population std (median)",
-        **{f"acc_ghost{g}": f"test accuracy, BN statistics from ghost batches of {g}" for g in GHOST_SIZES},
+        **axes({"acc_ghost{g}": "test accuracy, BN statistics from ghost batches of {g}"}, g=GHOST_SIZES),
         "acc_full": "test accuracy, BN statistics of the whole training set at every step (noise-free control)",
         "acc_none": "test accuracy, no normalization",
         "diverged_arms": "number of arms whose loss became NaN/inf",
@@ -436,9 +401,10 @@ def batch_statistics_noise(
     `epochs` epochs over the 1,078 training digits). Arms differ ONLY in the examples the BN
     statistics come from: ghost batches of 2 .. 128 (the mini-batch split into consecutive
     groups, Hoffer et al. 2017), the whole training set with the gradient through the
-    statistics (noise-free control), or no normalization. Each arm trains at its own learning
-    rate (`lr_ghost` in the order of GHOST_SIZES, `lr_full`, `lr_none`), chosen on the
-    validation split with other seeds; evaluation in eval mode (running statistics).
+    statistics and the loss on the mini-batch (noise-free control: `MLPConfig.reference_rows`),
+    or no normalization. Each arm trains at its own learning rate (`lr_ghost` in the order of
+    GHOST_SIZES, `lr_full`, `lr_none`), chosen on the validation split with other seeds;
+    evaluation in eval mode (running statistics); a diverged arm scores 0.1 (chance).
     Noise: on the first-layer pre-activations of the trained control, over the training set,
     the sd of batch means and variances over `draws` random batches per size vs closed forms.
     """
@@ -446,49 +412,37 @@ def batch_statistics_noise(
         raise ValueError(f"lr_ghost needs {len(GHOST_SIZES)} rates, one per ghost size {GHOST_SIZES}")
     if headline not in GHOST_SIZES:
         raise ValueError(f"headline must be one of {GHOST_SIZES}")
-    split = data.digits_split(0.25, 0.2, standardize=True, dtype=np.float32)
+    split = recorders.digits()
     X_eval, y_eval = (split.X_test, split.y_test) if evaluate_on == "test" else (split.X_val, split.y_val)
     train_seed = int(rng.integers(2**63))
-    diverged = stuck = 0
+    base = model.MLPConfig(sizes=NOISE_SIZES, norm="batch", dtype="float32")
+    arms = [(replace(base, norm="ghost", ghost_batch_size=g), lr) for g, lr in zip(GHOST_SIZES, lr_ghost)]
+    arms += [(replace(base, norm="none"), lr_none), (replace(base, reference_rows=len(split.X_train)), lr_full)]
+    acc, diverged, stuck = [], 0, 0
+    for cfg, lr in arms:
+        r = model.train_stack(np.random.default_rng(train_seed), cfg, split.X_train, split.y_train,
+                              model.Arm(lr=lr, momentum=0.9), epochs=epochs, batch_size=physical_batch,
+                              X_reference=split.X_train if cfg.reference_rows else None)
+        params, state = model.arm_params(r.params, 0), model.arm_params(r.state, 0)
+        acc.append(0.1 if r.diverged[0] else model.accuracy(params, state, X_eval, y_eval, cfg))
+        diverged += int(r.diverged[0])
+        stuck += not r.diverged[0] and acc[-1] < 0.2
+    *acc_ghost, acc_none, acc_full = acc
 
-    def score(params, state, cfg, failed):
-        nonlocal diverged, stuck
-        if failed:
-            diverged += 1
-            return 0.1
-        accuracy = model.accuracy(params, state, X_eval, y_eval, cfg)
-        stuck += accuracy < 0.2
-        return accuracy
-
-    acc_ghost = []
-    for g, lr in zip(GHOST_SIZES, lr_ghost):
-        cfg = model.MLPConfig(sizes=NOISE_SIZES, norm="ghost", ghost_batch_size=g, dtype="float32")
-        r = model.train(np.random.default_rng(train_seed), cfg, split.X_train, split.y_train, epochs=epochs,
-                        batch_size=physical_batch, lr=lr, momentum=0.9)
-        acc_ghost.append(score(r.params, r.state, cfg, r.diverged))
-    cfg_none = model.MLPConfig(sizes=NOISE_SIZES, norm="none", dtype="float32")
-    r = model.train(np.random.default_rng(train_seed), cfg_none, split.X_train, split.y_train, epochs=epochs,
-                    batch_size=physical_batch, lr=lr_none, momentum=0.9)
-    acc_none = score(r.params, r.state, cfg_none, r.diverged)
-    cfg_full = model.MLPConfig(sizes=NOISE_SIZES, norm="batch", dtype="float32")
-    params, state, failed = train_full_batch_stats(train_seed, cfg_full, split.X_train, split.y_train,
-                                                   epochs=epochs, batch_size=physical_batch, lr=lr_full)
-    acc_full = score(params, state, cfg_full, failed)
-
-    pre = model.activations(params, state, split.X_train, cfg_full)["pre0"]
-    rows = []
-    for b in GHOST_SIZES:
-        sd_m, th_m, sd_v, th_v, sigma2 = sampling_noise(pre, b, draws, rng)
-        rows.append((b, sd_m, th_m, sd_v, th_v, sigma2))
-    head = rows[GHOST_SIZES.index(headline)]
-    _, sd_m, th_m, sd_v, th_v, sigma2 = head
+    pre = model.activations(params, state, split.X_train, base)["pre0"]       # the noise-free control's
+    rows = [sampling_noise(pre, b, draws, rng) for b in GHOST_SIZES]
+    sd_m, th_m, sd_v, th_v, sigma2 = rows[GHOST_SIZES.index(headline)]
     live = sigma2 > 1e-8                                          # units that vary at all
     sigma = np.sqrt(sigma2)
 
     def geomean(a):
         return float(np.exp(np.mean(np.log(a[live]))))
 
-    out = {
+    def medians(k: int, scale) -> np.ndarray:
+        """Per batch size: median over live units of the k-th `sampling_noise` output / scale."""
+        return np.array([np.median((r[k] / scale)[live]) for r in rows])
+
+    return {
         "sd_mean_ratio": geomean(sd_m / th_m),
         "sd_var_ratio": geomean(sd_v / th_v),
         "rel_sd_mean": float(np.median((sd_m / sigma)[live])),
@@ -503,9 +457,8 @@ def batch_statistics_noise(
         "acc_full_line": np.full(len(GHOST_SIZES), acc_full),
         "acc_none_line": np.full(len(GHOST_SIZES), acc_none),
         "noise_batch": np.array(GHOST_SIZES, dtype=float),
-        "sd_mean_measured": np.array([np.median((r[1] / sigma)[live]) for r in rows]),
-        "sd_mean_theory": np.array([np.median((r[2] / sigma)[live]) for r in rows]),
-        "sd_std_measured": np.array([np.median((r[3] / (2 * sigma2))[live]) for r in rows]),
-        "sd_std_theory": np.array([np.median((r[4] / (2 * sigma2))[live]) for r in rows]),
+        "sd_mean_measured": medians(0, sigma),
+        "sd_mean_theory": medians(1, sigma),
+        "sd_std_measured": medians(2, 2 * sigma2),
+        "sd_std_theory": medians(3, 2 * sigma2),
     }
-    return out
