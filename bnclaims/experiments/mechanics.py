@@ -613,8 +613,8 @@ def affine_fold_next_layer(rng: np.random.Generator, *, hidden: int = 64, epochs
     split = recorders.digits()
     W1 = _weights(rng, 64, hidden)
     z_train, z_val = split.X_train @ W1, split.X_val @ W1
-    mu, var = z_train.mean(axis=0), z_train.var(axis=0)
-    xh_train, xh_val = (z_train - mu) / np.sqrt(var + _EPS), (z_val - mu) / np.sqrt(var + _EPS)
+    mu, var = z_train.mean(axis=0), z_train.var(axis=0)    # training-split statistics, then fixed
+    xh_train, xh_val = (nn.batchnorm_eval_forward(z, mu, var, None, None, _EPS)[0] for z in (z_train, z_val))
     gamma = rng.uniform(0.5, 2.0, hidden).astype(np.float32)
     beta = rng.standard_normal(hidden).astype(np.float32)
     W2 = _weights(rng, hidden, 10, "lecun")
