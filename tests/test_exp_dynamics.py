@@ -11,11 +11,12 @@ import pytest
 from bnclaims import experiments as registry
 from bnclaims import model
 from bnclaims.experiments import dynamics as dyn
+from bnclaims.recorders import steps_to
 
 EXPERIMENTS = [name for name, exp in registry.load_all().items() if exp.module == dyn.__name__]
 
 
-DATA = dyn.load()
+DATA = dyn.digits()
 
 
 def _plan(seed: int, steps: int) -> np.ndarray:
@@ -149,7 +150,7 @@ def test_probe_drift_and_relative_step():
 
 def test_steps_to_target_and_log_slope():
     curve = np.array([[0.5, 0.5], [0.95, 0.6], [0.97, 0.7]])
-    steps = dyn.steps_to_target(curve, np.array([10, 20, 30]), 0.9, never=99)
+    steps = steps_to(curve.T, np.array([10, 20, 30]), 0.9, never=99)
     assert steps.tolist() == [20.0, 99.0]
     lr = np.array([0.001, 0.01, 0.1])
     assert dyn.log_slope(lr, 5 * lr ** 0.75) == pytest.approx(0.75)

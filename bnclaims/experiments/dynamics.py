@@ -1,24 +1,16 @@
 """Training dynamics of batch norm's gamma and beta, and BN vs no-norm training, on the digits.
 
-Every network here is a `bnclaims.model` MLP stack trained by `model.train_stack`: the arms of a
-comparison (learning rates, optimisers, batch orders) are one stack, paired -- the same initial
-weights (drawn from the run's init seed, so a BN and a no-norm net of one size share W) and the
-same batches (one `model.batch_plan` per batch order, from the run's order seed). The net is
-x -> [linear -> (BN) -> ReLU] x depth -> linear, He-initialised, plain SGD (or heavy-ball
-momentum), softmax cross-entropy; evaluation uses the running statistics (PyTorch convention).
-A diverged arm (non-finite loss) is frozen by the loop; here everything it would record after
-that step is NaN and its accuracy is 0.
+Every network is a `bnclaims.model` MLP x -> [linear -> (BN) -> ReLU] x depth -> linear,
+He-initialised, plain SGD (or heavy-ball momentum), softmax cross-entropy, trained by
+`model.train_stack`; evaluation uses the running statistics (PyTorch convention). The arms of a
+comparison (learning rates, optimisers, batch orders) are one stack, paired: the same initial
+weights (from the run's init seed, so a BN and a no-norm net of one size share W) and the same
+batches (one `model.batch_plan` per batch order). A diverged arm (non-finite loss) is frozen by
+the loop; everything it would record after that step is NaN and its accuracy is 0.
 
-This module keeps only what the experiments measure, through recorders on the loop:
-
-* gamma, beta of every BN layer at every step (`model.ParamTrajectory`: per-step changes, late
-  fluctuation), block averages of gamma, beta and W (`BlockAverages`: when do they settle),
-* the moments of every hidden layer on a FIXED probe set at every step (`model.ProbeMoments`),
-* validation accuracy every few steps (steps to a target), final validation/test accuracy.
-
-Registered experiments (each docstring says its arms and scale):
-``bn-vs-plain-probe-drift``, ``gamma-beta-step-vs-lr``, ``gamma-beta-lr-order-grid``,
-``gamma-beta-settling``, ``bn-need-shallow-deep``, ``bn-lr-stability``, ``bn-cancel-check``.
+Recorders on the loop measure: gamma, beta of every BN layer at every step (per-step changes,
+late fluctuation), block averages of gamma, beta and W (when do they settle), the moments of
+every hidden layer on a FIXED probe set at every step, and validation accuracy every few steps.
 """
 
 from __future__ import annotations
@@ -28,18 +20,12 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from bnclaims import model
-from bnclaims.data import digits_split
-from bnclaims.experiments import experiment
+from bnclaims.experiments import axes, experiment, spread
+from bnclaims.recorders import (BlockAverages, digits, eval_accuracy, nan_after_divergence, sample_rows, steps_to,
+                                train_on_plan)
 
 N_CLASSES = 10
-
-
-def load():
-    """The shared digits split: test 25 % (fixed), validation 20 % of the rest, standardized, float32.
-
-    X_train (1078, 64), X_val (269, 64), X_test (450, 64) and their labels.
-    """
-    return digits_split(0.25, 0.2, standardize=True, dtype=np.float32)
+NETS = {"bn": "BN", "plain": "no-norm"}
 
 
 def mlp(depth: int, width: int, norm: bool, d_in: int = 64) -> model.MLPConfig:
@@ -48,43 +34,6 @@ def mlp(depth: int, width: int, norm: bool, d_in: int = 64) -> model.MLPConfig:
 
 
 # ----------------------------------------------------------------------------- training (model.train_stack)
-
-
-class BlockAverages:
-    """Recorder: averages of the named parameters over consecutive blocks of `block` steps.
-
-    ``arrays()``: {name: (K_blocks, arms, ...)}; block b covers steps b * block .. (b + 1) * block - 1
-    (a last, incomplete block is dropped).
-    """
-
-    needs_deltas = False
-
-    def __init__(self, names, block: int):
-        self.names, self.block = list(names), block
-        self.sums: dict[str, np.ndarray] = {}
-        self.values: dict[str, list] = {name: [] for name in self.names}
-
-    def __call__(self, step: int, info: model.StackStepInfo) -> None:
-        for name in self.names:
-            if name in self.sums:
-                self.sums[name] += info.params[name]
-            else:
-                self.sums[name] = info.params[name].astype(np.float64)
-        if (step + 1) % self.block == 0:
-            for name in self.names:
-                self.values[name].append(self.sums.pop(name) / self.block)
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        return {name: np.stack(v) for name, v in self.values.items()}
-
-
-def _nan_after_divergence(values: np.ndarray, steps, result: model.StackResult) -> np.ndarray:
-    """values (T', arms, ...) recorded after `steps` (T',) updates, NaN from the step each arm diverged at."""
-    values = np.array(values, dtype=np.float64)
-    if result.diverged.any():
-        after = np.asarray(steps)[:, None] >= np.where(result.diverged, result.taken, np.iinfo(np.int64).max)
-        values[after] = np.nan
-    return values
 
 
 @dataclass
@@ -110,13 +59,6 @@ class Run:
         return self.result.eval_steps
 
 
-def accuracy(result: model.StackResult, X: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """(K,) eval-mode accuracy (`model.logits_accuracy`) of every arm; 0 for a diverged arm."""
-    with np.errstate(all="ignore"):
-        logits, _, _ = model.forward(result.params, result.state, X, result.config, False)
-    return np.where(result.diverged, 0.0, model.logits_accuracy(logits, y))
-
-
 def train(init_seed: int, data, config: model.MLPConfig, lrs, momentum=0.0, *, plan: np.ndarray,
           trajectory: bool = False, probe: np.ndarray | None = None, block: int = 0,
           eval_every: int | None = None) -> Run:
@@ -134,41 +76,34 @@ def train(init_seed: int, data, config: model.MLPConfig, lrs, momentum=0.0, *, p
     init = model.init_params(np.random.default_rng(init_seed), config)
     depth = config.n_layers - 1
     bn = [f"{p}{i}" for i in range(depth) for p in ("gamma", "beta")] if config.norm != "none" else []
-    hooks = []
+    trajectory = model.ParamTrajectory(bn) if trajectory else None
+    moments = model.ProbeMoments(probe, train=True, initial=True) if probe is not None else None
+    blocks = BlockAverages([f"W{i}" for i in range(depth)] + bn, block) if block else None
+    result = train_on_plan(config, data.X_train, data.y_train, arms, plan, init,
+                           rng=np.random.default_rng(init_seed), record=[h for h in (trajectory, moments, blocks) if h],
+                           X_eval=data.X_val if eval_every else None, y_eval=data.y_val if eval_every else None,
+                           eval_every=eval_every)
+    gamma, beta, probe_moments, block_values = [], [], {}, {}
     if trajectory:
-        hooks.append(model.ParamTrajectory(bn))
-    if probe is not None:
-        hooks.append(model.ProbeMoments(probe, train=True, initial=True))
-    if block:
-        hooks.append(BlockAverages([f"W{i}" for i in range(depth)] + bn, block))
-    result = model.train_stack(
-        np.random.default_rng(init_seed), config, data.X_train, data.y_train, arms, steps=plan.shape[-2],
-        plan=plan, params=init, record=hooks,
-        X_eval=data.X_val if eval_every else None, y_eval=data.y_val if eval_every else None, eval_every=eval_every,
-    )
-    gamma, beta, moments, blocks = [], [], {}, {}
-    for hook in hooks:
-        if isinstance(hook, model.ParamTrajectory):
-            values = {n: _nan_after_divergence(v[:, :, 0], hook.steps, result) for n, v in hook.arrays().items()}
-            gamma = [values[f"gamma{i}"] for i in range(depth)]
-            beta = [values[f"beta{i}"] for i in range(depth)]
-        elif isinstance(hook, model.ProbeMoments):
-            moments = {n: (_nan_after_divergence(m, hook.steps, result), np.sqrt(_nan_after_divergence(v, hook.steps, result)))
-                       for n, (m, v) in hook.moments().items()}
-        elif isinstance(hook, BlockAverages):
-            arrays = hook.arrays()
-            ends = block * np.arange(1, len(next(iter(arrays.values()))) + 1)
-            blocks = {n: _nan_after_divergence(v if n.startswith("W") else v[:, :, 0], ends, result)
-                      for n, v in arrays.items()}
-    curve = np.nan_to_num(result.eval_accuracy, nan=0.0)
-    return Run(result, accuracy(result, data.X_val, data.y_val), accuracy(result, data.X_test, data.y_test),
-               gamma, beta, moments, blocks, init, curve)
+        values = {n: nan_after_divergence(v[:, :, 0], trajectory.steps, result) for n, v in trajectory.arrays().items()}
+        gamma, beta = [values[f"gamma{i}"] for i in range(depth)], [values[f"beta{i}"] for i in range(depth)]
+    if moments:
+        probe_moments = {n: (nan_after_divergence(m, moments.steps, result),
+                             np.sqrt(nan_after_divergence(v, moments.steps, result)))
+                         for n, (m, v) in moments.moments().items()}
+    if blocks:
+        arrays = blocks.arrays()
+        ends = block * np.arange(1, len(next(iter(arrays.values()))) + 1)
+        block_values = {n: nan_after_divergence(v if n.startswith("W") else v[:, :, 0], ends, result)
+                        for n, v in arrays.items()}
+    return Run(result, eval_accuracy(result, data.X_val, data.y_val), eval_accuracy(result, data.X_test, data.y_test),
+               gamma, beta, probe_moments, block_values, init, np.nan_to_num(result.eval_accuracy, nan=0.0))
 
 
 def shuffled_plan(order_seed: int, data, epochs: int, batch_size: int, order: str = "shuffled") -> np.ndarray:
     """(T, B) batch indices: `epochs` epochs of `order` batches drawn from `order_seed`."""
     n = len(data.y_train)
-    return model.batch_plan(np.random.default_rng(order_seed), n, batch_size, _steps(epochs, batch_size, n),
+    return model.batch_plan(np.random.default_rng(order_seed), n, batch_size, epochs * (n // batch_size),
                             order, data.y_train)
 
 
@@ -180,15 +115,18 @@ def dead_fraction(result: model.StackResult, X: np.ndarray, layer: int) -> np.nd
     return (record[f"act{layer}"].max(axis=-2) <= 0).mean(axis=-1)
 
 
+def _seeds(rng: np.random.Generator) -> tuple[int, int, int]:
+    """(init, batch order, probe) seeds drawn from the experiment's generator."""
+    init_seed, order_seed, probe_seed = (int(s) for s in rng.integers(0, 2**62, size=3))
+    return init_seed, order_seed, probe_seed
+
+
 # ----------------------------------------------------------------------------- measurements
 
 
 def relative_step(traj: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """Mean per-step change of a parameter relative to the size of gamma.
-
-    traj, scale: (T + 1, A, D) trajectories (scale is gamma). Returns (A,):
-    mean_{t, j} |theta_{t+1, j} - theta_{t, j}|  /  mean_{t, j} |gamma_{t, j}|.
-    """
+    """Mean per-step change of a parameter relative to the size of gamma: traj, scale (T + 1, A, D)
+    (scale is gamma) -> (A,) mean_{t, j} |theta_{t+1, j} - theta_{t, j}| / mean_{t, j} |gamma_{t, j}|."""
     return np.abs(np.diff(traj, axis=0)).mean(axis=(0, 2)) / np.abs(scale).mean(axis=(0, 2))
 
 
@@ -203,12 +141,11 @@ def detrended_std(values: np.ndarray) -> np.ndarray:
 
 
 def late_fluctuation(gamma: np.ndarray, beta: np.ndarray, fraction: float = 0.25) -> np.ndarray:
-    """Fluctuation of (gamma, beta) over the last `fraction` of training, slow trend removed.
+    """Fluctuation of (gamma, beta) (T + 1, A, D) over the last `fraction` of training, slow trend removed.
 
-    gamma, beta: (T + 1, A, D). Per unit, the detrended std of gamma and of beta over the window,
-    summed over units and divided by the summed mean |gamma| (the scale of the layer's output):
-    "how far gamma and beta wobble, in units of the output's std". Returns (A,), the mean of the
-    gamma and beta values.
+    Per unit, the detrended std of gamma and of beta over the window, summed over units and divided
+    by the summed mean |gamma| (the scale of the layer's output): "how far gamma and beta wobble,
+    in units of the output's std". Returns (A,), the mean of the gamma and beta values.
     """
     w = max(int(round(fraction * (gamma.shape[0] - 1))), 3)
     g, b = gamma[-w:].astype(np.float64), beta[-w:].astype(np.float64)
@@ -221,12 +158,9 @@ SETTLE_WOBBLE_MULT = 2.0       # a block within 2x the late wobble of the final 
 
 
 def late_wobble(flat: np.ndarray, window: int) -> np.ndarray:
-    """Size of the late fluctuation of a block-averaged trajectory. flat: (K, A, P) -> (A,).
-
-    Over the last `window` blocks each coordinate's straight-line trend is removed; the wobble
-    is the root-mean-square over those blocks of the norm of what is left: how far a single block
-    sits from where the slow trend puts it, in the same units as the distance to the final value.
-    """
+    """Size of the late fluctuation of a block-averaged trajectory flat (K, A, P) -> (A,): over the last
+    `window` blocks each coordinate's straight-line trend is removed; the wobble is the root-mean-square
+    over those blocks of the norm of what is left (how far a block sits from where the trend puts it)."""
     late = flat[-window:]
     return np.sqrt((detrended_std(late) ** 2).sum(axis=-1))
 
@@ -236,18 +170,14 @@ def settle_fraction(blocks: np.ndarray, init: np.ndarray, tolerance: float = 0.2
                     wobble_mult: float = SETTLE_WOBBLE_MULT) -> np.ndarray:
     """When a parameter reaches, and stays within, `tolerance` of its final value -- up to the late wobble.
 
-    blocks: (K, A, ...) block averages over training; init: (A, ...) the initial value.
-    final = mean of the last `final_fraction` of the blocks (a long average, so the final value
-    itself carries little wobble); d_k = ||block_k - final||, d_0 = ||init - final|| (norms over
-    everything but the arm axis); nu = `late_wobble` over the same last blocks. The band is
-    sqrt((tolerance * d_0)^2 + (wobble_mult * nu)^2): with no wobble it is "80 % of the way
-    covered"; a parameter that keeps jittering at constant lr counts as arrived once its distance
-    to the final value is no more than its own late jitter explains (a block's distance to the
-    final value is about nu even when nothing but the wobble is left, and in many dimensions
-    that norm barely varies, so 2 nu is rarely exceeded by wobble alone). Returns (A,):
-    (k + 1) / K for the first block k from which every later block is inside the band -- the
-    fraction of training after which the parameter stays settled. Non-finite (diverged) arms
-    get 1.0 (never settled).
+    blocks: (K, A, ...) block averages over training; init: (A, ...) the initial value. final = mean
+    of the last `final_fraction` of the blocks; d_k = ||block_k - final||, d_0 = ||init - final||;
+    nu = `late_wobble` over the same last blocks. The band is sqrt((tolerance * d_0)^2 + (wobble_mult
+    * nu)^2): with no wobble "80 % of the way covered"; a parameter that keeps jittering at constant
+    lr counts as arrived once its distance to the final value is no more than its own late jitter
+    explains (in many dimensions that norm barely varies, so 2 nu is rarely exceeded by wobble alone).
+    Returns (A,): (k + 1) / K for the first block k from which every later block is inside the band;
+    non-finite (diverged) arms get 1.0 (never settled).
     """
     k_blocks, a = blocks.shape[:2]
     flat = blocks.reshape(k_blocks, a, -1).astype(np.float64)
@@ -259,8 +189,7 @@ def settle_fraction(blocks: np.ndarray, init: np.ndarray, tolerance: float = 0.2
     outside = ~(d <= band)                                            # NaN counts as outside
     # last block that is outside the band; settled from the block after it
     last_out = np.where(outside.any(axis=0), k_blocks - 1 - np.argmax(outside[::-1], axis=0), -1)
-    frac = (last_out + 2) / k_blocks
-    frac = np.minimum(frac, 1.0)
+    frac = np.minimum((last_out + 2) / k_blocks, 1.0)
     frac[~np.isfinite(d0) | ~np.isfinite(d).all(axis=0) | ~np.isfinite(band)] = 1.0
     return frac
 
@@ -271,10 +200,8 @@ def unit_directions(W: np.ndarray) -> np.ndarray:
 
 
 def probe_drift(mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    """Per-step shift of a layer's distribution on the probe, in units of its std.
-
-    mean, std: (T + 1, A, D). Returns (T, A): sum_j (|d mean_j| + |d std_j|) / sum_j std_j.
-    """
+    """Per-step shift of a layer's distribution on the probe, in units of its std: mean, std
+    (T + 1, A, D) -> (T, A) sum_j (|d mean_j| + |d std_j|) / sum_j std_j."""
     change = np.abs(np.diff(mean, axis=0)) + np.abs(np.diff(std, axis=0))
     return change.sum(axis=2) / std[:-1].sum(axis=2)
 
@@ -283,16 +210,6 @@ def per_epoch(values: np.ndarray, steps_per_epoch: int) -> np.ndarray:
     """(T, ...) -> (T // steps_per_epoch, ...) means over whole epochs."""
     e = values.shape[0] // steps_per_epoch
     return values[: e * steps_per_epoch].reshape((e, steps_per_epoch) + values.shape[1:]).mean(axis=1)
-
-
-def steps_to_target(curve: np.ndarray, eval_steps: np.ndarray, target: float, never: int) -> np.ndarray:
-    """First evaluation step at which accuracy >= target, per arm; `never` if it is not reached.
-
-    curve: (E, A) validation accuracy after eval_steps (E,). Returns (A,) float.
-    """
-    hit = curve >= target
-    first = np.argmax(hit, axis=0)
-    return np.where(hit.any(axis=0), eval_steps[first], never).astype(np.float64)
 
 
 def log_slope(x: np.ndarray, y: np.ndarray) -> float:
@@ -308,43 +225,30 @@ def lr_name(lr: float) -> str:
     return "lr" + f"{lr:g}".replace(".", "p").replace("-", "m")
 
 
-def _seeds(rng: np.random.Generator) -> tuple[int, int, int]:
-    """(init, batch order, probe) seeds drawn from the experiment's generator."""
-    init_seed, order_seed, probe_seed = (int(s) for s in rng.integers(0, 2**62, size=3))
-    return init_seed, order_seed, probe_seed
-
-
-def _steps(epochs: int, batch_size: int, n_train: int) -> int:
-    return epochs * (n_train // batch_size)
-
-
-def _probe(seed: int, data, size: int) -> np.ndarray:
-    """A fixed probe set: `size` training examples drawn once per run, never changed."""
-    pick = np.random.default_rng(seed).choice(len(data.y_train), size=size, replace=False)
-    return data.X_train[np.sort(pick)]
+def lr_axis(lrs) -> dict[str, str]:
+    """{'lr0p1': 'lr 0.1', ...}: a learning-rate axis for `axes` and `spread`."""
+    return {lr_name(lr): f"lr {lr:g}" for lr in lrs}
 
 
 # ----------------------------------------------------------------------------- 1. probe drift
+
+DRIFT = "per-step shift of {what} distribution on the probe (sum |d mean| + |d std| over units / sum std)"
 
 
 @experiment(
     "bn-vs-plain-probe-drift",
     metrics={
-        "drift_bn_l1": "BN net, common lr: per-step shift of layer 1's output distribution on the probe "
-                       "(sum |d mean| + |d std| over units / sum std), mean over training",
+        "drift_bn_l1": "BN net, common lr: " + DRIFT.format(what="layer 1's output") + ", mean over training",
         "drift_plain_l1": "no-norm net, common lr: the same for layer 1's pre-activation",
         "drift_bn_l2": "BN net, common lr: layer 2 output",
         "drift_plain_l2": "no-norm net, common lr: layer 2 pre-activation",
         "drift_bn_input_l1": "BN net, common lr: the same drift for the BN layer's INPUT (before normalizing), layer 1",
         "drift_bn_input_l2": "BN net, common lr: BN input, layer 2",
-        "drift_bn_common": "BN net, common lr: drift of the normalized output, mean of layers 1 and 2",
-        "drift_plain_common": "no-norm net, common lr: drift of the pre-activation, mean of layers 1 and 2",
-        "drift_bn_best": "BN net at its own best lr: drift of the normalized output, mean of layers 1 and 2",
-        "drift_plain_best": "no-norm net at its own best lr: drift of the pre-activation, mean of layers 1 and 2",
-        "val_acc_bn": "BN net, common lr: final validation accuracy",
-        "val_acc_plain": "no-norm net, common lr: final validation accuracy",
-        "val_acc_bn_best": "BN net at its best lr: final validation accuracy",
-        "val_acc_plain_best": "no-norm net at its best lr: final validation accuracy",
+        **axes({"drift_bn_{lr}": "BN net, {lr}: drift of the normalized output, mean of layers 1 and 2",
+                "drift_plain_{lr}": "no-norm net, {lr}: drift of the pre-activation, mean of layers 1 and 2"},
+               lr={"common": "common lr", "best": "its own best lr"}),
+        **axes({"val_acc[net]": "{net} net, common lr: final validation accuracy",
+                "val_acc_{net}_best": "{net} net at its best lr: final validation accuracy"}, net=NETS),
     },
     series={
         "epoch": "epoch number (x axis)",
@@ -364,17 +268,16 @@ def probe_drift_experiment(rng: np.random.Generator, *, lr_common: float = 0.1, 
     (normalized output gamma * xhat + beta) and the same MLP without normalization (pre-activation
     z = h W + b), each at a common learning rate and at its own best learning rate (fixed from a
     validation sweep on other seeds). At every step the hidden layers are run on a FIXED probe of
-    `probe_size` training examples; the per-unit mean and std of what each layer passes on are
-    recorded, and the drift is sum_j (|change of mean_j| + |change of std_j|) / sum_j std_j, i.e.
-    the distribution shift per step in units of its own spread. Scale: digits, 20 epochs, batch 32.
+    `probe_size` training examples; the drift is sum_j (|change of mean_j| + |change of std_j|) /
+    sum_j std_j of what each layer passes on: the distribution shift per step in units of its own
+    spread. Scale: digits, 20 epochs, batch 32.
     """
-    data = load()
+    data = digits()
     init_seed, order_seed, probe_seed = _seeds(rng)
-    steps = _steps(epochs, batch_size, len(data.y_train))
-    idx = shuffled_plan(order_seed, data, epochs, batch_size)
-    probe = _probe(probe_seed, data, probe_size)
-    bn = train(init_seed, data, mlp(2, width, True), [lr_common, lr_bn_best], plan=idx, probe=probe)
-    plain = train(init_seed, data, mlp(2, width, False), [lr_common, lr_plain_best], plan=idx, probe=probe)
+    plan = shuffled_plan(order_seed, data, epochs, batch_size)
+    probe = data.X_train[sample_rows(np.random.default_rng(probe_seed), len(data.y_train), probe_size)]
+    bn = train(init_seed, data, mlp(2, width, True), [lr_common, lr_bn_best], plan=plan, probe=probe)
+    plain = train(init_seed, data, mlp(2, width, False), [lr_common, lr_plain_best], plan=plan, probe=probe)
     d_bn = [probe_drift(*bn.probe[f"norm{i}"]) for i in range(2)]           # L x (T, 2)
     d_plain = [probe_drift(*plain.probe[f"pre{i}"]) for i in range(2)]
     d_input = [probe_drift(*bn.probe[f"pre{i}"]) for i in range(2)]
@@ -389,7 +292,7 @@ def probe_drift_experiment(rng: np.random.Generator, *, lr_common: float = 0.1, 
         "drift_plain_best": 0.5 * (d_plain[0][:, 1].mean() + d_plain[1][:, 1].mean()),
         "val_acc_bn": bn.val_acc[0], "val_acc_plain": plain.val_acc[0],
         "val_acc_bn_best": bn.val_acc[1], "val_acc_plain_best": plain.val_acc[1],
-        "epoch": np.arange(1, steps // spe + 1, dtype=float),
+        "epoch": np.arange(1, len(plan) // spe + 1, dtype=float),
         "bn_l1": per_epoch(d_bn[0][:, 0], spe), "plain_l1": per_epoch(d_plain[0][:, 0], spe),
         "bn_l2": per_epoch(d_bn[1][:, 0], spe), "plain_l2": per_epoch(d_plain[1][:, 0], spe),
         "bn_input_l2": per_epoch(d_input[1][:, 0], spe),
@@ -399,42 +302,22 @@ def probe_drift_experiment(rng: np.random.Generator, *, lr_common: float = 0.1, 
 # ----------------------------------------------------------------------------- 2. step size vs lr
 
 STEP_LRS = (0.001, 0.00316, 0.01, 0.0316, 0.1)
-
-
-def _gb_steps(record: Run) -> tuple[np.ndarray, np.ndarray]:
-    """Mean per-step |d gamma| and |d beta| over steps, units and BN layers: (A,), (A,)."""
-    dg = np.mean([np.abs(np.diff(g, axis=0)).mean(axis=(0, 2)) for g in record.gamma], axis=0)
-    db = np.mean([np.abs(np.diff(b, axis=0)).mean(axis=(0, 2)) for b in record.beta], axis=0)
-    return dg, db
+OPTIMIZERS = {"sgd": "SGD", "mom": "SGD + momentum 0.9"}
+GB = {"gb": "(|d gamma| + |d beta|) / 2", "gamma": "|d gamma|", "beta": "|d beta|"}
 
 
 @experiment(
     "gamma-beta-step-vs-lr",
-    metrics={
-        "slope_gb_sgd": "SGD: slope of log(mean per-step change of gamma and beta, (|d gamma| + |d beta|) / 2) "
-                        "against log(lr) over the lr grid",
-        "slope_gb_mom": "SGD + momentum 0.9: the same slope for gamma and beta together",
-        "step_gb_sgd_lr0p01": "SGD at lr 0.01: mean per-step (|d gamma| + |d beta|) / 2",
-        "step_gb_mom_lr0p01": "momentum 0.9 at lr 0.01: mean per-step (|d gamma| + |d beta|) / 2",
-        "slope_gamma_sgd": "SGD: slope of log(mean per-step |d gamma|) against log(lr) over the lr grid",
-        "slope_beta_sgd": "SGD: the same for beta",
-        "slope_gamma_mom": "SGD + momentum 0.9: slope for gamma",
-        "slope_beta_mom": "SGD + momentum 0.9: slope for beta",
-        "step_gamma_sgd_lr0p01": "SGD at lr 0.01: mean per-step |d gamma|",
-        "step_gamma_mom_lr0p01": "momentum 0.9 at lr 0.01: mean per-step |d gamma|",
-        "step_beta_sgd_lr0p01": "SGD at lr 0.01: mean per-step |d beta|",
-        "step_beta_mom_lr0p01": "momentum 0.9 at lr 0.01: mean per-step |d beta|",
+    metrics=axes({
+        "slope_{param}_{opt}": "{opt}: slope of log(mean per-step {param}) against log(lr) over the lr grid",
+        "step_{param}_{opt}_lr0p01": "{opt} at lr 0.01: mean per-step {param}",
         "n_diverged": "number of arms whose loss became non-finite",
-    },
-    series={
+    }, param=GB, opt=OPTIMIZERS),
+    series=axes({
         "lr": "learning rate (x axis)",
-        "step_gamma_sgd": "mean per-step |d gamma|, SGD",
-        "step_gamma_mom": "mean per-step |d gamma|, momentum 0.9",
-        "step_beta_sgd": "mean per-step |d beta|, SGD",
-        "step_beta_mom": "mean per-step |d beta|, momentum 0.9",
-        "val_acc_sgd": "final validation accuracy, SGD",
-        "val_acc_mom": "final validation accuracy, momentum 0.9",
-    },
+        "step_{param}_{opt}": "mean per-step {param}, {opt}",
+        "val_acc[opt]": "final validation accuracy, {opt}",
+    }, param={"gamma": "|d gamma|", "beta": "|d beta|"}, opt=OPTIMIZERS),
 )
 def step_vs_lr(rng: np.random.Generator, *, momentum: float = 0.9, epochs: int = 20, batch_size: int = 32,
                width: int = 64) -> dict:
@@ -446,30 +329,25 @@ def step_vs_lr(rng: np.random.Generator, *, momentum: float = 0.9, epochs: int =
     |gamma_{t+1} - gamma_t| (and beta); the scaling exponent is the least-squares slope of its
     log against log(lr). Scale: digits, 20 epochs, batch 32.
     """
-    data = load()
+    data = digits()
     init_seed, order_seed, _ = _seeds(rng)
-    idx = shuffled_plan(order_seed, data, epochs, batch_size)
-    lrs = np.array(STEP_LRS * 2)
-    mus = np.array([0.0] * len(STEP_LRS) + [momentum] * len(STEP_LRS))
-    rec = train(init_seed, data, mlp(2, width, True), lrs, mus, plan=idx, trajectory=True)
-    dg, db = _gb_steps(rec)
-    dg = np.where(rec.diverged, np.nan, dg)
-    db = np.where(rec.diverged, np.nan, db)
+    plan = shuffled_plan(order_seed, data, epochs, batch_size)
     k = len(STEP_LRS)
-    grid = np.array(STEP_LRS)
-    mid = STEP_LRS.index(0.01)
-    gb = 0.5 * (dg + db)
+    rec = train(init_seed, data, mlp(2, width, True), np.array(STEP_LRS * 2), np.array([0.0] * k + [momentum] * k),
+                plan=plan, trajectory=True)
+    dg = np.mean([np.abs(np.diff(g, axis=0)).mean(axis=(0, 2)) for g in rec.gamma], axis=0)
+    db = np.mean([np.abs(np.diff(b, axis=0)).mean(axis=(0, 2)) for b in rec.beta], axis=0)
+    dg, db = np.where(rec.diverged, np.nan, dg), np.where(rec.diverged, np.nan, db)
+    steps = {"gb": 0.5 * (dg + db), "gamma": dg, "beta": db}                 # each (2k,): SGD arms, then momentum
+    grid, mid = np.array(STEP_LRS), STEP_LRS.index(0.01)
+    by_opt = {param: value.reshape(2, k) for param, value in steps.items()}
+    slopes = [[log_slope(grid, row) for row in by_opt[param]] for param in GB]
     return {
-        "slope_gb_sgd": log_slope(grid, gb[:k]), "slope_gb_mom": log_slope(grid, gb[k:]),
-        "step_gb_sgd_lr0p01": gb[mid], "step_gb_mom_lr0p01": gb[k + mid],
-        "slope_gamma_sgd": log_slope(grid, dg[:k]), "slope_beta_sgd": log_slope(grid, db[:k]),
-        "slope_gamma_mom": log_slope(grid, dg[k:]), "slope_beta_mom": log_slope(grid, db[k:]),
-        "step_gamma_sgd_lr0p01": dg[mid], "step_gamma_mom_lr0p01": dg[k + mid],
-        "step_beta_sgd_lr0p01": db[mid], "step_beta_mom_lr0p01": db[k + mid],
-        "n_diverged": float(rec.diverged.sum()),
-        "lr": grid, "step_gamma_sgd": dg[:k], "step_gamma_mom": dg[k:],
-        "step_beta_sgd": db[:k], "step_beta_mom": db[k:],
-        "val_acc_sgd": rec.val_acc[:k], "val_acc_mom": rec.val_acc[k:],
+        **spread("slope_{param}_{opt}", slopes, param=GB, opt=OPTIMIZERS),
+        **spread("step_{param}_{opt}_lr0p01", [by_opt[param][:, mid] for param in GB], param=GB, opt=OPTIMIZERS),
+        "n_diverged": float(rec.diverged.sum()), "lr": grid,
+        **spread("step_{param}_{opt}", [by_opt["gamma"], by_opt["beta"]], param=("gamma", "beta"), opt=OPTIMIZERS),
+        **spread("val_acc[opt]", rec.val_acc.reshape(2, k), opt=OPTIMIZERS),
     }
 
 
@@ -477,14 +355,9 @@ def step_vs_lr(rng: np.random.Generator, *, momentum: float = 0.9, epochs: int =
 
 GRID_LRS = (0.01, 0.03, 0.1, 0.3, 1.0)
 DIVERGED_FLUCT = 1000.0  # the fluctuation metric of a diverged arm (gamma ran off to inf): "unbounded"
-ORDERS = ("shuffled", "class-sorted")
-
-
-def _rel_steps(record: Run) -> tuple[np.ndarray, np.ndarray]:
-    """Per-step |d gamma| and |d beta| relative to mean |gamma|, averaged over the BN layers: (A,), (A,)."""
-    g = np.mean([relative_step(gam, gam) for gam in record.gamma], axis=0)
-    b = np.mean([relative_step(bet, gam) for bet, gam in zip(record.beta, record.gamma)], axis=0)
-    return g, b
+ORDERS = {"shuffled": "shuffled", "sorted": "class-sorted"}   # metric name: batch order of `model.batch_plan`
+FLUCT = (f"detrended std of gamma and beta over the last 25 % of training / mean |gamma| ({DIVERGED_FLUCT:g} if "
+         f"diverged: unbounded)")
 
 
 def _fluct(record: Run) -> np.ndarray:
@@ -492,39 +365,26 @@ def _fluct(record: Run) -> np.ndarray:
     return np.mean([late_fluctuation(g, b) for g, b in zip(record.gamma, record.beta)], axis=0)
 
 
-def _grid_metrics() -> dict:
-    metrics = {}
-    for order in ("shuffled", "sorted"):
-        for lr in GRID_LRS:
-            tag = f"{order}_{lr_name(lr)}"
-            metrics[f"relstep_gamma_{tag}"] = (f"{order} batches, lr {lr:g}: mean per-step |d gamma| / mean |gamma|")
-            metrics[f"relstep_beta_{tag}"] = (f"{order} batches, lr {lr:g}: mean per-step |d beta| / mean |gamma|")
-            metrics[f"relstep_gb_{tag}"] = (f"{order} batches, lr {lr:g}: mean per-step change of gamma and beta, "
-                                            f"(|d gamma| + |d beta|) / 2 / mean |gamma|")
-            metrics[f"fluct_{tag}"] = (f"{order} batches, lr {lr:g}: detrended std of gamma and beta over the last "
-                                       f"25 % of training / mean |gamma| ({DIVERGED_FLUCT:g} if diverged: unbounded)")
-            metrics[f"val_acc_{tag}"] = f"{order} batches, lr {lr:g}: final validation accuracy (0 if diverged)"
-    metrics["n_diverged"] = "number of arms whose loss became non-finite"
-    return metrics
-
-
 @experiment(
     "gamma-beta-lr-order-grid",
-    metrics=_grid_metrics(),
-    series={
+    metrics=axes({
+        "relstep_gamma_{order}_{lr}": "{order} batches, {lr}: mean per-step |d gamma| / mean |gamma|",
+        "relstep_beta_{order}_{lr}": "{order} batches, {lr}: mean per-step |d beta| / mean |gamma|",
+        "relstep_gb_{order}_{lr}": "{order} batches, {lr}: mean per-step change of gamma and beta, "
+                                   "(|d gamma| + |d beta|) / 2 / mean |gamma|",
+        "fluct_{order}_{lr}": "{order} batches, {lr}: " + FLUCT,
+        "val_acc_{order}_{lr}": "{order} batches, {lr}: final validation accuracy (0 if diverged)",
+        "n_diverged": "number of arms whose loss became non-finite",
+    }, order=list(ORDERS), lr=lr_axis(GRID_LRS)),
+    series=axes({
         "lr": "learning rate (x axis)",
-        "relstep_gamma_shuffled": "per-step |d gamma| / |gamma|, shuffled batches",
-        "relstep_gamma_sorted": "per-step |d gamma| / |gamma|, class-sorted batches",
-        "relstep_beta_shuffled": "per-step |d beta| / |gamma|, shuffled batches",
-        "relstep_beta_sorted": "per-step |d beta| / |gamma|, class-sorted batches",
-        "fluct_shuffled": "late detrended fluctuation of gamma, beta, shuffled (NaN if diverged)",
-        "fluct_sorted": "late detrended fluctuation of gamma, beta, class-sorted (NaN if diverged)",
-        "val_acc_shuffled": "final validation accuracy, shuffled",
-        "val_acc_sorted": "final validation accuracy, class-sorted",
+        "relstep_gamma[order]": "per-step |d gamma| / |gamma|, {order} batches",
+        "relstep_beta[order]": "per-step |d beta| / |gamma|, {order} batches",
+        "fluct[order]": "late detrended fluctuation of gamma, beta, {order} (NaN if diverged)",
+        "val_acc[order]": "final validation accuracy, {order}",
         "epoch": "epoch number (x axis of the per-epoch curves)",
-        "relstep_epoch_shuffled_lr0p1": "per-step |d gamma| / |gamma|, mean over each epoch, shuffled, lr 0.1",
-        "relstep_epoch_sorted_lr0p1": "per-step |d gamma| / |gamma|, mean over each epoch, class-sorted, lr 0.1",
-    },
+        "relstep_epoch_{order}_lr0p1": "per-step |d gamma| / |gamma|, mean over each epoch, {order}, lr 0.1",
+    }, order=ORDERS),
 )
 def lr_order_grid(rng: np.random.Generator, *, epochs: int = 20, batch_size: int = 32, width: int = 64) -> dict:
     """Per-step changes and late fluctuation of gamma, beta over learning rate x batch order.
@@ -536,43 +396,34 @@ def lr_order_grid(rng: np.random.Generator, *, epochs: int = 20, batch_size: int
     |d beta| relative to mean |gamma|; the detrended (straight line removed, per unit) std of gamma
     and beta over the last 25 % of steps relative to mean |gamma|. Scale: digits, 20 epochs, batch 32.
     """
-    data = load()
+    data = digits()
     init_seed, order_seed, _ = _seeds(rng)
     n = len(data.y_train)
-    steps = _steps(epochs, batch_size, n)
+    steps = epochs * (n // batch_size)
     order_rngs = np.random.default_rng(order_seed).spawn(2)
-    streams = [model.batch_plan(r, n, batch_size, steps, o, data.y_train) for r, o in zip(order_rngs, ORDERS)]
+    streams = [model.batch_plan(r, n, batch_size, steps, o, data.y_train) for r, o in zip(order_rngs, ORDERS.values())]
     k = len(GRID_LRS)
-    idx = np.stack([streams[0]] * k + [streams[1]] * k)          # (2k, T, B)
-    lrs = np.array(GRID_LRS * 2)
-    rec = train(init_seed, data, mlp(2, width, True), lrs, plan=idx, trajectory=True)
-    g, b = _rel_steps(rec)
+    rec = train(init_seed, data, mlp(2, width, True), np.array(GRID_LRS * 2),
+                plan=np.stack([streams[0]] * k + [streams[1]] * k), trajectory=True)     # (2k, T, B)
+    g = np.mean([relative_step(gam, gam) for gam in rec.gamma], axis=0)
+    b = np.mean([relative_step(bet, gam) for bet, gam in zip(rec.beta, rec.gamma)], axis=0)
     fl = np.where(rec.diverged, np.nan, _fluct(rec))
     acc = np.where(rec.diverged, 0.0, rec.val_acc)
-    out: dict = {"n_diverged": float(rec.diverged.sum())}
-    for j, order in enumerate(("shuffled", "sorted")):
-        for i, lr in enumerate(GRID_LRS):
-            a = j * k + i
-            tag = f"{order}_{lr_name(lr)}"
-            out[f"relstep_gamma_{tag}"] = g[a]
-            out[f"relstep_beta_{tag}"] = b[a]
-            out[f"relstep_gb_{tag}"] = 0.5 * (g[a] + b[a])
-            out[f"fluct_{tag}"] = DIVERGED_FLUCT if rec.diverged[a] else fl[a]
-            out[f"val_acc_{tag}"] = acc[a]
-        out[f"relstep_gamma_{order}"] = g[j * k:(j + 1) * k]
-        out[f"relstep_beta_{order}"] = b[j * k:(j + 1) * k]
-        out[f"fluct_{order}"] = fl[j * k:(j + 1) * k]
-        out[f"val_acc_{order}"] = acc[j * k:(j + 1) * k]
     spe = n // batch_size
     mid = GRID_LRS.index(0.1)
     # (T, A): per-step |d gamma| summed over units and layers / summed |gamma|
     change = sum(np.abs(np.diff(gam, axis=0)).sum(axis=2) for gam in rec.gamma)
     size = sum(np.abs(gam[:-1]).sum(axis=2) for gam in rec.gamma)
     curve = per_epoch(change / size, spe)
-    out["lr"] = np.array(GRID_LRS)
-    out["epoch"] = np.arange(1, steps // spe + 1, dtype=float)
-    out["relstep_epoch_shuffled_lr0p1"] = curve[:, mid]
-    out["relstep_epoch_sorted_lr0p1"] = curve[:, k + mid]
+    by_order = {"relstep_gamma": g, "relstep_beta": b, "relstep_gb": 0.5 * (g + b),
+                "fluct": np.where(rec.diverged, DIVERGED_FLUCT, fl), "val_acc": acc}
+    out: dict = {"n_diverged": float(rec.diverged.sum()), "lr": np.array(GRID_LRS),
+                 "epoch": np.arange(1, steps // spe + 1, dtype=float),
+                 **spread("relstep_epoch_{order}_lr0p1", curve[:, [mid, k + mid]].T, order=ORDERS)}
+    for name, values in by_order.items():
+        out.update(spread(f"{name}_{{order}}_{{lr}}", values.reshape(2, k), order=ORDERS, lr=lr_axis(GRID_LRS)))
+    for name, values in (("relstep_gamma", g), ("relstep_beta", b), ("fluct", fl), ("val_acc", acc)):
+        out.update(spread(f"{name}[order]", values.reshape(2, k), order=ORDERS))
     return out
 
 
@@ -582,26 +433,18 @@ SETTLE_LRS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 SETTLE_TOLERANCE = 0.2
 
 
-def _settle_metrics() -> dict:
-    metrics = {}
-    for lr in SETTLE_LRS:
-        tag = lr_name(lr)
-        metrics[f"settle_gb_{tag}"] = (f"lr {lr:g}: fraction of training after which gamma and beta stay within "
-                                       f"{SETTLE_TOLERANCE:g} of their initial distance to the final value (mean "
-                                       f"of the last quarter), widened by twice their late detrended wobble "
-                                       f"(mean over gamma, beta of both BN layers; 1 = never)")
-        metrics[f"settle_wdir_{tag}"] = (f"lr {lr:g}: the same for the unit directions of W (columns scaled to "
-                                         f"length 1), mean over both BN layers")
-        metrics[f"fluct_{tag}"] = (f"lr {lr:g}: detrended std of gamma and beta over the last 25 % of training / "
-                                   f"mean |gamma| ({DIVERGED_FLUCT:g} if diverged: unbounded)")
-        metrics[f"val_acc_{tag}"] = f"lr {lr:g}: final validation accuracy (0 if diverged)"
-        metrics[f"diverged_{tag}"] = f"lr {lr:g}: 1 if the loss became non-finite"
-    return metrics
-
-
 @experiment(
     "gamma-beta-settling",
-    metrics=_settle_metrics(),
+    metrics=axes({
+        "settle_gb[lr]": f"{{lr}}: fraction of training after which gamma and beta stay within {SETTLE_TOLERANCE:g} "
+                         f"of their initial distance to the final value (mean of the last quarter), widened by "
+                         f"twice their late detrended wobble (mean over gamma, beta of both BN layers; 1 = never)",
+        "settle_wdir[lr]": "{lr}: the same for the unit directions of W (columns scaled to length 1), mean over "
+                           "both BN layers",
+        "fluct[lr]": "{lr}: " + FLUCT,
+        "val_acc[lr]": "{lr}: final validation accuracy (0 if diverged)",
+        "diverged[lr]": "{lr}: 1 if the loss became non-finite",
+    }, lr=lr_axis(SETTLE_LRS)),
     series={
         "lr": "learning rate (x axis)",
         "settle_gb": "fraction of training until gamma, beta settle (1 = never)",
@@ -627,54 +470,50 @@ def settling(rng: np.random.Generator, *, epochs: int = 20, batch_size: int = 32
     the final value is the mean of the blocks of the last quarter of training (5 epochs). A
     parameter has settled from the first block after which its distance to the final value stays
     within sqrt((0.2 d_0)^2 + (2 nu)^2), d_0 its initial distance and nu its late wobble (the
-    detrended block-to-block jitter over the last quarter): it has covered 80 % of its way, or
-    is as close as its constant-lr jitter lets it be, and does not leave again (`settle_fraction`). Also the late-training
-    detrended fluctuation of gamma, beta. Scale: digits, 20 epochs (660 steps), batch 32.
+    detrended block-to-block jitter over the last quarter): it has covered 80 % of its way, or is as
+    close as its constant-lr jitter lets it be, and does not leave again (`settle_fraction`). Also
+    the late-training detrended fluctuation of gamma, beta. Scale: digits, 20 epochs (660 steps), batch 32.
     """
-    data = load()
+    data = digits()
     init_seed, order_seed, _ = _seeds(rng)
-    idx = shuffled_plan(order_seed, data, epochs, batch_size)
     lrs = np.array(SETTLE_LRS)
-    rec = train(init_seed, data, mlp(2, width, True), lrs, plan=idx, trajectory=True, block=block_steps)
-    L, a = len(rec.gamma), len(lrs)
-    blocks = rec.blocks
-    init = {name: np.broadcast_to(value, (a,) + value.shape) for name, value in rec.init.items()}
-    s_gamma = np.mean([settle_fraction(blocks[f"gamma{i}"], init[f"gamma{i}"]) for i in range(L)], axis=0)
-    s_beta = np.mean([settle_fraction(blocks[f"beta{i}"], init[f"beta{i}"]) for i in range(L)], axis=0)
-    s_gb = 0.5 * (s_gamma + s_beta)
-    s_wdir = np.mean([settle_fraction(unit_directions(blocks[f"W{i}"]), unit_directions(init[f"W{i}"]))
-                      for i in range(L)], axis=0)
-    s_wraw = np.mean([settle_fraction(blocks[f"W{i}"], init[f"W{i}"]) for i in range(L)], axis=0)
+    rec = train(init_seed, data, mlp(2, width, True), lrs, plan=shuffled_plan(order_seed, data, epochs, batch_size),
+                trajectory=True, block=block_steps)
+    layers, blocks = range(len(rec.gamma)), rec.blocks
+    init = {name: np.broadcast_to(value, (len(lrs),) + value.shape) for name, value in rec.init.items()}
+
+    def settle(name, transform=lambda w: w):
+        return np.mean([settle_fraction(transform(blocks[f"{name}{i}"]), transform(init[f"{name}{i}"]))
+                        for i in layers], axis=0)
+
+    s_gamma, s_beta = settle("gamma"), settle("beta")
+    s_gb, s_wdir = 0.5 * (s_gamma + s_beta), settle("W", unit_directions)
     fl = _fluct(rec)
-    out: dict = {}
-    for a, lr in enumerate(SETTLE_LRS):
-        tag = lr_name(lr)
-        out[f"settle_gb_{tag}"] = s_gb[a]
-        out[f"settle_wdir_{tag}"] = s_wdir[a]
-        out[f"fluct_{tag}"] = DIVERGED_FLUCT if rec.diverged[a] else fl[a]
-        out[f"val_acc_{tag}"] = 0.0 if rec.diverged[a] else rec.val_acc[a]
-        out[f"diverged_{tag}"] = float(rec.diverged[a])
-    # distance curves at lr 0.1, relative to the initial distance (the settling criterion's scale)
     mid = SETTLE_LRS.index(0.1)
 
     def rel_dist(blocks, init):
+        """Distance curve at lr 0.1, relative to the initial distance (the settling criterion's scale)."""
         flat = blocks[:, mid].reshape(blocks.shape[0], -1).astype(np.float64)
         final = flat[-max(int(round(SETTLE_FINAL_FRACTION * flat.shape[0])), 3):].mean(axis=0)
         return np.linalg.norm(flat - final, axis=1) / np.linalg.norm(init[mid].ravel() - final)
 
-    dist_gb = np.mean([rel_dist(blocks[f"gamma{i}"], init[f"gamma{i}"]) for i in range(L)]
-                      + [rel_dist(blocks[f"beta{i}"], init[f"beta{i}"]) for i in range(L)], axis=0)
-    dist_w = np.mean([rel_dist(unit_directions(blocks[f"W{i}"]), unit_directions(init[f"W{i}"]))
-                      for i in range(L)], axis=0)
+    dist_gb = np.mean([rel_dist(blocks[f"gamma{i}"], init[f"gamma{i}"]) for i in layers]
+                      + [rel_dist(blocks[f"beta{i}"], init[f"beta{i}"]) for i in layers], axis=0)
+    dist_w = np.mean([rel_dist(unit_directions(blocks[f"W{i}"]), unit_directions(init[f"W{i}"])) for i in layers],
+                     axis=0)
     k_blocks = blocks["gamma0"].shape[0]
-    out.update({
+    lr = lr_axis(SETTLE_LRS)
+    return {
+        **spread("settle_gb[lr]", s_gb, lr=lr), **spread("settle_wdir[lr]", s_wdir, lr=lr),
+        **spread("fluct[lr]", np.where(rec.diverged, DIVERGED_FLUCT, fl), lr=lr),
+        **spread("val_acc[lr]", np.where(rec.diverged, 0.0, rec.val_acc), lr=lr),
+        **spread("diverged[lr]", rec.diverged.astype(float), lr=lr),
         "lr": lrs, "settle_gb": s_gb, "settle_gamma": s_gamma, "settle_beta": s_beta,
-        "settle_wdir": s_wdir, "settle_wraw": s_wraw,
+        "settle_wdir": s_wdir, "settle_wraw": settle("W"),
         "fluct": np.where(rec.diverged, np.nan, fl), "val_acc": np.where(rec.diverged, np.nan, rec.val_acc),
         "diverged": rec.diverged.astype(float),
         "progress": np.arange(1, k_blocks + 1) / k_blocks, "dist_gb_lr0p1": dist_gb, "dist_wdir_lr0p1": dist_w,
-    })
-    return out
+    }
 
 
 # ----------------------------------------------------------------------------- 5. BN vs no norm: need
@@ -722,26 +561,25 @@ def choose_lr(init_seed: int, data, plan: np.ndarray, config: model.MLPConfig, l
                     best in (0, len(rows) - 1), tuple(float(r[0]) for r in rows))
 
 
+DEPTHS = ("shallow", "deep")
+
+
 @experiment(
     "bn-need-shallow-deep",
-    metrics={
-        **{f"test_acc_{net}_{d}": f"{'BN' if net == 'bn' else 'no-norm'} MLP with {d} hidden layers: test accuracy "
-           f"at its own best lr (chosen on validation)" for d in ("shallow", "deep") for net in ("bn", "plain")},
-        **{f"steps_{net}_{d}": f"{'BN' if net == 'bn' else 'no-norm'} MLP, {d}: steps to the target validation "
-           f"accuracy at the common lr (censored at the end of training + 1 evaluation)"
-           for d in ("shallow", "deep") for net in ("bn", "plain")},
-        **{f"best_lr_{net}_{d}": f"{'BN' if net == 'bn' else 'no-norm'} MLP, {d}: the lr chosen on validation"
-           for d in ("shallow", "deep") for net in ("bn", "plain")},
+    metrics=axes({
+        "test_acc_{net}_{d}": "{net} MLP with {d} hidden layers: test accuracy at its own best lr (chosen on "
+                              "validation)",
+        "steps_{net}_{d}": "{net} MLP, {d}: steps to the target validation accuracy at the common lr (censored at "
+                           "the end of training + 1 evaluation)",
+        "best_lr_{net}_{d}": "{net} MLP, {d}: the lr chosen on validation",
         "n_at_edge": "how many of the four best lrs stayed at an edge of the extended grid",
-    },
-    series={
+    }, net=NETS, d=DEPTHS),
+    series=axes({
         "eval_step": "training step (x axis of the curves)",
-        **{f"curve_{net}_{d}": f"validation accuracy during training at the common lr, "
-           f"{'BN' if net == 'bn' else 'no-norm'}, {d}" for d in ("shallow", "deep") for net in ("bn", "plain")},
+        "curve_{net}_{d}": "validation accuracy during training at the common lr, {net}, {d}",
         "lr": "learning rate (x axis of the sweep)",
-        **{f"val_{net}_{d}": f"final validation accuracy per lr (0 if diverged), "
-           f"{'BN' if net == 'bn' else 'no-norm'}, {d}" for d in ("shallow", "deep") for net in ("bn", "plain")},
-    },
+        "val_{net}_{d}": "final validation accuracy per lr (0 if diverged), {net}, {d}",
+    }, net=NETS, d=DEPTHS),
 )
 def need_shallow_deep(rng: np.random.Generator, *, shallow: int = 2, deep: int = 8, width: int = 64,
                       lr_common: float = 0.1, target: float = 0.9, epochs: int = 20, batch_size: int = 32,
@@ -756,23 +594,21 @@ def need_shallow_deep(rng: np.random.Generator, *, shallow: int = 2, deep: int =
     accuracy at the common moderate lr `lr_common` (validation checked every `eval_every` steps).
     Scale: digits, 20 epochs (660 steps), batch 32.
     """
-    data = load()
+    data = digits()
     init_seed, order_seed, _ = _seeds(rng)
-    steps = _steps(epochs, batch_size, len(data.y_train))
-    idx = shuffled_plan(order_seed, data, epochs, batch_size)
+    plan = shuffled_plan(order_seed, data, epochs, batch_size)
     lrs = tuple(sorted(set(NEED_LRS) | {lr_common}))
     common = lrs.index(lr_common)
     out: dict = {"lr": np.array(lrs)}
     edges = 0
-    for dname, depth in (("shallow", shallow), ("deep", deep)):
-        for net in ("bn", "plain"):
-            choice = choose_lr(init_seed + depth, data, idx, mlp(depth, width, net == "bn"), lrs, eval_every)
+    for dname, depth in zip(DEPTHS, (shallow, deep)):
+        for net in NETS:
+            choice = choose_lr(init_seed + depth, data, plan, mlp(depth, width, net == "bn"), lrs, eval_every)
             rec = choice.grid
             curve = rec.curve[:, common]
-            never = steps + eval_every
             out[f"test_acc_{net}_{dname}"] = choice.best_test
             out[f"best_lr_{net}_{dname}"] = choice.best_lr
-            out[f"steps_{net}_{dname}"] = steps_to_target(curve[:, None], rec.eval_steps, target, never)[0]
+            out[f"steps_{net}_{dname}"] = steps_to(curve[None], rec.eval_steps, target, len(plan) + eval_every)[0]
             out[f"curve_{net}_{dname}"] = curve
             out[f"val_{net}_{dname}"] = rec.val_acc
             out["eval_step"] = rec.eval_steps.astype(float)
@@ -785,6 +621,7 @@ def need_shallow_deep(rng: np.random.Generator, *, shallow: int = 2, deep: int =
 
 STABILITY_LRS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
 TRAINS_ACC = 0.5   # "trains": finite loss throughout and final validation accuracy >= 0.5 (chance is 0.1)
+STABILITY_NETS = {"bn": "BN", "plain": "no norm"}
 
 
 def _max_trained_lr(rec: Run, lrs: tuple) -> float:
@@ -798,30 +635,23 @@ def _max_trained_lr(rec: Run, lrs: tuple) -> float:
     metrics={
         "max_lr_bn": "largest lr of the grid at which the BN net trains (finite, validation accuracy >= 0.5)",
         "max_lr_plain": "the same for the no-norm net",
-        "best_lr_bn": "lr with the best validation accuracy, BN",
-        "best_lr_plain": "lr with the best validation accuracy, no norm",
-        "test_acc_bn_best": "BN: test accuracy at the lr chosen on validation",
-        "test_acc_plain_best": "no norm: test accuracy at the lr chosen on validation",
+        **axes({"best_lr[net]": "lr with the best validation accuracy, {net}",
+                "test_acc_{net}_best": "{net}: test accuracy at the lr chosen on validation"}, net=STABILITY_NETS),
         "test_acc_bn_high": "BN: test accuracy at the 'really high' lr (0 if diverged)",
         "steps_bn_high": "BN: steps to the target validation accuracy at the really high lr (censored)",
         "steps_bn_moderate": "BN: steps to the target validation accuracy at the moderate lr (censored)",
         "steps_plain_best": "no norm: steps to the target validation accuracy at its best lr (censored)",
-        "n_diverged_bn": "BN: number of lrs at which the loss became non-finite",
-        "n_diverged_plain": "no norm: number of lrs at which the loss became non-finite",
-        "n_stuck_bn": "BN: number of lrs finite but below 0.5 validation accuracy",
-        "n_stuck_plain": "no norm: number of lrs finite but below 0.5 validation accuracy",
+        **axes({"n_diverged[net]": "{net}: number of lrs at which the loss became non-finite",
+                "n_stuck[net]": "{net}: number of lrs finite but below 0.5 validation accuracy"}, net=STABILITY_NETS),
         "dead_last_bn_high": "BN at the really high lr: fraction of the last hidden layer's units that output 0 "
                              "on every validation example (dead ReLUs)",
         "dead_last_bn_best": "BN at its best lr: the same fraction",
     },
     series={
         "lr": "learning rate (x axis)",
-        "val_acc_bn": "final validation accuracy, BN (0 if diverged)",
-        "val_acc_plain": "final validation accuracy, no norm (0 if diverged)",
-        "diverged_bn": "1 if the BN net diverged (non-finite loss)",
-        "diverged_plain": "1 if the no-norm net diverged",
-        "stuck_bn": "1 if the BN net is finite but below 0.5 validation accuracy",
-        "stuck_plain": "1 if the no-norm net is finite but below 0.5 validation accuracy",
+        **axes({"val_acc[net]": "final validation accuracy, {net} (0 if diverged)",
+                "diverged[net]": "1 if the {net} net diverged (non-finite loss)",
+                "stuck[net]": "1 if the {net} net is finite but below 0.5 validation accuracy"}, net=STABILITY_NETS),
         "eval_step": "training step (x axis of the curves)",
         "curve_bn_high": "validation accuracy during training, BN at the really high lr",
         "curve_bn_moderate": "validation accuracy during training, BN at the moderate lr",
@@ -840,20 +670,19 @@ def lr_stability(rng: np.random.Generator, *, depth: int = 4, width: int = 64, l
     to `target`); the fraction of dead units in the BN net's last hidden layer (why it gets stuck).
     Scale: digits, 20 epochs (660 steps), batch 32.
     """
-    data = load()
+    data = digits()
     init_seed, order_seed, _ = _seeds(rng)
-    steps = _steps(epochs, batch_size, len(data.y_train))
-    idx = shuffled_plan(order_seed, data, epochs, batch_size)
+    plan = shuffled_plan(order_seed, data, epochs, batch_size)
     lrs = tuple(sorted(set(STABILITY_LRS) | {lr_high, lr_moderate}))
-    bn = train(init_seed, data, mlp(depth, width, True), lrs, plan=idx, eval_every=eval_every)
-    plain = train(init_seed, data, mlp(depth, width, False), lrs, plan=idx, eval_every=eval_every)
-    never = steps + eval_every
+    bn = train(init_seed, data, mlp(depth, width, True), lrs, plan=plan, eval_every=eval_every)
+    plain = train(init_seed, data, mlp(depth, width, False), lrs, plan=plan, eval_every=eval_every)
+    never = len(plan) + eval_every
     hi, mod = lrs.index(lr_high), lrs.index(lr_moderate)
     best_bn = model.select_lr(lrs, bn.val_acc, bn.diverged)
     best_plain = model.select_lr(lrs, plain.val_acc, plain.diverged)
-    steps_bn = steps_to_target(bn.curve, bn.eval_steps, target, never)
-    steps_plain = steps_to_target(plain.curve, plain.eval_steps, target, never)
-    stuck = lambda r: (~r.diverged & (r.val_acc < TRAINS_ACC)).astype(float)  # noqa: E731
+    steps_bn = steps_to(bn.curve.T, bn.eval_steps, target, never)
+    steps_plain = steps_to(plain.curve.T, plain.eval_steps, target, never)
+    stuck = [(~r.diverged & (r.val_acc < TRAINS_ACC)).astype(float) for r in (bn, plain)]
     dead = np.where(bn.diverged, 1.0, dead_fraction(bn.result, data.X_val, depth - 1))
     return {
         "max_lr_bn": _max_trained_lr(bn, lrs), "max_lr_plain": _max_trained_lr(plain, lrs),
@@ -862,13 +691,13 @@ def lr_stability(rng: np.random.Generator, *, depth: int = 4, width: int = 64, l
         "test_acc_bn_high": 0.0 if bn.diverged[hi] else bn.test_acc[hi],
         "steps_bn_high": steps_bn[hi], "steps_bn_moderate": steps_bn[mod],
         "steps_plain_best": steps_plain[best_plain],
-        "n_diverged_bn": float(bn.diverged.sum()), "n_diverged_plain": float(plain.diverged.sum()),
-        "n_stuck_bn": stuck(bn).sum(), "n_stuck_plain": stuck(plain).sum(),
+        **spread("n_diverged[net]", [float(bn.diverged.sum()), float(plain.diverged.sum())], net=STABILITY_NETS),
+        **spread("n_stuck[net]", [s.sum() for s in stuck], net=STABILITY_NETS),
         "dead_last_bn_high": dead[hi], "dead_last_bn_best": dead[best_bn],
         "lr": np.array(lrs),
-        "val_acc_bn": bn.val_acc, "val_acc_plain": plain.val_acc,
-        "diverged_bn": bn.diverged.astype(float), "diverged_plain": plain.diverged.astype(float),
-        "stuck_bn": stuck(bn), "stuck_plain": stuck(plain),
+        **spread("val_acc[net]", [bn.val_acc, plain.val_acc], net=STABILITY_NETS),
+        **spread("diverged[net]", [bn.diverged.astype(float), plain.diverged.astype(float)], net=STABILITY_NETS),
+        **spread("stuck[net]", stuck, net=STABILITY_NETS),
         "eval_step": bn.eval_steps.astype(float),
         "curve_bn_high": np.where(bn.diverged[hi], np.nan, bn.curve[:, hi]),
         "curve_bn_moderate": bn.curve[:, mod],
@@ -943,19 +772,17 @@ QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 
 @experiment(
     "bn-cancel-check",
-    metrics={
-        **{f"frac_identity_{lr_name(lr)}": f"lr {lr:g}: fraction of BN units whose trained gamma, beta undo the "
-           f"normalization (|log(gamma/sigma)| < log 1.2 and |beta - mu|/sigma < 0.2)" for lr in CANCEL_LRS},
+    metrics=axes({
+        "frac_identity[lr]": "{lr}: fraction of BN units whose trained gamma, beta undo the normalization "
+                             "(|log(gamma/sigma)| < log 1.2 and |beta - mu|/sigma < 0.2)",
         "frac_identity_init": "the same fraction at initialization (gamma = 1, beta = 0)",
-        **{f"mismatch_{lr_name(lr)}": f"lr {lr:g}: median over units of |log(gamma/sigma)| + |beta - mu|/sigma "
-           f"after training (0 = the layer is the identity)" for lr in CANCEL_LRS},
+        "mismatch[lr]": "{lr}: median over units of |log(gamma/sigma)| + |beta - mu|/sigma after training "
+                        "(0 = the layer is the identity)",
         "mismatch_init": "the same median at initialization",
-        **{f"acc_bn_{lr_name(lr)}": f"lr {lr:g}: test accuracy of the trained BN net" for lr in CANCEL_LRS},
-        **{f"acc_removed_{lr_name(lr)}": f"lr {lr:g}: test accuracy of the same weights with BN replaced by the "
-           f"identity" for lr in CANCEL_LRS},
-        **{f"agreement_{lr_name(lr)}": f"lr {lr:g}: fraction of test predictions the two agree on"
-           for lr in CANCEL_LRS},
-    },
+        "acc_bn[lr]": "{lr}: test accuracy of the trained BN net",
+        "acc_removed[lr]": "{lr}: test accuracy of the same weights with BN replaced by the identity",
+        "agreement[lr]": "{lr}: fraction of test predictions the two agree on",
+    }, lr=lr_axis(CANCEL_LRS)),
     series={
         "quantile": "quantile over units (x axis)",
         "log_gamma_over_sigma_init": "quantiles over units of log(gamma / sigma) at initialization",
@@ -979,11 +806,10 @@ def cancel_check(rng: np.random.Generator, *, width: int = 64, epochs: int = 20,
     same weights with every BN layer replaced by the identity (test accuracy, agreement).
     Scale: digits, 20 epochs (660 steps), batch 32; 128 BN units per net.
     """
-    data = load()
+    data = digits()
     init_seed, order_seed, _ = _seeds(rng)
-    idx = shuffled_plan(order_seed, data, epochs, batch_size)
     config = mlp(2, width, True)
-    run = train(init_seed, data, config, CANCEL_LRS, plan=idx)
+    run = train(init_seed, data, config, CANCEL_LRS, plan=shuffled_plan(order_seed, data, epochs, batch_size))
     params = run.result.params
     scale0, shift0 = identity_mismatch(run.init, config, data.X_train)
     scale1, shift1 = identity_mismatch(params, config, data.X_train)
@@ -993,8 +819,7 @@ def cancel_check(rng: np.random.Generator, *, width: int = 64, epochs: int = 20,
     acc_removed = model.logits_accuracy(logits_removed, data.y_test)
     agree = (logits_bn.argmax(axis=2) == logits_removed.argmax(axis=2)).mean(axis=1)
     identity = lambda sc, sh: ((sc < IDENTITY_SCALE) & (sh < IDENTITY_SHIFT)).mean(axis=-1)  # noqa: E731
-    frac0, frac1 = identity(scale0, shift0), identity(scale1, shift1)
-    mis0, mis1 = np.median(scale0 + shift0, axis=-1), np.median(scale1 + shift1, axis=-1)
+    frac1 = identity(scale1, shift1)
     mid = CANCEL_LRS.index(0.1)
     means0, stds0 = population_moments(run.init, config, data.X_train)
     means1, stds1 = population_moments(params, config, data.X_train)
@@ -1004,21 +829,17 @@ def cancel_check(rng: np.random.Generator, *, width: int = 64, epochs: int = 20,
     s0, m0 = np.concatenate(stds0), np.concatenate(means0)
     with np.errstate(divide="ignore", invalid="ignore"):
         log_ratio_end = np.log(np.abs(g1) / s1)
-    out: dict = {"frac_identity_init": frac0, "mismatch_init": mis0}
-    for a, lr in enumerate(CANCEL_LRS):
-        tag = lr_name(lr)
-        out[f"frac_identity_{tag}"] = frac1[a]
-        out[f"mismatch_{tag}"] = mis1[a]
-        out[f"acc_bn_{tag}"] = acc_bn[a]
-        out[f"acc_removed_{tag}"] = acc_removed[a]
-        out[f"agreement_{tag}"] = agree[a]
-    q = np.array(QUANTILES)
-    out.update({
+    lr, q = lr_axis(CANCEL_LRS), np.array(QUANTILES)
+    return {
+        "frac_identity_init": identity(scale0, shift0), "mismatch_init": np.median(scale0 + shift0, axis=-1),
+        **spread("frac_identity[lr]", frac1, lr=lr),
+        **spread("mismatch[lr]", np.median(scale1 + shift1, axis=-1), lr=lr),
+        **spread("acc_bn[lr]", acc_bn, lr=lr), **spread("acc_removed[lr]", acc_removed, lr=lr),
+        **spread("agreement[lr]", agree, lr=lr),
         "quantile": q,
         "log_gamma_over_sigma_init": np.quantile(np.log(1.0 / s0), q),
         "log_gamma_over_sigma_end": np.quantile(log_ratio_end, q),
         "shift_init": np.quantile((0.0 - m0) / s0, q),
         "shift_end": np.quantile((b1 - m1) / s1, q),
         "lr": np.array(CANCEL_LRS), "acc_bn": acc_bn, "acc_removed": acc_removed, "frac_identity": frac1,
-    })
-    return out
+    }
