@@ -91,6 +91,23 @@ CONDITION_SCHEMA = {
     },
 }
 
+ALSO_SCHEMA = {
+    "type": "array",
+    "description": "Other sentences of the same thread that assert the same thing, in the same scope, as the "
+                   "quote: the verdict answers them too. Each is matched like source.quote, and the thread's "
+                   "sentence map must name the claim on its sentence",
+    "items": {
+        "type": "object",
+        "description": "One more quote of the claim's thread",
+        "required": ["quote"],
+        "additionalProperties": False,
+        "properties": {
+            "thread": _str("The claim's thread, source.thread (may be left out)", pattern=THREAD_PATTERN.pattern),
+            "quote": _str("The exact words, as found in the thread (whitespace may differ)", minLength=1),
+        },
+    },
+}
+
 CLAIM_SCHEMA = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "$id": "https://bnclaims.invalid/claim.schema.json",
@@ -118,6 +135,7 @@ CLAIM_SCHEMA = {
                 "quote": _str("The exact words, as found in the thread (whitespace may differ)", minLength=1),
             },
         },
+        "also": ALSO_SCHEMA,
         "tags": {"type": "array", "items": _str("tag", pattern=TAG_PATTERN.pattern), "uniqueItems": True,
                  "description": "Tags; each also becomes a pytest marker"},
         "experiment": _str("Name of a registered experiment (bnclaims list --experiments)"),
@@ -201,6 +219,14 @@ class Plot:
 
 
 @dataclass(frozen=True)
+class AlsoQuote:
+    """Another sentence of the claim's thread asserting the same thing; the verdict answers it too."""
+    quote: str
+    span: tuple[int, int]  # character offsets in the thread text
+    line: int  # 1-based line of the thread where it starts
+
+
+@dataclass(frozen=True)
 class Claim:
     id: str
     path: Path
@@ -223,6 +249,12 @@ class Claim:
     references: tuple[Reference, ...]
     plots: tuple[Plot, ...]
     source_text: str  # the file's text, for the site
+    also: tuple[AlsoQuote, ...] = ()  # restatements of the quote elsewhere in the thread (`also:`)
+
+    @property
+    def quote_spans(self) -> tuple[tuple[int, int], ...]:
+        """The spans of the quote and of every also-quote in the thread text."""
+        return (self.quote_span,) + tuple(a.span for a in self.also)
 
     def run_params(self) -> dict[str, Any]:
         """Parameters the experiment is called with: its defaults, overridden by the file."""
@@ -472,7 +504,7 @@ def _load_one(path: Path, threads_dir: Path, thread_cache: dict) -> tuple[Claim 
         exp = exp.resolved(params)
 
     # source: thread file and quote
-    thread_name, quote, quote_span = "", "", (0, 0)
+    thread_name, quote, quote_span, thread_text = "", "", (0, 0), None
     source = _get(root, "source")
     if source is not None and source.kind == "map":
         thread_node = _get(source, "thread")
@@ -503,6 +535,8 @@ def _load_one(path: Path, threads_dir: Path, thread_cache: dict) -> tuple[Claim 
                     quote, quote_span = quote_node.value, span
         elif thread_node is not None and isinstance(thread_node.value, str):
             checker.add(thread_node, f"thread must be a file name under claims/threads/ (found {_found(thread_node)})")
+    also = _also_quotes(_get(root, "also"), thread_name, thread_text if isinstance(thread_text, str) else None,
+                        quote_span if quote else None, checker)
 
     # rule conditions: grammar, metric names, the words each headline condition tests, duplicates
     rule = _get(root, "rule")
@@ -586,8 +620,45 @@ def _load_one(path: Path, threads_dir: Path, thread_cache: dict) -> tuple[Claim 
         references=references,
         plots=tuple(plots),
         source_text=text,
+        also=also,
     )
     return claim, []
+
+
+def _also_quotes(node: Located | None, thread_name: str, thread_text: str | None,
+                 quote_span: tuple[int, int] | None, checker: _Checker) -> tuple[AlsoQuote, ...]:
+    """The ``also:`` quotes, each found in the claim's thread like ``source.quote``; problems go to ``checker``.
+    Nothing is checked against the thread when the thread itself could not be read (that has its own problem)."""
+    if node is None or node.kind != "seq" or thread_text is None:
+        return ()
+    out: list[AlsoQuote] = []
+    taken = [("source.quote", quote_span)] if quote_span else []
+    for i, item in enumerate(node.value):
+        if item.kind != "map":
+            continue
+        thread_node, quote_node = _get(item, "thread"), _get(item, "quote")
+        if thread_node is not None and isinstance(thread_node.value, str):
+            name = thread_node.value if thread_node.value.endswith(".txt") else thread_node.value + ".txt"
+            if name != thread_name:
+                checker.add(thread_node, f"also[{i}].thread must be the claim's thread '{thread_name[:-4]}': an "
+                            f"also-quote restates the claim in the thread it quotes (found '{thread_node.value}')")
+                continue
+        if quote_node is None or not isinstance(quote_node.value, str) or not quote_node.value.strip():
+            continue  # the schema check has said what is wrong
+        span = find_quote(thread_text, quote_node.value)
+        if span is None:
+            hint = textmatch.closest(thread_text, quote_node.value)
+            checker.add(quote_node, f"also[{i}].quote not found in thread {thread_name} (found {_found(quote_node)})"
+                        + (f"; {hint}" if hint else ""))
+            continue
+        clash = next((name for name, other in taken if span[0] < other[1] and other[0] < span[1]), None)
+        if clash is not None:
+            checker.add(quote_node, f"also[{i}].quote overlaps {clash}: an also-quote is another place in the "
+                        f"thread (found {_found(quote_node)})")
+            continue
+        taken.append((f"also[{i}].quote", span))
+        out.append(AlsoQuote(quote_node.value, span, thread_text.count("\n", 0, span[0]) + 1))
+    return tuple(out)
 
 
 def _rule_conditions(node: Located | None, key: str, exp, quote: str,

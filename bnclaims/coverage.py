@@ -3,8 +3,8 @@
 A thread is split into sentences by ``split_sentences`` (deterministic; rules below). A
 *sentence map* (``claims/threads/<thread>.map.yaml``, optional) classifies every sentence:
 
-* ``claim: <id>`` or ``claim: [<id>, ...]`` — tested by those claims (their quotes lie in the
-  sentence, or span it);
+* ``claim: <id>`` or ``claim: [<id>, ...]`` — tested by those claims (the quote or one of the
+  ``also:`` quotes of each lies in the sentence, or spans it; every quote of a claim is mapped);
 * ``testable: <note>`` — an experiment could check it; the note says what it would check;
 * ``not-testable: <reason>`` — one of ``NOT_TESTABLE``, with an optional ``note:``.
 
@@ -220,8 +220,9 @@ def load_map(path: Path, thread_name: str, thread_text: str, claims_by_id: dict)
                     add(value, f"unknown claim (found '{claim_id}'{did_you_mean(claim_id, claims_by_id)})")
                 elif claim.thread != thread_name:
                     add(value, f"claim '{claim_id}' quotes thread {claim.thread}, not {thread_name}")
-                elif not (claim.quote_span[0] < sentence.end and sentence.start < claim.quote_span[1]):
-                    add(value, f"the quote of claim '{claim_id}' does not lie in this sentence")
+                elif not _quoted_in(claim, sentence):
+                    add(value, f"the quote of claim '{claim_id}' does not lie in this sentence"
+                        + (", nor does any of its also-quotes" if claim.also else ""))
             entries.append(Entry(sentence, kind, claims=tuple(ids), note=note, question=question))
         elif kind == "testable":
             if not isinstance(value.value, str) or not value.value.strip():
@@ -239,12 +240,38 @@ def load_map(path: Path, thread_name: str, thread_text: str, claims_by_id: dict)
             add(seq, f"sentence not mapped: line {sentence.line}: {sentence.text[:80]!r}")
     named = {c for e in entries for c in e.claims}
     for claim in claims_by_id.values():
-        if claim.thread == thread_name and claim.id not in named and "draft" not in claim.tags:
+        if claim.thread != thread_name or "draft" in claim.tags:
+            continue
+        if claim.id not in named:
             add(seq, f"claim '{claim.id}' quotes this thread but no sentence names it")
+            continue
+        # every quote of the claim (the quote and each also-quote) is named on a sentence it lies in
+        for what, span in [("its quote", claim.quote_span)] + [("an also-quote", a.span) for a in claim.also]:
+            if any(claim.id in e.claims and _overlaps(span, e.sentence) for e in entries):
+                continue
+            there = [e for e in entries if _overlaps(span, e.sentence)]
+            if there:
+                found = f"claim: {', '.join(there[0].claims)}" if there[0].kind == "claim" else \
+                    f"{there[0].kind}: {there[0].reason}" if there[0].reason else there[0].kind
+                add(mapped[(there[0].sentence.line, there[0].sentence.key)],
+                    f"claim '{claim.id}' has {what} in this sentence, which does not name it (found {found})")
+            else:
+                lines = ", ".join(str(line) for line in sorted({s.line for s in sentences if _overlaps(span, s)}))
+                add(seq, f"claim '{claim.id}' has {what} on line {lines or '?'} of {thread_name}, "
+                         "which no entry names; name the claim on that sentence")
     if problems:
         return None, problems
     entries.sort(key=lambda e: e.sentence.start)
     return SentenceMap(thread_name, path, tuple(entries)), []
+
+
+def _overlaps(span: tuple[int, int], sentence: Sentence) -> bool:
+    return span[0] < sentence.end and sentence.start < span[1]
+
+
+def _quoted_in(claim, sentence: Sentence) -> bool:
+    """Whether the claim's quote, or one of its also-quotes, lies in (or spans) the sentence."""
+    return any(_overlaps(span, sentence) for span in claim.quote_spans)
 
 
 def load_maps(claims_dir: Path, claims: list) -> tuple[dict[str, SentenceMap], list[Problem]]:
@@ -272,8 +299,7 @@ def skeleton(thread_name: str, text: str, claims: list) -> str:
              f"# Reasons for not-testable: {', '.join(NOT_TESTABLE)}. Mark the asker's questions question: true.",
              f"thread: {thread_name[:-4]}", "sentences:"]
     for sentence in split_sentences(text):
-        ids = sorted(c.id for c in claims if c.thread == thread_name
-                     and c.quote_span[0] < sentence.end and sentence.start < c.quote_span[1])
+        ids = sorted(c.id for c in claims if c.thread == thread_name and _quoted_in(c, sentence))
         lines.append(f"  - line: {sentence.line}")
         lines.append(f"    text: {json.dumps(sentence.text, ensure_ascii=False)}")
         if ids:

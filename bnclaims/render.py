@@ -201,7 +201,8 @@ class QuoteMark:
     title: str
     href: str
     summary: str = ""  # the key number behind the verdict, shown in the margin note
-    kind: str = "claim"  # "claim": a tested quote; "untested": a testable sentence no claim tests yet
+    kind: str = "claim"  # "claim": a tested quote; "also": another sentence the claim's verdict answers (`also:`);
+    # "untested": a testable sentence no claim tests yet
 
 
 def untested_mark(entry, index: int) -> QuoteMark:
@@ -209,6 +210,23 @@ def untested_mark(entry, index: int) -> QuoteMark:
     s = entry.sentence
     return QuoteMark(f"u-{index}", s.start, s.end, "untested", f"Testable, not tested yet: {entry.note}", "",
                      kind="untested")
+
+
+def also_anchor(claim_id: str, index: int) -> str:
+    """The mark key (and, after ``q-``, the anchor) of a claim's ``index``-th also-quote (1-based); ids never
+    contain ``--``, so it cannot clash with a claim's own."""
+    return f"{claim_id}--also-{index}"
+
+
+def claim_marks(result: ClaimResult) -> list[QuoteMark]:
+    """A claim's quote and its also-quotes as marks on the thread page, each with the claim's verdict."""
+    href = f"../claims/{result.id}.html"
+    marks = [QuoteMark(result.id, result.claim.quote_span[0], result.claim.quote_span[1], result.status,
+                       result.claim.title, href, _summary(result))]
+    for i, also in enumerate(result.claim.also, 1):
+        marks.append(QuoteMark(also_anchor(result.id, i), also.span[0], also.span[1], result.status,
+                               result.claim.title, href, kind="also"))
+    return marks
 
 
 def thread_html(text: str, quotes: list[QuoteMark]) -> Markup:
@@ -275,6 +293,9 @@ def thread_html(text: str, quotes: list[QuoteMark]) -> Markup:
         opened.add(m.claim_id)
         if m.kind == "untested":
             return f'<span class="untested{cont}"{anchor} tabindex="0" title="{escape(m.title)}">'
+        if m.kind == "also":
+            tip = escape(f"Says the same as the claim: {m.title} — {ANSWER[m.verdict]} ({m.verdict})")
+            return f'<mark class="q v-{m.verdict} also{cont}"{anchor} title="{tip}">'
         tip = escape(f"{m.title} — {ANSWER[m.verdict]} ({m.verdict})")
         return f'<mark class="q v-{m.verdict}{cont}"{anchor} title="{tip}">'
 
@@ -286,12 +307,16 @@ def thread_html(text: str, quotes: list[QuoteMark]) -> Markup:
             return f'<span class="badge untested-label" title="{escape(m.title)}">untested</span>'
 
         # the badge sits right after the passage; the note beside it goes to the margin on wide screens
-        summary = f'<span class="side-summary">{escape(m.summary)}</span>' if m.summary else ""
+        link = f'<a href="{escape(m.href)}">{escape(m.title)}</a>'
+        if m.kind == "also":  # the claim's sentence said again: the same answer, and which claim gives it
+            note = f"said again, tested by {link}"
+        else:
+            note = link + (f'<span class="side-summary">{escape(m.summary)}</span>' if m.summary else "")
         return (f'<a class="badge v-{m.verdict}" href="{escape(m.href)}" title="{escape(m.title)}">'
                 f'<span aria-hidden="true">{VERDICT_SYMBOL[m.verdict]}</span> {ANSWER[m.verdict]} '
                 f'<span class="vword">{m.verdict}</span></a>'
                 f'<span class="side v-{m.verdict}"><span class="side-verdict">{VERDICT_SYMBOL[m.verdict]} '
-                f'{ANSWER[m.verdict]}:</span> <a href="{escape(m.href)}">{escape(m.title)}</a>{summary}</span>')
+                f'{ANSWER[m.verdict]}:</span> {note}</span>')
 
     for pieces in paragraphs:
         visible = [(a, b, s) for a, b, s in pieces if s.kind != "drop" and (s.kind != "text" or text[a:b].strip())]
@@ -615,6 +640,9 @@ def render_site(results: list[ClaimResult], claims_dir: Path) -> dict[str, bytes
             experiment_href=experiment_href[r.claim.experiment],
             experiment_path=_display_source_path(exp) if exp else "",
             quote=inline(r.claim.quote), conditions=condition_rows(r), beyond=condition_rows(r, beyond=True),
+            also=[{"quote": inline(a.quote), "line": a.line,
+                   "href": f"../{thread.href}#q-{also_anchor(r.id, i)}" if thread else ""}
+                  for i, a in enumerate(r.claim.also, 1)],
             headline=headline(r), level=f"{100 * r.verdict.level:.4g}%" if r.verdict else "95%",
             metrics=metric_rows(r, exp), plots=plot_views(r, exp), params=param_rows(r.claim, exp),
             computed_by=_computed_by(r),
@@ -631,8 +659,7 @@ def render_site(results: list[ClaimResult], claims_dir: Path) -> dict[str, bytes
 
     thread_template = env.get_template("thread.html")
     for t in threads.values():
-        marks = [QuoteMark(r.id, r.claim.quote_span[0], r.claim.quote_span[1], r.status, r.claim.title,
-                           f"../claims/{r.id}.html", _summary(r)) for r in t.results]
+        marks = [m for r in t.results for m in claim_marks(r)]
         sentence_map = maps.get(t.name)
         untested = list(sentence_map.untested) if sentence_map else []
         marks += [untested_mark(entry, i + 1) for i, entry in enumerate(untested)]
@@ -641,7 +668,10 @@ def render_site(results: list[ClaimResult], claims_dir: Path) -> dict[str, bytes
             answer_href=f"../answers/{urlquote(t.stem)}.html" if t.name in answers else None,
             untested=[{"anchor": f"q-u-{i + 1}", "line": e.sentence.line, "text": e.sentence.text, "note": e.note}
                       for i, e in enumerate(untested)],
-            thread_counts=Counter(r.status for r in t.results), **common)
+            thread_counts=Counter(r.status for r in t.results),
+            also_of={r.id: [{"anchor": f"q-{also_anchor(r.id, i)}", "line": a.line}
+                            for i, a in enumerate(r.claim.also, 1)] for r in t.results},
+            **common)
 
     experiment_template = env.get_template("experiment.html")
     by_page: dict[str, list[str]] = {}

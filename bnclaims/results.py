@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import warnings
+import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 from bnclaims.claims import Claim
-from bnclaims.verdict import ANSWER, CONFIDENCE, Verdict, judge, mean_interval
+from bnclaims.verdict import ANSWER, Verdict, judge, mean_interval
 
 
 @dataclass(frozen=True)
@@ -91,6 +90,7 @@ class ClaimResult:
             "metrics": {name: m.to_json() for name, m in self.metrics.items()},
             "answer": ANSWER[self.status],
             "scope": self.claim.scope,
+            "also": [{"quote": a.quote, "line": a.line} for a in self.claim.also],
             "level": self.verdict.level if self.verdict else None,
             "conditions": [c.to_json() for c in self.verdict.conditions] if self.verdict else [],
             "beyond": [c.to_json() for c in self.verdict.beyond] if self.verdict else [],
@@ -115,22 +115,21 @@ def summarize_metric(values: list[float]) -> MetricSummary:
 
 
 def summarize_series(runs: list[list[float | None]]) -> SeriesSummary:
+    """Per point: ``mean_interval`` over the seeds that have a value there (None where none has one; the
+    interval None where fewer than two have, as for a metric)."""
     length = max((len(r) for r in runs), default=0)
     table = np.full((len(runs), length), np.nan)
     for i, r in enumerate(runs):
         table[i, : len(r)] = [np.nan if v is None else v for v in r]
-    n = np.sum(~np.isnan(table), axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a point missing in every seed is a gap, not a problem
-        mean = np.nanmean(table, axis=0) if len(runs) else np.zeros(length)
-        sd = np.nanstd(table, axis=0, ddof=1) if len(runs) > 1 else np.zeros(length)
-    tcrit = np.where(n > 1, stats.t.ppf(0.5 + CONFIDENCE / 2, np.maximum(n - 1, 1)), np.nan)  # one vectorized call
-    half = np.where(n > 1, tcrit * sd / np.sqrt(np.maximum(n, 1)), 0.0)
+    present = ~np.isnan(table)
+    points = [mean_interval(column[keep])[:3] if keep.any() else (None, None, None)
+              for column, keep in zip(table.T, present.T)]
 
-    def clean(a: np.ndarray) -> tuple[float | None, ...]:
-        return tuple(None if (k == 0 or not np.isfinite(v)) else float(v) for v, k in zip(a, n))
+    def clean(values) -> tuple[float | None, ...]:
+        return tuple(v if v is not None and math.isfinite(v) else None for v in values)
 
-    return SeriesSummary(clean(mean), clean(mean - half), clean(mean + half), tuple(int(k) for k in n))
+    mean, low, high = zip(*points) if points else ((), (), ())
+    return SeriesSummary(clean(mean), clean(low), clean(high), tuple(int(k) for k in present.sum(axis=0)))
 
 
 def build_result(

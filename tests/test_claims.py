@@ -379,3 +379,54 @@ def test_typographic_quotes_in_the_thread_match_straight_ones(claims_dir):
     assert problems == []
     start, end = claims[0].quote_span
     assert thread[start:end] == fragment
+
+
+# ----------------------------------------------------------------- also: restatements of the quote
+
+ALSO = "also:\n  - quote: \"This distribution fluctuates a lot.\"\n"  # line 1 of thread 000; BASE has 27 lines
+
+
+def test_also_quotes_load_with_their_place_in_the_thread(claims_dir):
+    text = BASE + ALSO + "  - thread: 000_9d0fa3abc03cef76.txt\n    quote: \"Does this mean beta and gamma\"\n"
+    claims, problems = load_claims([write(claims_dir, "bad", text)])
+    assert problems == []
+    thread = (THREADS / "000_9d0fa3abc03cef76.txt").read_text(encoding="utf-8")
+    first, second = claims[0].also
+    assert thread[first.span[0]:first.span[1]] == "This distribution fluctuates a lot."
+    assert (first.line, second.line) == (1, 7)
+    assert claims[0].quote_spans == (claims[0].quote_span, first.span, second.span)
+
+
+def test_a_claim_without_also_has_none(claims_dir):
+    claims, _ = load_claims([write(claims_dir, "good", VALID.format(id="good"))])
+    assert claims[0].also == ()
+
+
+def test_an_also_quote_not_in_the_thread_is_one_line_with_the_closest_passage(claims_dir):
+    [problem] = problems_of(claims_dir, "bad", BASE + ALSO.replace("a lot", "alot"))
+    assert problem.startswith("bad.yaml:29:12: also[0].quote not found in thread 000_9d0fa3abc03cef76.txt "
+                              "(found 'This distribution fluctuates alot.')")
+    assert "closest passage:" in problem and "fluctuates a‸ lot" in problem
+
+
+@pytest.mark.parametrize("extra, expected", [
+    ("  - thread: 001_e49bc9fb399b6537\n    quote: \"Batch Normalization\"\n",
+     "bad.yaml:30:13: also[1].thread must be the claim's thread '000_9d0fa3abc03cef76'"),
+    ("  - quote: \"beta and gamma, the distribution\"\n",
+     "bad.yaml:30:12: also[1].quote overlaps source.quote: an also-quote is another place in the thread"),
+    ("  - quote: \"fluctuates a lot\"\n",
+     "bad.yaml:30:12: also[1].quote overlaps also[0].quote"),
+    ("  - quote: \"\"\n", "bad.yaml:30:12: also[1].quote must not be empty"),
+    ("  - quot: \"x\"\n", "bad.yaml:30:5: unknown key in also[1] (found 'quot'; did you mean 'quote'?)"),
+    ("  - just a string\n", "bad.yaml:30:5: also[1] must be a mapping (found 'just a string')"),
+])
+def test_bad_also_quotes_are_one_line_errors(claims_dir, extra, expected):
+    problems = problems_of(claims_dir, "bad", BASE + ALSO + extra)
+    assert any(p.startswith(expected) for p in problems), problems
+    assert all("\n" not in p for p in problems)
+
+
+def test_the_schema_describes_also():
+    also = json.loads(schema_json())["properties"]["also"]
+    assert also["type"] == "array" and also["items"]["required"] == ["quote"]
+    assert set(also["items"]["properties"]) == {"thread", "quote"}

@@ -202,3 +202,84 @@ def test_thread_page_marks_untested_sentences_with_a_label_and_lists_them(projec
     assert "the per-feature output variance over the batch is one" in html
     index = (project / "site" / "index.html").read_text()
     assert 'id="coverage"' in index and "25%" in index
+
+
+# ----------------------------------------------------------------- also: restatements credited to a claim
+
+ALSO_MAP = MAP.replace("    testable: the per-feature output variance over the batch is one\n", "    claim: toy-mean\n")
+
+
+def add_also(project: Path, quote: str = "It also fixes the variance") -> None:
+    path = project / "claims" / "toy-mean.yaml"
+    path.write_text(path.read_text(encoding="utf-8") + f'also:\n  - quote: "{quote}"\n', encoding="utf-8")
+
+
+def test_a_sentence_holding_an_also_quote_may_name_the_claim_and_counts_as_tested(project):
+    add_also(project)
+    write_map(project, ALSO_MAP)
+    maps, problems = maps_and_problems(project)
+    assert problems == []
+    m = maps["900_toy.txt"]
+    assert (m.tested, len(m.untested), m.percent) == (2, 2, 50.0)
+    assert [e.claims for e in m.entries if e.kind == "claim"] == [("toy-mean",), ("toy-mean",)]
+
+
+def test_without_the_also_quote_the_claim_may_not_be_named_there(project):
+    write_map(project, ALSO_MAP)
+    _, problems = maps_and_problems(project)
+    assert any(p.endswith("900_toy.map.yaml:8:12: the quote of claim 'toy-mean' does not lie in this sentence")
+               for p in problems), problems
+
+
+def test_an_unmapped_also_quote_is_a_check_error_at_its_sentence(project):
+    add_also(project)
+    write_map(project, MAP)  # the also-quote's sentence is still classed testable
+    _, problems = maps_and_problems(project)
+    assert [p.split("900_toy.map.yaml")[1] for p in problems] == [
+        ":6:5: claim 'toy-mean' has an also-quote in this sentence, which does not name it (found testable)"]
+    out = bnclaims(project, "check")
+    assert out.returncode == 2 and "has an also-quote in this sentence" in out.stdout + out.stderr
+
+
+def test_the_main_quote_must_stay_mapped_when_an_also_quote_is(project):
+    add_also(project)
+    write_map(project, ALSO_MAP.replace("    claim: toy-mean\n", "    not-testable: vague\n", 1))
+    _, problems = maps_and_problems(project)
+    assert [p.split("900_toy.map.yaml")[1] for p in problems] == [
+        ":3:5: claim 'toy-mean' has its quote in this sentence, which does not name it (found not-testable: vague)"]
+
+
+def test_the_skeleton_names_claims_on_their_also_quotes_too(project):
+    import toy_experiments  # noqa: F401
+
+    add_also(project)
+    claims, _ = load_claims([project / "claims"])
+    assert skeleton("900_toy.txt", THREAD, claims).count("    claim: [toy-mean]") == 2
+
+
+def test_pages_and_json_show_also_quotes(project):
+    add_also(project)
+    write_map(project, ALSO_MAP)
+    out = bnclaims(project, "build", "--out", "site", "--jobs", "1", "--json", "run.json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    thread = (project / "site" / "threads" / "900_toy.html").read_text()
+    # the restatement is marked with the claim's verdict and links to the claim
+    assert ('<mark class="q v-supported also" id="q-toy-mean--also-1" title="Says the same as the claim: '
+            'Toy claim toy-mean — Right (supported)">It also fixes the variance</mark><a class="badge v-supported" '
+            'href="../claims/toy-mean.html"') in thread
+    assert 'said again on <a href="#q-toy-mean--also-1">line 1</a>' in thread
+    assert "Coverage: 2 of 4 testable sentences tested (50%)" in thread
+    claim = (project / "site" / "claims" / "toy-mean.html").read_text()
+    assert '<h2 id="also-h">Also said in the thread</h2>' in claim
+    assert ('<blockquote cite="../threads/900_toy.html#q-toy-mean--also-1"><p>It also fixes the variance</p>'
+            '</blockquote>') in claim
+    assert '<a href="../threads/900_toy.html#q-toy-mean--also-1">line 1 — read it in context</a>' in claim
+    (result,) = json.loads((project / "run.json").read_text())["claims"]
+    assert result["also"] == [{"quote": "It also fixes the variance", "line": 1}]
+
+
+def test_a_claim_without_also_quotes_has_no_also_section(project):
+    write_map(project, MAP)
+    assert bnclaims(project, "build", "--out", "site", "--jobs", "1").returncode == 0
+    assert "Also said in the thread" not in (project / "site" / "claims" / "toy-mean.html").read_text()
+    assert "said again on" not in (project / "site" / "threads" / "900_toy.html").read_text()
