@@ -12,8 +12,8 @@ import math
 
 import numpy as np
 
-from bnclaims import data, nn
-from bnclaims.experiments import experiment
+from bnclaims import nn, recorders
+from bnclaims.experiments import axes, experiment
 
 
 def relu_bn_rate_large_batch() -> float:
@@ -88,18 +88,20 @@ def _fitted_rate(grad_norm: np.ndarray, skip: int) -> float:
     return float(math.exp(-slope))
 
 
+_NET = {"bn": "BN", "plain": "no normalization"}
+_INIT = {"he": "He", "poor": "poor"}
+
+
 @experiment(
     "depth-signal-propagation",
     metrics={
-        "act_ratio_bn_relu_poor": "rms pre-activation, last / first hidden layer: BN, ReLU, poor init, batch `batch_size`",
-        "act_ratio_plain_relu_poor": "same without normalization (poor init)",
+        **axes({"act_ratio_{net}_relu_poor": "rms pre-activation, last / first hidden layer: {net}, ReLU, poor init, "
+                                             "batch `batch_size`"}, net=_NET),
         "act_ratio_plain_relu_he": "same without normalization, He init",
-        "grad_ratio_bn_relu_he": "gradient norm, first / last hidden layer: BN, ReLU, He init, batch `batch_size`",
-        "grad_ratio_bn_relu_poor": "same, BN, ReLU, poor init",
-        "grad_ratio_plain_relu_he": "same without normalization, ReLU, He init",
-        "grad_ratio_plain_relu_poor": "same without normalization, ReLU, poor init",
-        "grad_ratio_bn_linear_small": "gradient norm first / last: BN, linear, the smallest batch size of the sweep",
-        "grad_ratio_bn_linear_large": "gradient norm first / last: BN, linear, the largest batch size of the sweep",
+        **axes({"grad_ratio_{net}_relu_{init}": "gradient norm, first / last hidden layer: {net}, ReLU, {init} init, "
+                                                "batch `batch_size`"}, net=_NET, init=_INIT),
+        **axes({"grad_ratio_bn_linear_{b}": "gradient norm first / last: BN, linear, the {b} batch size of the sweep"},
+               b={"small": "smallest", "large": "largest"}),
         "grad_ratio_plain_linear": "gradient norm first / last: no norm, linear, LeCun init",
         "rate_bn_relu_large": "fitted per-layer growth of the squared gradient norm: BN, ReLU, largest batch",
         "rate_theory_relu_large": "Yang et al. large-batch ReLU rate pi/(pi-1)",
@@ -108,16 +110,12 @@ def _fitted_rate(grad_norm: np.ndarray, skip: int) -> float:
     },
     series={
         "layer": "hidden layer index 1..depth (x axis)",
-        "grad_bn_relu_he": "gradient norm per layer, BN, ReLU, He init",
-        "grad_bn_relu_poor": "gradient norm per layer, BN, ReLU, poor init",
-        "grad_plain_relu_he": "gradient norm per layer, no norm, ReLU, He init",
-        "grad_plain_relu_poor": "gradient norm per layer, no norm, ReLU, poor init",
+        **axes({"grad_{net}_relu_{init}": "gradient norm per layer, {net}, ReLU, {init} init"}, net=_NET, init=_INIT),
         "act_bn_relu_poor": "rms pre-activation per layer, BN, ReLU, poor init",
-        "act_plain_relu_he": "rms pre-activation per layer, no norm, ReLU, He init",
-        "act_plain_relu_poor": "rms pre-activation per layer, no norm, ReLU, poor init",
+        **axes({"act_plain_relu_{init}": "rms pre-activation per layer, no norm, ReLU, {init} init"}, init=_INIT),
         "sweep_batch_size": "batch sizes of the sweep (x axis)",
-        "rate_bn_relu": "fitted per-layer squared-gradient growth, BN ReLU, per batch size",
-        "rate_bn_linear": "fitted per-layer squared-gradient growth, BN linear, per batch size",
+        **axes({"rate_bn_{act}": "fitted per-layer squared-gradient growth, BN {act}, per batch size"},
+               act={"relu": "ReLU", "linear": "linear"}),
         "rate_theory_linear": "(B-2)/(B-3) per batch size",
         "rate_theory_relu": "pi/(pi-1) (large-batch limit) at every batch size",
     },
@@ -146,68 +144,41 @@ def depth_signal_propagation(
     """
     if min(batch_sizes) < 4 or batch_size < 2:
         raise ValueError("the sweep needs batch sizes >= 4 (the linear-BN rate (B-2)/(B-3) is infinite below)")
-    split = data.digits_split(0.25, 0.0, standardize=True, dtype=np.float32)
-    n_max = max(max(batch_sizes), batch_size)
-    order = rng.permutation(len(split.y_train))[:n_max]
+    split = recorders.digits(0.0)
+    order = rng.permutation(len(split.y_train))[:max(max(batch_sizes), batch_size)]
     X_all, y_all = split.X_train[order], split.y_train[order]
     fan_ins = [64] + [width] * (depth - 1)
+    # one set of Gaussian directions for every arm; only the scale differs (He or LeCun times `scale`)
     directions = [rng.standard_normal((f, width), dtype=np.float32) for f in fan_ins]
-    readout_dir = rng.standard_normal((width, 10), dtype=np.float32)
-
-    def net(activation: str, scale: float):
-        gain = 2.0 if activation == "relu" else 1.0
-        weights = [np.float32(scale * math.sqrt(gain / f)) * z for f, z in zip(fan_ins, directions)]
-        return weights, readout_dir * np.float32(math.sqrt(1.0 / width))
+    readout = rng.standard_normal((width, 10), dtype=np.float32) * np.float32(math.sqrt(1.0 / width))
 
     def run(activation: str, batchnorm: bool, scale: float, b: int):
-        weights, readout = net(activation, scale)
+        gain = 2.0 if activation == "relu" else 1.0
+        weights = [np.float32(scale * math.sqrt(gain / f)) * z for f, z in zip(fan_ins, directions)]
         return propagate(X_all[:b], y_all[:b], weights, readout, activation, batchnorm)
 
-    def ratio_grad(g):
-        return float(g[0] / g[-1])
-
-    def ratio_act(a):
-        return float(a[-1] / a[0])
-
-    act_bn_poor, grad_bn_poor = run("relu", True, poor_scale, batch_size)
-    _, grad_bn_he = run("relu", True, 1.0, batch_size)
-    act_plain_he, grad_plain_he = run("relu", False, 1.0, batch_size)
-    act_plain_poor, grad_plain_poor = run("relu", False, poor_scale, batch_size)
+    relu = {(net, init): run("relu", net == "bn", poor_scale if init == "poor" else 1.0, batch_size)
+            for net in _NET for init in _INIT}                 # (act_rms, grad_norm) per (net, init)
     _, grad_plain_linear = run("linear", False, 1.0, batch_size)
-
-    rates_relu, rates_linear, ratios_linear = [], [], []
-    for b in batch_sizes:
-        _, g_relu = run("relu", True, 1.0, b)
-        _, g_lin = run("linear", True, 1.0, b)
-        rates_relu.append(_fitted_rate(g_relu, skip))
-        rates_linear.append(_fitted_rate(g_lin, skip))
-        ratios_linear.append(ratio_grad(g_lin))
+    sweep = [(run("relu", True, 1.0, b)[1], run("linear", True, 1.0, b)[1]) for b in batch_sizes]
+    rates_relu = [_fitted_rate(g_relu, skip) for g_relu, _ in sweep]
+    rates_linear = [_fitted_rate(g_lin, skip) for _, g_lin in sweep]
     small, large = int(np.argmin(batch_sizes)), int(np.argmax(batch_sizes))
     theory_linear = np.array([linear_bn_rate(b) for b in batch_sizes])
-
     return {
-        "act_ratio_bn_relu_poor": ratio_act(act_bn_poor),
-        "act_ratio_plain_relu_poor": ratio_act(act_plain_poor),
-        "act_ratio_plain_relu_he": ratio_act(act_plain_he),
-        "grad_ratio_bn_relu_he": ratio_grad(grad_bn_he),
-        "grad_ratio_bn_relu_poor": ratio_grad(grad_bn_poor),
-        "grad_ratio_plain_relu_he": ratio_grad(grad_plain_he),
-        "grad_ratio_plain_relu_poor": ratio_grad(grad_plain_poor),
-        "grad_ratio_bn_linear_small": ratios_linear[small],
-        "grad_ratio_bn_linear_large": ratios_linear[large],
-        "grad_ratio_plain_linear": ratio_grad(grad_plain_linear),
+        **{f"act_ratio_{net}_relu_{init}": float(act[-1] / act[0]) for (net, init), (act, _) in relu.items()
+           if (net, init) != ("bn", "he")},
+        **{f"grad_ratio_{net}_relu_{init}": float(g[0] / g[-1]) for (net, init), (_, g) in relu.items()},
+        "grad_ratio_bn_linear_small": float(sweep[small][1][0] / sweep[small][1][-1]),
+        "grad_ratio_bn_linear_large": float(sweep[large][1][0] / sweep[large][1][-1]),
+        "grad_ratio_plain_linear": float(grad_plain_linear[0] / grad_plain_linear[-1]),
         "rate_bn_relu_large": rates_relu[large],
         "rate_theory_relu_large": relu_bn_rate_large_batch(),
         "rate_bn_linear_small": rates_linear[small],
         "rate_theory_linear_small": float(theory_linear[small]),
         "layer": np.arange(1, depth + 1, dtype=float),
-        "grad_bn_relu_he": grad_bn_he,
-        "grad_bn_relu_poor": grad_bn_poor,
-        "grad_plain_relu_he": grad_plain_he,
-        "grad_plain_relu_poor": grad_plain_poor,
-        "act_bn_relu_poor": act_bn_poor,
-        "act_plain_relu_he": act_plain_he,
-        "act_plain_relu_poor": act_plain_poor,
+        **{f"grad_{net}_relu_{init}": g for (net, init), (_, g) in relu.items()},
+        **{f"act_{net}_relu_{init}": act for (net, init), (act, _) in relu.items() if (net, init) != ("bn", "he")},
         "sweep_batch_size": np.array(batch_sizes, dtype=float),
         "rate_bn_relu": np.array(rates_relu),
         "rate_bn_linear": np.array(rates_linear),
