@@ -24,7 +24,7 @@ import numpy as np
 from scipy.sparse.linalg import LinearOperator, eigsh
 
 from bnclaims import data, model
-from bnclaims.experiments import experiment
+from bnclaims.experiments import axes, experiment
 
 ARMS = ("bn", "plain")
 SETTINGS = ("low", "high")
@@ -144,23 +144,18 @@ def train_with_checkpoints(config: model.MLPConfig, start: model.Params, X: np.n
 
 @experiment(
     "loss-landscape",
-    metrics={
-        **{f"{m}_{arm}_{s}": f"{text}; {arm}, {s} common LR, geometric mean over the checkpoints after step 0"
-           for m, text in MEASURES.items() for arm in ARMS for s in SETTINGS},
-        **{f"{m}_{arm}_init": f"{text}; {arm}, at initialisation" for m, text in MEASURES.items() for arm in ARMS},
-        **{f"{m}_{arm}_{s}": f"{text}; {arm}, {s} common LR, geometric mean over the checkpoints after step 0"
-           for m, text in EXTRA.items() for arm in ARMS for s in SETTINGS},
-        **{f"final_loss_{arm}_{s}": f"probe loss at the end of training, {arm}, {s} LR" for arm in ARMS
-           for s in SETTINGS},
-        **{f"val_acc_{arm}_{s}": f"validation accuracy at the end, {arm}, {s} LR (BN: probe statistics)"
-           for arm in ARMS for s in SETTINGS},
+    metrics=axes({
+        "{measure}_{arm}_{setting}": "{measure}; {arm}, {setting} common LR, geometric mean over the checkpoints after step 0",
+        "{measure}_{arm}_init": "{measure}; {arm}, at initialisation",
+        "{extra}_{arm}_{setting}": "{extra}; {arm}, {setting} common LR, geometric mean over the checkpoints after step 0",
+        "final_loss[arm, setting]": "probe loss at the end of training, {arm}, {setting} LR",
+        "val_acc[arm, setting]": "validation accuracy at the end, {arm}, {setting} LR (BN: probe statistics)",
         "diverged": "runs whose loss went NaN/inf",
-    },
-    series={
+    }, measure=MEASURES, extra=EXTRA, arm=ARMS, setting=SETTINGS),
+    series=axes({
         "step": "checkpoints (SGD steps), 0 = initialisation",
-        **{f"{m}_{arm}_{s}_curve": f"{m} at each checkpoint, {arm}, {s} LR" for m in [*MEASURES, *EXTRA]
-           for arm in ARMS for s in SETTINGS},
-    },
+        "{quantity}_{arm}_{setting}_curve": "{quantity} at each checkpoint, {arm}, {setting} LR",
+    }, quantity=[*MEASURES, *EXTRA], arm=ARMS, setting=SETTINGS),
 )
 def loss_landscape(rng: np.random.Generator, *, hidden: list[int] = [64, 64], batch_size: int = 32,
                    lrs: list[float] = [0.1, 0.4], checkpoints: list[int] = [0, 25, 50, 100, 200, 400],
