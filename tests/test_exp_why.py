@@ -120,7 +120,7 @@ def test_plain_and_bn_runs_start_equal_and_see_the_plan_batches():
         return hook
 
     for norm in ("none", "batch"):
-        why.train(why.mlp([8], norm), split.X_train, split.y_train, [0.1, 0.2], plan, init[norm], record=hook_for(norm))
+        why.train_on_plan(why.mlp([8], norm), split.X_train, split.y_train, [0.1, 0.2], plan, init[norm], record=hook_for(norm))
     for (w_plain, y_plain), (w_bn, y_bn), index in zip(seen["none"], seen["batch"], plan):
         assert np.array_equal(y_plain, y_bn) and np.array_equal(y_plain[0], split.y_train[index])
     assert np.array_equal(seen["none"][0][0][1], init["none"]["W0"]) and np.array_equal(seen["batch"][0][0][0], init["none"]["W0"])
@@ -147,7 +147,7 @@ def test_a_diverged_arm_scores_zero_and_checkpoints_pad_with_dead():
     hook = why.Checkpoints(2, lambda i, p, alive: why.eval_accuracy(p, cfg, split.X_val, split.y_val, split.X_val,
                                                                    alive), dead=0.0)
     plan = model.batch_plan(rng, len(split.y_train), 16, 6)
-    result = why.train(cfg, split.X_train, split.y_train, [0.1, 1e6], plan, model.init_params(rng, cfg), record=hook)
+    result = why.train_on_plan(cfg, split.X_train, split.y_train, [0.1, 1e6], plan, model.init_params(rng, cfg), record=hook)
     curve = hook.values(4)
     assert result.diverged.tolist() == [False, True]
     assert curve.shape == (4, 2) and curve[-1, 1] == 0.0 and curve[-1, 0] > 0

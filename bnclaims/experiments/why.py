@@ -1,29 +1,26 @@
 """Why batch norm works: covariate shift, decoupling, speed, jitter, reparametrization.
 
-Five experiments behind the claims that explain *why* batch norm helps:
-
-* ``layer-input-drift``      -- does BN keep each layer's input distribution steadier over training,
-                                and does it reduce internal covariate shift in the gradient sense of
-                                Santurkar et al. 2018 (arXiv:1805.11604, section 2.2)?
-* ``layer-coupling``         -- how much do a later layer's input and gradient move when an earlier
-                                layer's weights move; is a later layer invariant to rescaling them?
-* ``training-speed``         -- steps to a target accuracy on digits, BN vs no normalization, each at
-                                its own validation-chosen learning rate and at a common one.
-* ``ghost-batch-jitter``     -- test accuracy with ghost-batch statistics (noisy) vs statistics of the
-                                whole training set with gradients through them (noise-free).
+* ``layer-input-drift`` -- does BN keep each layer's input distribution steadier over training,
+  and does it reduce internal covariate shift in the gradient sense of Santurkar et al. 2018
+  (arXiv:1805.11604, section 2.2)?
+* ``layer-coupling`` -- how much do a later layer's input and gradient move when an earlier
+  layer's weights move; is a later layer invariant to rescaling them?
+* ``training-speed`` -- steps to a target accuracy on digits, BN vs no normalization, each at its
+  own validation-chosen learning rate and at a common one.
+* ``ghost-batch-jitter`` -- test accuracy with ghost-batch statistics (noisy) vs statistics of the
+  whole training set with gradients through them (noise-free).
 * ``affine-reparametrization`` -- a plain MLP and the same function written as a BN network
-                                (gamma, beta), trained by the same SGD.
+  (gamma, beta), trained by the same SGD.
 
 Every network is a `bnclaims.model` MLP (ReLU, He init, BN before every ReLU where there is one),
 trained by `model.train_stack`: the arms of a comparison (learning rates) are one stack, and
 networks that differ in normalization are separate stacks from the same initial weights
-(`paired_init`) on the same batches (one `model.batch_plan`). What is measured is taken by hooks
-(`Checkpoints` and the experiment's own) from the parameters the loop passes them. Evaluation is
-"precise BN": normalization with the population statistics of a fixed set of training images
-(`model.population_state`). The noise-free BN of two experiments is ``MLPConfig(reference_rows=M)``:
-the statistics of M reference rows forwarded with every batch, gradients through them, the loss on
-the mini-batch only. An arm that diverged (NaN/inf loss) is frozen by the loop and scored here as a
-network with NaN outputs: accuracy 0, NaN logits.
+(`paired_init`) on the same batches (one `model.batch_plan`); hooks measure. Evaluation is
+"precise BN": normalization with the population statistics of a fixed set of training images.
+The noise-free BN of two experiments is ``MLPConfig(reference_rows=M)``: the statistics of M
+reference rows forwarded with every batch, gradients through them, the loss on the mini-batch
+only. A diverged arm (NaN/inf loss) is frozen by the loop and scored as a network with NaN
+outputs: accuracy 0.
 """
 
 from __future__ import annotations
@@ -34,18 +31,17 @@ from dataclasses import replace
 
 import numpy as np
 
-from bnclaims import data, model, nn
-from bnclaims.experiments import experiment
+from bnclaims import model, nn
+from bnclaims.experiments import axes, experiment, spread
+from bnclaims.recorders import (Checkpoints, digits, lrs_per_arm, per_class_subset, sample_rows, steps_to,
+                                train_on_plan)
 
 DTYPE = np.float32
+NETS = {"bn": "BN", "plain": "plain"}
+SPEEDS = ("slow", "fast")
 
 
 # ============================================================================ shared helpers
-
-def digits(validation_fraction: float = 0.2) -> data.Split:
-    """The shared digits split (test 25 %, validation 20 % of the rest), standardized, float32."""
-    return data.digits_split(0.25, validation_fraction, standardize=True, dtype=DTYPE)
-
 
 def mlp(hidden, norm: str = "none", **options) -> model.MLPConfig:
     """The 64-[hidden]-10 ReLU MLP of these experiments, float32; norm "none" or a BN variant."""
@@ -58,18 +54,9 @@ def paired_init(rng: np.random.Generator, hidden) -> dict:
     return {norm: model.init_params(copy.deepcopy(rng), mlp(hidden, norm)) for norm in ("none", "batch")}
 
 
-def train(config: model.MLPConfig, X, y, lrs, plan: np.ndarray, params: dict, *, record=None,
-          X_reference=None) -> model.StackResult:
-    """SGD at each of `lrs` (one arm each), every arm from `params` and on the batches of `plan`
-    (steps, batch) -- `model.batch_plan` of the experiment's own Generator, shared by the arms it pairs."""
-    return model.train_stack(np.random.default_rng(0), config, X, y, [model.Arm(lr=float(lr)) for lr in lrs],
-                             steps=len(plan), batch_size=plan.shape[1], record=record, params=params, plan=plan,
-                             X_reference=X_reference)
-
-
 def eval_logits(params: dict, config: model.MLPConfig, X: np.ndarray, X_stats: np.ndarray, alive=None) -> np.ndarray:
     """(K, N, C) logits in inference mode, BN normalizing with the population statistics of X_stats
-    ("precise BN"); NaN for the arms not `alive` (diverged)."""
+    ("precise BN", `model.population_state`); NaN for the arms not `alive` (diverged)."""
     state = model.population_state(params, X_stats, config)
     with np.errstate(all="ignore"):
         logits = model.forward(params, state, X, config, train=False)[0]
@@ -81,36 +68,6 @@ def eval_logits(params: dict, config: model.MLPConfig, X: np.ndarray, X_stats: n
 def eval_accuracy(params, config, X, y, X_stats, alive=None) -> np.ndarray:
     """(K,) accuracy in inference mode (precise BN over X_stats); a diverged arm scores 0."""
     return model.logits_accuracy(eval_logits(params, config, X, X_stats, alive), y)
-
-
-class Checkpoints:
-    """Hook: ``fn(index, params, alive)`` on the network before training (index 0) and after every
-    `every`-th update; `values(count)` stacks the results, padding checkpoints the loop never reached
-    (every arm diverged) with `dead`."""
-
-    needs_deltas = False
-
-    def __init__(self, every: int, fn, dead=np.nan):
-        self.every, self.fn, self.dead, self.results = every, fn, dead, []
-
-    def __call__(self, step: int, info: model.StackStepInfo) -> None:
-        if step == 0:
-            self.results.append(self.fn(0, info.params_before, np.ones_like(info.alive)))
-        if (step + 1) % self.every == 0:
-            self.results.append(self.fn(len(self.results), info.params, info.alive))
-
-    def values(self, count: int) -> np.ndarray:
-        out = np.stack(self.results)
-        if len(out) < count:
-            out = np.concatenate([out, np.full((count - len(out),) + out.shape[1:], self.dead)])
-        return out
-
-
-def steps_to(curve: np.ndarray, steps: np.ndarray, target: float) -> np.ndarray:
-    """First step at which each row of `curve` (A, K) reaches `target`; NaN where it never does."""
-    hit = curve >= target
-    first = hit.argmax(axis=1)
-    return np.where(hit.any(axis=1), steps[first], np.nan)
 
 
 def _train_state(params: dict, config: model.MLPConfig) -> dict:
@@ -144,28 +101,23 @@ def _to64(params: dict) -> dict:
 
 @experiment(
     "training-speed",
-    metrics={
-        "steps_plain_best": "SGD steps for the plain MLP to reach the target test accuracy at its own best LR",
-        "steps_bn_best": "SGD steps for the BN MLP to reach the target test accuracy at its own best LR",
+    metrics=axes({
+        "steps_{net}_best": "SGD steps for the {net} MLP to reach the target test accuracy at its own best LR",
         "steps_bn_common": "SGD steps for the BN MLP at the plain MLP's best LR (the common LR)",
         "time_plain_best": "steps_plain_best in units of one plain step (wall-clock model)",
         "time_bn_best": "steps_bn_best x bn_step_cost: wall-clock in units of one plain step",
         "time_bn_common": "steps_bn_common x bn_step_cost",
-        "lr_plain_best": "learning rate chosen for the plain MLP on validation (tuning run)",
-        "lr_bn_best": "learning rate chosen for the BN MLP on validation (tuning run)",
+        "lr_{net}_best": "learning rate chosen for the {net} MLP on validation (tuning run)",
         "best_at_edge": "1 when a chosen learning rate is the smallest or largest of the grid",
         "reached_all": "1 when all three evaluation runs reached the target within eval_steps",
-        "diverged_plain": "grid learning rates whose plain tuning run went NaN/inf",
-        "diverged_bn": "grid learning rates whose BN tuning run went NaN/inf",
-        "stuck_plain": "grid learning rates whose plain tuning run ended finite but below 20 % val accuracy",
-        "stuck_bn": "grid learning rates whose BN tuning run ended finite but below 20 % val accuracy",
-        "final_acc_plain_best": "test accuracy of the plain MLP after eval_steps (own best LR)",
-        "final_acc_bn_best": "test accuracy of the BN MLP after eval_steps (own best LR)",
-    },
+        "diverged[net]": "grid learning rates whose {net} tuning run went NaN/inf",
+        "stuck[net]": "grid learning rates whose {net} tuning run ended finite but below 20 % val accuracy",
+        "final_acc_{net}_best": "test accuracy of the {net} MLP after eval_steps (own best LR)",
+    }, net={"plain": "plain", "bn": "BN"}),
     series={
         "lr": "the learning-rate grid",
-        "val_steps_plain": "tuning: steps to the target validation accuracy per LR, plain (NaN: never)",
-        "val_steps_bn": "tuning: steps to the target validation accuracy per LR, BN (NaN: never)",
+        **axes({"val_steps[net]": "tuning: steps to the target validation accuracy per LR, {net} (NaN: never)"},
+               net={"plain": "plain", "bn": "BN"}),
         "step": "evaluation checkpoints (SGD steps)",
         "acc_plain_best": "test accuracy over training, plain at its best LR",
         "acc_bn_best": "test accuracy over training, BN at its best LR",
@@ -181,13 +133,13 @@ def training_speed(rng: np.random.Generator, *, hidden: list[int] = [64, 64, 64]
     Network 64-[hidden]-10, ReLU, SGD without momentum, batch `batch_size`, float32; BN before
     every ReLU. Tuning (its own init and batch order): every LR of `lrs` for both networks for
     `tune_steps` steps; the best LR of each is the one that first reaches `target` validation
-    accuracy, checked every `tune_check_every` steps (ties: higher validation accuracy then). Evaluation (a fresh init and batch order,
-    the same for both networks): plain at its best LR, BN at its best LR and at the plain
-    network's best LR, `eval_steps` steps; steps to `target` test accuracy, checked every
-    `check_every` steps (censored at eval_steps when never reached). BN is evaluated with the
-    population statistics of a fixed 256-example training subset ("precise BN").
-    Wall-clock model: steps x `bn_step_cost`, the cost of a BN step in plain steps (a constant
-    measured once, not per run).
+    accuracy, checked every `tune_check_every` steps (ties: higher validation accuracy then).
+    Evaluation (a fresh init and batch order, the same for both networks): plain at its best LR,
+    BN at its best LR and at the plain network's best LR, `eval_steps` steps; steps to `target`
+    test accuracy, checked every `check_every` steps (censored at eval_steps when never reached).
+    BN is evaluated with the population statistics of a fixed 256-example training subset
+    ("precise BN"). Wall-clock model: steps x `bn_step_cost`, the cost of a BN step in plain
+    steps (a constant measured once, not per run).
     """
     split = digits()
     X, y = split.X_train, split.y_train
@@ -200,12 +152,12 @@ def training_speed(rng: np.random.Generator, *, hidden: list[int] = [64, 64, 64]
         def acc(_, params, alive):
             return eval_accuracy(params, config, x_eval, y_eval, X[stats_index], alive)
         curve = Checkpoints(check_every, acc, dead=0.0)
-        result = train(config, X, y, lr, plan, init[config.norm], record=curve)
+        result = train_on_plan(config, X, y, lr, plan, init[config.norm], record=curve)
         return curve.values(len(plan) // check_every + 1).T, result.diverged
 
     # --- tuning on the validation split: every LR of the grid, both networks from the same init and batches
     init_rng, order_rng, stats_rng = tune_rng.spawn(3)
-    stats_index = np.sort(stats_rng.choice(len(y), 256, replace=False))
+    stats_index = sample_rows(stats_rng, len(y), 256)
     init = paired_init(init_rng, hidden)
     plan = model.batch_plan(order_rng, len(y), batch_size, tune_steps)
     check_steps = np.arange(0, tune_steps + 1, tune_check_every)
@@ -225,7 +177,7 @@ def training_speed(rng: np.random.Generator, *, hidden: list[int] = [64, 64, 64]
 
     # --- evaluation on the test split: fresh init and batch order, shared by both networks
     init_rng, order_rng, stats_rng = eval_rng.spawn(3)
-    stats_index = np.sort(stats_rng.choice(len(y), 256, replace=False))
+    stats_index = sample_rows(stats_rng, len(y), 256)
     init = paired_init(init_rng, hidden)
     plan = model.batch_plan(order_rng, len(y), batch_size, eval_steps)
     lr_p, lr_b = lr_grid[chosen["plain"]], lr_grid[chosen["bn"]]
@@ -234,34 +186,22 @@ def training_speed(rng: np.random.Generator, *, hidden: list[int] = [64, 64, 64]
     curve_b, _ = run(nets["bn"], [lr_b, lr_p], split.X_test, split.y_test, check_every)
     reach_p = steps_to(curve_p, eval_checks, target)
     reach_b = steps_to(curve_b, eval_checks, target)
-    reached_all = float(np.isfinite(reach_p).all() and np.isfinite(reach_b).all())
     censor = lambda s: float(eval_steps if np.isnan(s) else max(s, check_every))  # noqa: E731
     steps_p, steps_b, steps_bc = censor(reach_p[0]), censor(reach_b[0]), censor(reach_b[1])
     edge = {0, len(lr_grid) - 1}
+    net = ("plain", "bn")
     return {
-        "steps_plain_best": steps_p,
-        "steps_bn_best": steps_b,
-        "steps_bn_common": steps_bc,
-        "time_plain_best": steps_p,
-        "time_bn_best": steps_b * bn_step_cost,
-        "time_bn_common": steps_bc * bn_step_cost,
-        "lr_plain_best": float(lr_p),
-        "lr_bn_best": float(lr_b),
+        "steps_plain_best": steps_p, "steps_bn_best": steps_b, "steps_bn_common": steps_bc,
+        "time_plain_best": steps_p, "time_bn_best": steps_b * bn_step_cost, "time_bn_common": steps_bc * bn_step_cost,
+        "lr_plain_best": float(lr_p), "lr_bn_best": float(lr_b),
         "best_at_edge": float(chosen["plain"] in edge or chosen["bn"] in edge),
-        "reached_all": reached_all,
-        "diverged_plain": float(diverged["plain"]),
-        "diverged_bn": float(diverged["bn"]),
-        "stuck_plain": float(stuck["plain"]),
-        "stuck_bn": float(stuck["bn"]),
-        "final_acc_plain_best": float(curve_p[0, -1]),
-        "final_acc_bn_best": float(curve_b[0, -1]),
-        "lr": lr_grid,
-        "val_steps_plain": val_steps["plain"],
-        "val_steps_bn": val_steps["bn"],
+        "reached_all": float(np.isfinite(reach_p).all() and np.isfinite(reach_b).all()),
+        **spread("diverged[net]", [diverged[n] for n in net], net=net),
+        **spread("stuck[net]", [stuck[n] for n in net], net=net),
+        "final_acc_plain_best": float(curve_p[0, -1]), "final_acc_bn_best": float(curve_b[0, -1]),
+        "lr": lr_grid, "val_steps_plain": val_steps["plain"], "val_steps_bn": val_steps["bn"],
         "step": eval_checks.astype(float),
-        "acc_plain_best": curve_p[0],
-        "acc_bn_best": curve_b[0],
-        "acc_bn_common": curve_b[1],
+        "acc_plain_best": curve_p[0], "acc_bn_best": curve_b[0], "acc_bn_common": curve_b[1],
     }
 
 
@@ -335,27 +275,22 @@ class DriftAndICS:
 
 @experiment(
     "layer-input-drift",
-    metrics={
-        **{f"{what}_{net}_{speed}": text.format(net=net.upper() if net == "bn" else net, lr=speed)
-           for what, text in (
-               ("moment_drift", "{net} MLP at the {lr} LR: scale-free change of each hidden unit's mean and std "
-                                "on the probe set per check interval, averaged"),
-               ("w1_drift", "{net} MLP at the {lr} LR: Wasserstein-1 distance between consecutive probe "
-                            "distributions of each hidden unit / its std, averaged"),
-               ("ics_l2", "{net} MLP at the {lr} LR: Santurkar ICS ||G - G'|| / ||G||, averaged over layers "
-                          "2..L and checks"),
-               ("ics_cos", "{net} MLP at the {lr} LR: cosine(G, G') of Santurkar's ICS, averaged"),
-               ("val_acc", "{net} MLP at the {lr} LR: validation accuracy at the end"),
-           )
-           for net in ("bn", "plain") for speed in ("slow", "fast")},
-    },
-    series={
+    metrics=axes({
+        "moment_drift_{net}_{speed}": "{net} MLP at the {speed} LR: scale-free change of each hidden unit's mean and "
+                                      "std on the probe set per check interval, averaged",
+        "w1_drift_{net}_{speed}": "{net} MLP at the {speed} LR: Wasserstein-1 distance between consecutive probe "
+                                  "distributions of each hidden unit / its std, averaged",
+        "ics_l2_{net}_{speed}": "{net} MLP at the {speed} LR: Santurkar ICS ||G - G'|| / ||G||, averaged over layers "
+                                "2..L and checks",
+        "ics_cos_{net}_{speed}": "{net} MLP at the {speed} LR: cosine(G, G') of Santurkar's ICS, averaged",
+        "val_acc_{net}_{speed}": "{net} MLP at the {speed} LR: validation accuracy at the end",
+    }, net=NETS, speed=SPEEDS),
+    series=axes({
         "step": "end of each check interval (SGD steps)",
         "ics_step": "the SGD step at which each ICS measurement is taken",
-        **{f"{what}_curve_{net}_{speed}": f"{metric} per check, {net}, {speed} LR"
-           for what, metric in (("drift", "moment_drift"), ("cos", "ics_cos"))
-           for net in ("bn", "plain") for speed in ("slow", "fast")},
-    },
+        "drift_curve_{net}_{speed}": "moment_drift per check, {net}, {speed} LR",
+        "cos_curve_{net}_{speed}": "ics_cos per check, {net}, {speed} LR",
+    }, net=("bn", "plain"), speed=SPEEDS),
 )
 def layer_input_drift(rng: np.random.Generator, *, hidden: list[int] = [64, 64, 64], batch_size: int = 64,
                       lr_slow: float = 0.1, lr_fast: float = 0.4, steps: int = 300, check_every: int = 10) -> dict:
@@ -379,18 +314,15 @@ def layer_input_drift(rng: np.random.Generator, *, hidden: list[int] = [64, 64, 
            "ics_step": np.arange(steps // check_every) * float(check_every)}
     for name, config in (("plain", mlp(hidden)), ("bn", mlp(hidden, "batch"))):
         hook = DriftAndICS(split.X_val, check_every)
-        result = train(config, X, y, [lr_slow, lr_fast], plan, init[config.norm], record=hook)
+        result = train_on_plan(config, X, y, [lr_slow, lr_fast], plan, init[config.norm], record=hook)
         acc = eval_accuracy(result.params, config, split.X_val, split.y_val, X, ~result.diverged)
         moment, w1 = np.stack(hook.moment, axis=1), np.stack(hook.w1, axis=1)            # (A, checks)
         l2, cs = np.stack(hook.ics_l2, axis=1), np.stack(hook.ics_cos, axis=1)
-        for a, speed in enumerate(("slow", "fast")):
-            out[f"moment_drift_{name}_{speed}"] = float(moment[a].mean())
-            out[f"w1_drift_{name}_{speed}"] = float(w1[a].mean())
-            out[f"ics_l2_{name}_{speed}"] = float(l2[a].mean())
-            out[f"ics_cos_{name}_{speed}"] = float(cs[a].mean())
-            out[f"val_acc_{name}_{speed}"] = float(acc[a])
-            out[f"drift_curve_{name}_{speed}"] = moment[a]
-            out[f"cos_curve_{name}_{speed}"] = cs[a]
+        for what, values in (("moment_drift", moment), ("w1_drift", w1), ("ics_l2", l2), ("ics_cos", cs)):
+            out.update(spread(f"{what}_{name}_{{speed}}", [row.mean() for row in values], speed=SPEEDS))
+        out.update(spread(f"val_acc_{name}_{{speed}}", acc, speed=SPEEDS))
+        out.update(spread(f"drift_curve_{name}_{{speed}}", moment, speed=SPEEDS))
+        out.update(spread(f"cos_curve_{name}_{{speed}}", cs, speed=SPEEDS))
     return out
 
 
@@ -452,26 +384,24 @@ def _plain_rescale_change(rng: np.random.Generator, params: dict, config: model.
     return float(np.median(next(_rescaled_changes(rng, params, config, x, y))))
 
 
+COUPLING_WHAT = {"input": "input", "grad": "weight gradient"}
+
+
 @experiment(
     "layer-coupling",
-    metrics={
-        **{f"{what}_{kind}_{net}": f"{net} MLP: relative change of the last layer's {thing} per relative change "
-                                   f"of the first two layers' weights along {direction} (elasticity)"
-           for what, thing in (("input", "input"), ("grad", "weight gradient"))
-           for kind, direction in (("update", "their SGD update direction"), ("random", "a random direction"))
-           for net in ("bn", "plain")},
+    metrics=axes({
+        "{what}_{kind}_{net}": "{net} MLP: relative change of the last layer's {what} per relative change of the "
+                               "first two layers' weights along {kind} (elasticity)",
         "rescale_error_bn": "BN: largest change of any later layer's input or gradient when the first layer's "
                             "units are rescaled and shifted, in units of float64 eps (eps_BN = 0)",
         "rescale_change_plain": "plain: median relative change of the later layers' inputs and gradients under "
                                 "the same rescaling",
-        "val_acc_bn": "BN MLP: validation accuracy at the end",
-        "val_acc_plain": "plain MLP: validation accuracy at the end",
-    },
-    series={
+        "val_acc[net]": "{net} MLP: validation accuracy at the end",
+    }, what=COUPLING_WHAT, kind={"update": "their SGD update direction", "random": "a random direction"}, net=NETS),
+    series=axes({
         "step": "checkpoints (SGD steps)",
-        **{f"curve_{what}_update_{net}": f"{what} elasticity along the update direction at each checkpoint, {net}"
-           for what in ("input", "grad") for net in ("bn", "plain")},
-    },
+        "curve_{what}_update_{net}": "{what} elasticity along the update direction at each checkpoint, {net}",
+    }, what=tuple(COUPLING_WHAT), net=("bn", "plain")),
 )
 def layer_coupling(rng: np.random.Generator, *, hidden: list[int] = [64, 64, 64], batch_size: int = 64,
                    lr: float = 0.1, steps: int = 300, check_every: int = 50, early_layers: int = 2,
@@ -528,7 +458,7 @@ def layer_coupling(rng: np.random.Generator, *, hidden: list[int] = [64, 64, 64]
                 measure(steps, info.params, _view(info.params, config, info.x, info.y)[1])
 
         before = {}
-        result = train(config, X, y, [lr], plan, init[config.norm], record=hook)
+        result = train_on_plan(config, X, y, [lr], plan, init[config.norm], record=hook)
         out[f"val_acc_{name}"] = float(eval_accuracy(result.params, config, probe, probe_y, X, ~result.diverged)[0])
         for k in keys:
             out[f"{k}_{name}"] = float(np.mean(records[k]))
@@ -542,35 +472,32 @@ def layer_coupling(rng: np.random.Generator, *, hidden: list[int] = [64, 64, 64]
 # ============================================================================ ghost-batch jitter as a regularizer
 
 GHOSTS = (4, 8, 16, 64)
-JITTER_ARMS = tuple(f"g{g}" for g in GHOSTS) + ("free",)
+JITTER_TEXT = {**{f"g{g}": f"ghost batch norm with ghost batches of {g}" for g in GHOSTS},
+               "free": "noise-free BN (statistics of the whole training set, gradients through them)"}
+JITTER_ARMS = tuple(JITTER_TEXT)
 
 
 @experiment(
     "ghost-batch-jitter",
-    metrics={
-        **{f"test_acc_{arm}": f"test accuracy, {text}, at its own best LR"
-           for arm, text in [(f"g{g}", f"ghost batch norm with ghost batches of {g}") for g in GHOSTS]
-           + [("free", "noise-free BN (statistics of the whole training set, gradients through them)")]},
-        **{f"test_acc_common_{arm}": f"test accuracy, {arm}, at the common LR (the noise-free arm's best)"
-           for arm in JITTER_ARMS},
-        **{f"test_acc_low_{arm}": f"test accuracy, {arm}, at the small common LR low_lr" for arm in JITTER_ARMS},
-        **{f"gap_{arm}": f"train accuracy - test accuracy, {arm}, own best LR" for arm in JITTER_ARMS},
-        **{f"test_loss_{arm}": f"test cross-entropy, {arm}, own best LR" for arm in JITTER_ARMS},
-        **{f"lr_{arm}": f"learning rate used for {arm} (chosen on validation when lrs is empty)"
-           for arm in JITTER_ARMS},
+    metrics=axes({
+        "test_acc[arm]": "test accuracy, {arm}, at its own best LR",
+        "test_acc_common[arm]": "test accuracy, {arm}, at the common LR (the noise-free arm's best)",
+        "test_acc_low[arm]": "test accuracy, {arm}, at the small common LR low_lr",
+        "gap[arm]": "train accuracy - test accuracy, {arm}, own best LR",
+        "test_loss[arm]": "test cross-entropy, {arm}, own best LR",
+        "lr[arm]": "learning rate used for {arm} (chosen on validation when lrs is empty)",
         "best_at_edge": "number of arms whose chosen LR is the smallest or largest of lr_grid (selection mode)",
         "diverged": "runs (arm x LR) that went NaN/inf",
-    },
-    series={
+    }, arm=JITTER_TEXT),
+    series=axes({
         "ghost_batch_size": "ghost batch size of each noisy arm",
         "test_acc_gain": "test accuracy of each ghost arm minus the noise-free arm (own best LRs)",
         "test_acc_gain_common": "the same at the common LR",
         "test_acc_gain_low": "the same at the small common LR low_lr",
         "gap_gain": "generalization gap of each ghost arm minus the noise-free arm's (own best LRs)",
         "lr_grid": "the learning-rate grid of the sweep mode",
-        **{f"val_acc_by_lr_{arm}": f"validation accuracy of {arm} at each LR of lr_grid (NaN: not run)"
-           for arm in JITTER_ARMS},
-    },
+        "val_acc_by_lr[arm]": "validation accuracy of {arm} at each LR of lr_grid (NaN: not run)",
+    }, arm=JITTER_ARMS),
 )
 def ghost_batch_jitter(rng: np.random.Generator, *, hidden: list[int] = [64, 64], n_per_class: int = 20,
                        batch_size: int = 64, steps: int = 300, lrs: list[float] = [], low_lr: float = 0.2,
@@ -587,25 +514,23 @@ def ghost_batch_jitter(rng: np.random.Generator, *, hidden: list[int] = [64, 64]
     Learning rates: `lrs` gives one per arm (ghost arms in order, then the noise-free arm), fixed
     from a validation sweep on other seeds; the common LR is the noise-free arm's; every arm also
     runs at the small common LR `low_lr`. With `lrs` empty, every arm runs every LR of `lr_grid`
-    (which must contain low_lr) and keeps the one with the best validation accuracy (the sweep mode). Reported on the test split. Inference for every arm: the population
-    statistics of the training set under the final weights (precise BN), the same for all arms.
+    (which must contain low_lr) and keeps the one with the best validation accuracy (the sweep
+    mode). Reported on the test split. Inference for every arm: the population statistics of the
+    training set under the final weights (precise BN), the same for all arms.
     """
     split = digits()
     ghost_sizes = [g for g in GHOSTS if batch_size % g == 0]
     if len(ghost_sizes) < len(GHOSTS):
         raise ValueError(f"batch_size must be a multiple of every ghost batch size {GHOSTS}; got {batch_size}")
     sub_rng, init_rng, order_rng = rng.spawn(3)
-    index = np.sort(np.concatenate([sub_rng.permutation(np.flatnonzero(split.y_train == c))[:n_per_class]
-                                    for c in range(10)]))
+    index = per_class_subset(sub_rng, split.y_train, n_per_class)
     X, y = split.X_train[index], split.y_train[index]
     n = len(y)
     arms = [f"g{g}" for g in ghost_sizes] + ["free"]
     configs = {f"g{g}": mlp(hidden, "batch") if g == batch_size else mlp(hidden, "ghost", ghost_batch_size=g)
                for g in ghost_sizes}
     configs["free"] = mlp(hidden, "batch", reference_rows=n)
-    sweep = not lrs
-    if not sweep and len(lrs) != len(arms):
-        raise ValueError(f"lrs needs one learning rate per arm ({len(arms)}: {', '.join(arms)}); got {len(lrs)}")
+    sweep = lrs_per_arm(lrs, arms)
     grid = {arm: sorted(set(lr_grid)) if sweep else sorted({lrs[i], lrs[-1], low_lr}) for i, arm in enumerate(arms)}
     if low_lr not in grid["free"]:
         raise ValueError(f"low_lr={low_lr} must be in lr_grid {lr_grid}")
@@ -614,7 +539,7 @@ def ghost_batch_jitter(rng: np.random.Generator, *, hidden: list[int] = [64, 64]
     results = {}
     for arm in arms:   # same initial weights, same batches; the noise-free arm forwards all of X with each batch
         config = configs[arm]
-        run = train(config, X, y, grid[arm], plan, base, X_reference=X if arm == "free" else None)
+        run = train_on_plan(config, X, y, grid[arm], plan, base, X_reference=X if arm == "free" else None)
         alive = ~run.diverged
         logits = eval_logits(run.params, config, split.X_test, X, alive)
         results[arm] = dict(val=eval_accuracy(run.params, config, split.X_val, split.y_val, X, alive),
@@ -636,18 +561,15 @@ def ghost_batch_jitter(rng: np.random.Generator, *, hidden: list[int] = [64, 64]
         out[f"gap_{arm}"] = float(r["train"][k] - r["test"][k])
         out[f"test_loss_{arm}"] = float(min(r["test_loss"][k], 1e3))
         out[f"lr_{arm}"] = float(grid[arm][k])
+        by_lr = dict(zip(grid[arm], r["val"]))
+        out[f"val_acc_by_lr_{arm}"] = np.array([by_lr.get(v, np.nan) for v in lr_grid], dtype=float)
     out["best_at_edge"] = float(sum(sweep and k in (0, len(lr_grid) - 1) for k in chosen.values()))
     out["diverged"] = float(sum(r["diverged"].sum() for r in results.values()))
-    ghosts = arms[:-1]
     out["ghost_batch_size"] = np.array(ghost_sizes, dtype=float)
-    out["test_acc_gain"] = np.array([out[f"test_acc_{a}"] - out["test_acc_free"] for a in ghosts])
-    out["test_acc_gain_common"] = np.array([out[f"test_acc_common_{a}"] - out["test_acc_common_free"] for a in ghosts])
-    out["test_acc_gain_low"] = np.array([out[f"test_acc_low_{a}"] - out["test_acc_low_free"] for a in ghosts])
-    out["gap_gain"] = np.array([out[f"gap_{a}"] - out["gap_free"] for a in ghosts])
+    for name, key in (("test_acc_gain", "test_acc"), ("test_acc_gain_common", "test_acc_common"),
+                      ("test_acc_gain_low", "test_acc_low"), ("gap_gain", "gap")):
+        out[name] = np.array([out[f"{key}_{a}"] - out[f"{key}_free"] for a in arms[:-1]])
     out["lr_grid"] = np.asarray(lr_grid, dtype=float)
-    for arm in arms:
-        by_lr = dict(zip(grid[arm], results[arm]["val"]))
-        out[f"val_acc_by_lr_{arm}"] = np.array([by_lr.get(v, np.nan) for v in lr_grid], dtype=float)
     return out
 
 
@@ -679,6 +601,9 @@ def _total_variation(logits_a: np.ndarray, logits_b: np.ndarray) -> np.ndarray:
     return 0.5 * np.abs(softmax(logits_a) - softmax(logits_b)).sum(axis=2).mean(axis=1)
 
 
+AFFINE_ARMS = {"plain": "plain", "bn_fixed": "noise-free BN reparametrization"}
+
+
 @experiment(
     "affine-reparametrization",
     metrics={
@@ -701,21 +626,18 @@ def _total_variation(logits_a: np.ndarray, logits_b: np.ndarray) -> np.ndarray:
         "lr_bn_fixed": "noise-free BN reparametrization: learning rate chosen on validation",
         "best_at_edge": "number of the two arms (plain, bn_fixed) whose chosen LR is at the edge of the grid",
     },
-    series={
+    series=axes({
         "step": "checkpoints (SGD steps)",
         "tv_reparam": "distance plain vs noise-free BN reparametrization over training (common LR)",
         "tv_order": "distance plain vs plain with another batch order over training (common LR)",
         "tv_batch": "distance plain vs BN with batch statistics over training (common LR)",
         "loss_step": "end of each check interval (SGD steps)",
-        **{f"loss_curve_{arm}": f"{arm}: mini-batch loss averaged over each check interval (common LR)"
-           for arm in ("plain", "bn_fixed", "bn_batch")},
+        "loss_curve[curve]": "{curve}: mini-batch loss averaged over each check interval (common LR)",
         "lr": "learning-rate grid",
-        "mean_loss_by_lr_plain": "plain: mean training loss over the run at each LR (NaN: diverged, or above "
-                                 "the chance-level loss ln 10)",
-        "mean_loss_by_lr_bn_fixed": "noise-free BN reparametrization: the same",
-        "val_acc_by_lr_plain": "plain: validation accuracy at the end, at each LR",
-        "val_acc_by_lr_bn_fixed": "noise-free BN reparametrization: the same",
-    },
+        "mean_loss_by_lr[arm]": "{arm}: mean training loss over the run at each LR (NaN: diverged, or above the "
+                                "chance-level loss ln 10)",
+        "val_acc_by_lr[arm]": "{arm}: validation accuracy at the end, at each LR",
+    }, curve=("plain", "bn_fixed", "bn_batch"), arm=AFFINE_ARMS),
 )
 def affine_reparametrization(rng: np.random.Generator, *, hidden: list[int] = [64, 64], batch_size: int = 64,
                              lrs: list[float] = [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4], low_lr: float = 0.1,
@@ -743,7 +665,7 @@ def affine_reparametrization(rng: np.random.Generator, *, hidden: list[int] = [6
     lr = np.asarray(lrs, dtype=np.float64)
     if low_lr not in lrs:
         raise ValueError(f"low_lr={low_lr} must be one of lrs {lrs}")
-    stats_x = X[np.sort(stats_rng.choice(len(y), stats_rows, replace=False))]
+    stats_x = X[sample_rows(stats_rng, len(y), stats_rows)]
     plain_cfg = mlp(hidden)
     fixed_cfg = mlp(hidden, "batch", reference_rows=stats_rows)      # noise-free: statistics of stats_x
     batch_cfg = mlp(hidden, "batch")
@@ -770,7 +692,7 @@ def affine_reparametrization(rng: np.random.Generator, *, hidden: list[int] = [6
             logits = eval_logits(params, config, split.X_test, stats_x, alive)
             return logits if reference is None else _total_variation(reference[index], logits)
         hook = Checkpoints(check_every, look)
-        result = train(config, X, y, lrs, order, params, record=hook,
+        result = train_on_plan(config, X, y, lrs, order, params, record=hook,
                        X_reference=stats_x if config.reference_rows else None)
         losses = np.full((len(lrs), checks * check_every), np.nan)
         ran = min(result.losses.shape[1], checks * check_every)
