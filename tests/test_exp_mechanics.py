@@ -103,13 +103,17 @@ def test_initial_weights_keep_the_pre_port_scales_and_streams():
 
 
 def test_lr_choice_and_counts_follow_the_model_rules():
-    res = mechanics._arms_on_digits(np.random.default_rng(1), ("vector", "none"), [0.01, 0.1, 30.0], 8, 1, 32)
-    for arm in ("vector", "none"):
-        r = res[arm]
-        assert r["best"] == model.select_lr([0.01, 0.1, 30.0], r["val_acc"], r["res"].diverged)
-        assert np.all(r["val_acc"][r["res"].diverged] == 0) and np.all(np.isinf(r["train_loss"][r["res"].diverged]))
-        assert r["epoch_loss"].shape == (3, 1)
-    assert res["diverged_runs"] == sum(int(res[a]["res"].diverged.sum()) for a in ("vector", "none"))
+    lrs = [0.01, 0.1, 30.0]
+    out, chosen = mechanics._arms_on_digits(np.random.default_rng(1), {"affine": "vector", "none": "none"}, lrs, 8, 1, 32)
+    for name, kind in (("affine", "vector"), ("none", "none")):
+        res, best = chosen[kind]
+        assert best == model.select_lr(lrs, out[f"val_acc_{name}_by_lr"], res.diverged)
+        assert out[f"log10_lr_{name}"] == np.log10(lrs[best])
+        assert np.all(out[f"val_acc_{name}_by_lr"][res.diverged] == 0)
+        assert out[f"loss_{name}_by_epoch"].shape == (1,)
+    assert out["diverged_runs"] == sum(int(res.diverged.sum()) for res, _ in chosen.values())
+    assert set(out) == set(mechanics._lr_arm_outputs({"affine": "", "none": ""})[0]) | set(
+        mechanics._lr_arm_outputs({"affine": "", "none": ""})[1])
 
 
 def test_collapsing_the_per_feature_pairs_is_measured_on_the_same_network():

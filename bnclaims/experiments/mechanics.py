@@ -1,24 +1,19 @@
 """What batch norm computes: its axis, its output moments, its γ and β, its batch coupling.
 
-Seven experiments behind the "mechanics" claims of threads 001 and 002:
-
-* ``batchnorm-moments``            per-feature mean/std of the normalised batch (exact, many inputs)
-* ``bn-output-moments-vs-affine``  output mean/std after γ, β versus β and γ (train and eval mode)
-* ``bn-mean-set-by-beta``          is the output mean β, whatever the lower layers and inputs do?
-* ``bn-scalar-vs-per-feature-affine``  one (γ, β) pair per layer versus one per feature, on digits
-* ``bn-affine-fold-next-layer``    can the next Linear layer absorb γ and β (with and without ReLU)?
-* ``bn-vs-layernorm``              which axis each normalises; batch-mate dependence
-* ``bn-big-example``               one large example in a batch and the predictions of the others
-
-Exact identities are checked in "error units": the observed error divided by a worst-case
-rounding-error bound of the dtype (unit roundoff ``u = finfo(dtype).eps / 2``); a value below 1
-means "equal up to floating-point rounding".
+The experiments behind the "mechanics" claims of threads 001 and 002. Exact identities are checked
+in "error units": the observed error divided by a worst-case rounding-error bound of the dtype
+(unit roundoff ``u = finfo(dtype).eps / 2``); below 1 means "equal up to floating-point rounding".
 
 Digits: the shared split (`recorders.digits`: 1,078 train / 269 validation / 450 test images,
-standardised, float32). The digits experiments train a small batch-norm MLP,
-``64 -> H -> BN -> ReLU -> 10``, with `bnclaims.model.train_stack` (one stack per affine kind, one
-arm per learning rate; every arm from the same initial function on the same batches: paired arms)
-and measure the trained networks with `model.forward`; every layer is `bnclaims.nn`'s.
+standardised, float32). The training experiments use a small batch-norm MLP,
+``64 -> H -> BN -> ReLU -> 10`` (He weights, LeCun scale for the output layer; BN cancels the
+hidden bias), trained with SGD (momentum 0.9) by `bnclaims.model.train_stack`: one stack per
+affine kind -- "vector" (one γ, β per feature, as Ioffe & Szegedy define them and PyTorch/Keras
+implement them), "scalar" (one pair per layer: ``MLPConfig(affine_shared=True)``, its gradient the
+sum over features) or "none" (``affine=False``) -- with one arm per learning rate; every arm from
+the same initial function (γ = 1, β = 0) on the same batches (paired). Each kind's learning rate
+is chosen on validation accuracy (`model.select_lr`: ties to the smaller rate; a diverged run
+scores 0); results are on the test split. Every layer is `bnclaims.nn`'s.
 """
 
 from __future__ import annotations
@@ -30,6 +25,8 @@ from bnclaims.experiments import axes, experiment
 
 _EPS = 1e-5
 _TINY = np.finfo(np.float64).tiny
+_LR_GRID = [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0]
+_AFFINE = {"vector": {}, "scalar": {"affine_shared": True}, "none": {"affine": False}}
 
 
 def _roundoff(dtype) -> float:
@@ -40,10 +37,9 @@ def _roundoff(dtype) -> float:
 def _column_mean_error_bound(x, out_abs_max, inv_std, gamma_abs, beta_abs, u):
     """Worst-case rounding bound on |column mean of out| - |exact value| for out = γ(x - m)s + β.
 
-    x: (N, D) input; out_abs_max: (D,) max |out| per column; inv_std: (D,) s; gamma_abs,
-    beta_abs: (D,) or scalars. Two sources: the computed batch mean m is off by at most
-    N u mean|x| (recursive summation), which shifts every output by γ s times that; and
-    summing the outputs again costs at most N u max|out|. A factor 2 covers the cross terms.
+    x: (N, D); out_abs_max, inv_std (s): (D,); gamma_abs, beta_abs: (D,) or scalars. The computed
+    mean m is off by at most N u mean|x| (shifting every output by γ s times that), and summing the
+    outputs again costs at most N u max|out|; a factor 2 covers the cross terms.
     """
     mean_abs_x = np.abs(np.asarray(x, dtype=np.float64)).mean(axis=0)
     return 2.0 * x.shape[0] * u * (gamma_abs * inv_std * mean_abs_x + out_abs_max + beta_abs) + _TINY
@@ -64,6 +60,88 @@ def _rows(rng, X: np.ndarray, n: int) -> np.ndarray:
     return X[rng.choice(len(X), size=n, replace=False)]
 
 
+def _logits(params: dict, state: dict, config: model.MLPConfig, X, train: bool = False) -> np.ndarray:
+    return model.forward(params, state, X, config, train)[0]
+
+
+# ============================================================================ the digits MLP, paired arms
+
+
+def _config(hidden: int, kind: str = "vector") -> model.MLPConfig:
+    if kind not in _AFFINE:
+        raise ValueError(f"affine kinds must be among {tuple(_AFFINE)}; got {kind!r}")
+    return model.MLPConfig(sizes=(64, hidden, 10), norm="batch", eps=_EPS, **_AFFINE[kind])
+
+
+def _initial(init_rng, config: model.MLPConfig) -> dict:
+    """He weights for the hidden layer, LeCun scale (sqrt(1 / H)) for the output layer, as before the port."""
+    params = model.init_params(init_rng, config)
+    params["W1"] *= np.float32(np.sqrt(0.5))
+    return params
+
+
+def _train_arms(rng, X, y, kinds, lrs: list[float], *, hidden: int, epochs: int, batch_size: int = 32) -> dict:
+    """{kind: StackResult} of one stack per affine kind (arm g: learning rate lrs[g], momentum 0.9), all
+    from the same initial function on the same batches (drawn from the children of rng.spawn(2))."""
+    init_rng, batch_rng = rng.spawn(2)
+    initial = _initial(init_rng, _config(hidden))
+    plan = model.batch_plan(batch_rng, len(X), batch_size, epochs * (len(X) // batch_size))
+    arms = [model.Arm(lr=lr, momentum=0.9) for lr in lrs]
+    out = {}
+    for kind in kinds:
+        config = _config(hidden, kind)
+        params = {k: v for k, v in initial.items() if config.affine or not k.startswith(("gamma", "beta"))}
+        out[kind] = recorders.train_on_plan(config, X, y, arms, plan, params)
+    return out
+
+
+def _lr_arm_outputs(arms: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """(metrics, series) that `_arms_on_digits` returns for two arms {name: label}."""
+    metrics = axes({
+        "test_acc[arm]": "test accuracy, {arm}, at its best LR (chosen on validation)",
+        "test_acc_{arm}_common_lr": "test accuracy, {arm}, at the common LR 0.1",
+        "train_loss[arm]": "training-set loss (eval mode; a diverged run: inf), {arm}, at its best LR",
+        "log10_lr[arm]": "log10 of the learning rate chosen for {arm}",
+        "diverged_runs": "runs of the LR grid (both arms) whose loss became NaN/inf",
+        "stuck_runs": "runs of the LR grid (both arms) that stayed finite but ended at chance-level loss",
+    }, arm=arms)
+    series = axes({"lr": "learning rate (grid)", "val_acc_{arm}_by_lr": "validation accuracy, {arm}, at that LR",
+                   "epoch": "epoch (1-based)",
+                   "loss_{arm}_by_epoch": "mean mini-batch loss per epoch, {arm}, at its best LR"}, arm=arms)
+    return metrics, series
+
+
+def _arms_on_digits(rng, kinds: dict[str, str], lrs: list[float], hidden: int, epochs: int, batch_size: int):
+    """Train the arms {output name: affine kind} at every LR of `lrs` (paired) and pick each one's LR.
+
+    Returns (the outputs `_lr_arm_outputs` declares, {kind: (StackResult, chosen LR index)}).
+    """
+    split = recorders.digits()
+    results = _train_arms(rng, split.X_train, split.y_train, kinds.values(), lrs, hidden=hidden, epochs=epochs,
+                          batch_size=batch_size)
+    common = int(np.argmin(np.abs(np.log(np.asarray(lrs)) - np.log(0.1))))
+    out = {"lr": np.asarray(lrs, dtype=float), "epoch": np.arange(1, epochs + 1, dtype=float),
+           "diverged_runs": sum(int(r.diverged.sum()) for r in results.values()),
+           "stuck_runs": sum(int(r.stuck.sum()) for r in results.values())}
+    chosen = {}
+    with np.errstate(all="ignore"):
+        for name, kind in kinds.items():
+            res = results[kind]
+            val_acc, test_acc = (recorders.eval_accuracy(res, X, y) for X, y in ((split.X_val, split.y_val),
+                                                                                  (split.X_test, split.y_test)))
+            loss, _ = nn.softmax_cross_entropy(_logits(res.params, res.state, res.config, split.X_train), split.y_train)
+            losses = np.full((len(lrs), epochs * (len(split.X_train) // batch_size)), np.nan)  # NaN once diverged
+            losses[:, :res.losses.shape[1]] = res.losses
+            best = model.select_lr(lrs, val_acc, res.diverged)
+            chosen[kind] = (res, best)
+            out.update({f"test_acc_{name}": float(test_acc[best]),
+                        f"test_acc_{name}_common_lr": float(test_acc[common]),
+                        f"train_loss_{name}": float(np.where(res.diverged | ~np.isfinite(loss), np.inf, loss)[best]),
+                        f"log10_lr_{name}": float(np.log10(lrs[best])), f"val_acc_{name}_by_lr": val_acc,
+                        f"loss_{name}_by_epoch": losses.reshape(len(lrs), epochs, -1).mean(axis=2)[best]})
+    return out, chosen
+
+
 # ============================================================================ 1. batchnorm-moments
 
 _HIDDEN = "hidden-layer batches (32 x 100 pre-activations of a Linear(64, 100) layer on digits)"
@@ -81,8 +159,8 @@ _HIDDEN = "hidden-layer batches (32 x 100 pre-activations of a Linear(64, 100) l
                                   ">= 100 eps, however far from 0 they sit (float32 and float64)",
         **axes({"max_abs_mean_{dtype}": "largest |per-feature output mean| over the {dtype} batches"},
                dtype={"float32": "float32 (any variance)", "float64": "float64"}),
-        "std_gap_large_var": "largest |output std - 1| over features whose batch variance is >= 100 eps",
-        "std_gap_tiny_var": "largest |output std - 1| over features whose batch variance is <= eps",
+        **axes({"std_gap_{v}_var": "largest |output std - 1| over features whose batch variance is {v}"},
+               v={"large": ">= 100 eps", "tiny": "<= eps"}),
         "std_formula_error": "largest |output std - sqrt(v / (v + eps))| over all features (v: batch variance)",
         "hidden_mean_abs": f"{_HIDDEN}: largest |per-feature output mean| over every feature and batch",
         "hidden_std_gap": f"{_HIDDEN}: largest |per-feature output std - 1| over every feature and batch",
@@ -91,10 +169,8 @@ _HIDDEN = "hidden-layer batches (32 x 100 pre-activations of a Linear(64, 100) l
         "digits_constant_features": "fraction of the 64 pixel features that are constant within a 32-image "
                                     "digits batch (mean over 20 batches)",
     },
-    series={
-        "variance_over_eps": "batch variance of a feature divided by eps (sweep)",
-        "output_std": "std over the batch (axis 0) of that feature after batch norm",
-    },
+    series={"variance_over_eps": "batch variance of a feature divided by eps (sweep)",
+            "output_std": "std over the batch (axis 0) of that feature after batch norm"},
 )
 def batchnorm_moments(rng: np.random.Generator, *, batch_sizes: list[int] = [2, 4, 32, 256],
                       features: int = 100, repeats: int = 4, eps: float = _EPS):
@@ -151,21 +227,19 @@ def batchnorm_moments(rng: np.random.Generator, *, batch_sizes: list[int] = [2, 
     # Real inputs: raw digit pixels (many border pixels are 0 in every image of a batch).
     X, _ = data.load_digits()
     off = const = 0.0
-    n_batches = 20
-    for _ in range(n_batches):
+    for _ in range(20):
         xb = _rows(rng, X, 32)
         out, _ = nn.batchnorm_forward(xb, None, None, eps)
-        off += float(np.mean(np.abs(out.std(axis=0) - 1.0) > 0.01)) / n_batches
-        const += float(np.mean(np.ptp(xb, axis=0) == 0)) / n_batches
+        off += float(np.mean(np.abs(out.std(axis=0) - 1.0) > 0.01)) / 20
+        const += float(np.mean(np.ptp(xb, axis=0) == 0)) / 20
 
     # The thread's setting: a hidden layer's pre-activations Z on standardised digits, in float32.
     Xs = recorders.digits().X_train
     W, b = _random_layer(rng, 64, features)
-    for _ in range(n_batches):
-        z = nn.linear_forward(_rows(rng, Xs, 32), W, b)[0]
-        out = nn.batchnorm_forward(z, None, None, eps)[0].astype(np.float64)
-        keep("hidden_mean_abs", np.abs(out.mean(axis=0)))
-        keep("hidden_std_gap", np.abs(out.std(axis=0) - 1.0))
+    for _ in range(20):
+        out = nn.batchnorm_forward(nn.linear_forward(_rows(rng, Xs, 32), W, b)[0], None, None, eps)[0]
+        keep("hidden_mean_abs", np.abs(out.astype(np.float64).mean(axis=0)))
+        keep("hidden_std_gap", np.abs(out.astype(np.float64).std(axis=0) - 1.0))
 
     # Sweep: features with batch variance exactly v_k (a standardised column times sqrt(v_k)).
     ratio = 10.0 ** np.linspace(-3.0, 5.0, 33)
@@ -174,110 +248,6 @@ def batchnorm_moments(rng: np.random.Generator, *, batch_sizes: list[int] = [2, 
     out, _ = nn.batchnorm_forward(z * np.sqrt(ratio * eps), None, None, eps)
     return {"configs_checked": configs, **worst, "digits_features_off": off, "digits_constant_features": const,
             "variance_over_eps": ratio, "output_std": out.std(axis=0)}
-
-
-# ============================================================================ digits arms on bnclaims.model
-#
-# 64 -> H -> BN -> ReLU -> 10 networks trained by `model.train_stack`, one stack per affine kind
-# with one arm per learning rate: "vector" (one gamma, beta per feature, Ioffe & Szegedy),
-# "scalar" (one pair per layer: MLPConfig(affine_shared=True)) or "none" (affine=False). Every
-# arm starts from the same weights on the same batches (params=, plan=), drawn from the children
-# of rng.spawn(2) as before the port.
-
-_AFFINE = {"vector": {}, "scalar": {"affine_shared": True}, "none": {"affine": False}}
-_LR_GRID = [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0]
-
-
-def _config(hidden: int, kind: str = "vector") -> model.MLPConfig:
-    if kind not in _AFFINE:
-        raise ValueError(f"affine kinds must be among {tuple(_AFFINE)}; got {kind!r}")
-    return model.MLPConfig(sizes=(64, hidden, 10), norm="batch", eps=_EPS, **_AFFINE[kind])
-
-
-def _initial(init_rng, config: model.MLPConfig) -> dict:
-    """He weights for the hidden layer, LeCun scale (sqrt(1 / H)) for the output layer, as before the port."""
-    params = model.init_params(init_rng, config)
-    params["W1"] *= np.float32(np.sqrt(0.5))
-    return params
-
-
-def _train_arms(rng, X, y, kinds: tuple[str, ...], lrs: list[float], *, hidden: int, epochs: int,
-                batch_size: int = 32, momentum: float = 0.9) -> dict:
-    """One `model.train_stack` per affine kind (arm g: learning rate lrs[g]), paired: the same initial
-    function and the same batches for every arm. Returns {kind: StackResult}."""
-    init_rng, batch_rng = rng.spawn(2)
-    initial = _initial(init_rng, _config(hidden))
-    plan = model.batch_plan(batch_rng, len(X), batch_size, epochs * (len(X) // batch_size))
-    arms = [model.Arm(lr=lr, momentum=momentum) for lr in lrs]
-    out = {}
-    for kind in kinds:
-        config = _config(hidden, kind)
-        params = {k: v for k, v in initial.items() if config.affine or not k.startswith(("gamma", "beta"))}
-        out[kind] = recorders.train_on_plan(config, X, y, arms, plan, params)
-    return out
-
-
-def _logits(params: dict, state: dict, config: model.MLPConfig, X, train: bool = False) -> np.ndarray:
-    return model.forward(params, state, X, config, train)[0]
-
-
-def _arms_on_digits(rng, arms: tuple[str, str], lrs: list[float], hidden: int, epochs: int, batch_size: int):
-    """Train both arms at every learning rate (paired); pick each arm's LR on validation (`model.select_lr`).
-
-    Returns per arm: the StackResult, validation and test accuracy and training-set loss per LR
-    (a diverged run scores 0 and inf), the chosen LR index, the mean mini-batch loss per epoch
-    (NaN after a run diverged); and the diverged and stuck run counts.
-    """
-    split = recorders.digits()
-    results = _train_arms(rng, split.X_train, split.y_train, arms, lrs, hidden=hidden, epochs=epochs,
-                          batch_size=batch_size)
-    out = {"split": split, "diverged_runs": 0, "stuck_runs": 0}
-    with np.errstate(all="ignore"):
-        for arm, res in results.items():
-            val_acc = recorders.eval_accuracy(res, split.X_val, split.y_val)
-            loss, _ = nn.softmax_cross_entropy(_logits(res.params, res.state, res.config, split.X_train),
-                                               split.y_train)
-            losses = np.full((len(lrs), epochs * (len(split.X_train) // batch_size)), np.nan)
-            losses[:, :res.losses.shape[1]] = res.losses
-            out[arm] = {"res": res, "val_acc": val_acc, "test_acc": recorders.eval_accuracy(res, split.X_test,
-                                                                                            split.y_test),
-                        "train_loss": np.where(res.diverged | ~np.isfinite(loss), np.inf, loss),
-                        "best": model.select_lr(lrs, val_acc, res.diverged),
-                        "epoch_loss": losses.reshape(len(lrs), epochs, -1).mean(axis=2)}
-            out["diverged_runs"] += int(res.diverged.sum())
-            out["stuck_runs"] += int(res.stuck.sum())
-    return out
-
-
-def _lr_arm_outputs(arms: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
-    """(metrics, series) that `_lr_arm_results` fills for two arms {name: label}."""
-    metrics = axes({
-        "test_acc[arm]": "test accuracy, {arm}, at its best LR (chosen on validation)",
-        "test_acc_{arm}_common_lr": "test accuracy, {arm}, at the common LR 0.1",
-        "train_loss[arm]": "training-set loss (eval mode), {arm}, at its best LR",
-        "log10_lr[arm]": "log10 of the learning rate chosen for {arm}",
-        "diverged_runs": "runs of the LR grid (both arms) whose loss became NaN/inf",
-        "stuck_runs": "runs of the LR grid (both arms) that stayed finite but ended at chance-level loss",
-    }, arm=arms)
-    series = axes({"lr": "learning rate (grid)", "val_acc_{arm}_by_lr": "validation accuracy, {arm}, at that LR",
-                   "epoch": "epoch (1-based)",
-                   "loss_{arm}_by_epoch": "mean mini-batch loss per epoch, {arm}, at its best LR"}, arm=arms)
-    return metrics, series
-
-
-def _lr_arm_results(res: dict, kinds: dict[str, str], lrs: list[float], epochs: int) -> dict:
-    """The outputs `_lr_arm_outputs` declares, from `_arms_on_digits`; kinds: {output name: affine kind}."""
-    common = int(np.argmin(np.abs(np.log(np.asarray(lrs)) - np.log(0.1))))
-    out = {"diverged_runs": res["diverged_runs"], "stuck_runs": res["stuck_runs"], "lr": np.asarray(lrs, dtype=float),
-           "epoch": np.arange(1, epochs + 1, dtype=float)}
-    for name, kind in kinds.items():
-        arm = res[kind]
-        best = arm["best"]
-        out.update({f"test_acc_{name}": float(arm["test_acc"][best]),
-                    f"test_acc_{name}_common_lr": float(arm["test_acc"][common]),
-                    f"train_loss_{name}": float(arm["train_loss"][best]), f"log10_lr_{name}": float(np.log10(lrs[best])),
-                    f"val_acc_{name}_by_lr": arm["val_acc"], f"loss_{name}_by_epoch": arm["epoch_loss"][best]})
-    return out
 
 
 # ============================================================================ 2. output moments vs gamma, beta
@@ -300,10 +270,9 @@ def _lr_arm_results(res: dict, kinds: dict[str, str], lrs: list[float], epochs: 
         "train_gap_by_size": "training mode: largest of the mean and std gaps at that batch size",
     },
 )
-def output_moments_vs_affine(rng: np.random.Generator, *,
-                             gamma: list[float] = [2.33, 2.27, 2.35, 2.20],
-                             beta: list[float] = [0.14, 0.59, -0.11, 0.55],
-                             batch_size: int = 32, momentum: float = 0.1, stat_epochs: int = 3,
+def output_moments_vs_affine(rng: np.random.Generator, *, gamma: list[float] = [2.33, 2.27, 2.35, 2.20],
+                             beta: list[float] = [0.14, 0.59, -0.11, 0.55], batch_size: int = 32,
+                             momentum: float = 0.1, stat_epochs: int = 3,
                              eval_batch_sizes: list[int] = [4, 8, 16, 32, 64, 128, 256]):
     """Batch mean and std of a batch-norm layer's output compared with its beta and gamma.
 
@@ -315,8 +284,7 @@ def output_moments_vs_affine(rng: np.random.Generator, *,
     statistics) and in eval mode (running statistics), and the output's per-feature batch mean
     and std (ddof=0) are compared with beta and |gamma|.
     """
-    gamma_arr = np.asarray(gamma, dtype=np.float32)
-    beta_arr = np.asarray(beta, dtype=np.float32)
+    gamma_arr, beta_arr = np.asarray(gamma, dtype=np.float32), np.asarray(beta, dtype=np.float32)
     if gamma_arr.shape != beta_arr.shape:
         raise ValueError("gamma and beta need the same length")
     split = recorders.digits()
@@ -345,8 +313,7 @@ def output_moments_vs_affine(rng: np.random.Generator, *,
 
     main = gaps(batch_size)
     sweep = [gaps(n) for n in eval_batch_sizes]
-    thread_std = np.array([2.68, 2.40, 2.55, 2.20])
-    thread_gamma = np.array([2.33, 2.27, 2.35, 2.20])
+    thread_std, thread_gamma = np.array([2.68, 2.40, 2.55, 2.20]), np.array([2.33, 2.27, 2.35, 2.20])
     return {
         "train_mean_gap": main["tm"], "train_std_gap": main["ts"], "eval_mean_gap": main["em"],
         "eval_std_gap": main["es"], "thread_std_gap": float(np.max(np.abs(thread_std / thread_gamma - 1.0))),
@@ -430,13 +397,10 @@ def mean_set_by_beta(rng: np.random.Generator, *, width: int = 100, batch_size: 
                                          np.abs(g), np.abs(beta), _roundoff(f32))
         return float(np.max(err / bound)), float(np.max(err / np.abs(g)))
 
-    inputs = [
-        lambda: _rows(rng, X, batch_size),
-        lambda: 3.0 * _rows(rng, X, batch_size),
-        lambda: _rows(rng, X, batch_size) + 1.0,
-        lambda: data.shaped_samples(rng, "exponential", batch_size, 64, 2.0, 5.0).astype(f32),
-        lambda: data.shaped_samples(rng, "student-t", batch_size, 64, -1.0, 0.5).astype(f32),
-    ]
+    inputs = [lambda: _rows(rng, X, batch_size), lambda: 3.0 * _rows(rng, X, batch_size),
+              lambda: _rows(rng, X, batch_size) + 1.0,
+              lambda: data.shaped_samples(rng, "exponential", batch_size, 64, 2.0, 5.0).astype(f32),
+              lambda: data.shaped_samples(rng, "student-t", batch_size, 64, -1.0, 0.5).astype(f32)]
     units = gap = 0.0
     train_gap_by_change = []
     for delta in sweep:
@@ -452,11 +416,10 @@ def mean_set_by_beta(rng: np.random.Generator, *, width: int = 100, batch_size: 
     # Eval mode: population statistics of the unchanged network on the probe set.
     stats1 = model.population_state(lower, probe, config)
     z = pre_bn(probe, lower, stats1)
-    stats = (z.mean(axis=0), z.var(axis=0))
 
     def eval_gap(x, q, reducer=np.mean) -> float:
-        out = nn.batchnorm_eval_forward(pre_bn(x, q, stats1), *stats, gamma, beta)[0].astype(np.float64)
-        return float(reducer(np.abs(out.mean(axis=0) - beta) / np.abs(gamma)))
+        out = nn.batchnorm_eval_forward(pre_bn(x, q, stats1), z.mean(axis=0), z.var(axis=0), gamma, beta)[0]
+        return float(reducer(np.abs(out.astype(np.float64).mean(axis=0) - beta) / np.abs(gamma)))
 
     def changed_params(delta: float) -> float:
         return float(np.mean([eval_gap(probe, {k: _perturb(rng, v, delta) for k, v in lower.items()})
@@ -497,18 +460,14 @@ def scalar_vs_per_feature_affine(rng: np.random.Generator, *, hidden: int = 64, 
                                  batch_size: int = 32, lrs: list[float] = _LR_GRID):
     """One (gamma, beta) pair per batch-normed layer versus one pair per feature, on digits.
 
-    Network 64 -> ``hidden`` -> BN -> ReLU -> 10 (BN cancels the bias before it), float32, SGD with
-    momentum 0.9, batches of ``batch_size``, ``epochs`` epochs over the 1,078-image training
-    split. Arms: "vector" (gamma, beta of shape (hidden,), as Ioffe & Szegedy define them and
-    PyTorch/Keras implement them) and "scalar" (one gamma and one beta for the layer: its gradient
-    is the sum over features). Both arms start as the same function (same W, gamma = 1, beta = 0)
-    and see the same batches; each is trained at every LR in ``lrs`` (stacked) and its LR is
-    chosen on the validation split (accuracy, ties to the smaller rate: `model.select_lr`).
-    Reported on the test split.
+    The module's digits MLP with ``hidden`` units, batches of ``batch_size``, ``epochs`` epochs, in
+    two arms: "vector" (gamma, beta of shape (hidden,)) and "scalar" (one gamma and one beta for
+    the layer), each trained at every LR of ``lrs`` (stacked) and reported at its own best LR and
+    at the common one. The trained per-feature net is also scored with its pairs collapsed to one.
     """
-    res = _arms_on_digits(rng, ("vector", "scalar"), lrs, hidden, epochs, batch_size)
-    split, vec = res["split"], res["vector"]
-    trained, v = vec["res"], vec["best"]
+    out, chosen = _arms_on_digits(rng, {"vector": "vector", "scalar": "scalar"}, lrs, hidden, epochs, batch_size)
+    split = recorders.digits()
+    trained, v = chosen["vector"]
     q, state = model.arm_params(trained.params, v), model.arm_params(trained.state, v)
     gamma, beta = q["gamma0"].astype(np.float64), q["beta0"].astype(np.float64)
     collapsed_params = dict(q, gamma0=np.full_like(q["gamma0"], q["gamma0"].mean()),
@@ -519,13 +478,10 @@ def scalar_vs_per_feature_affine(rng: np.random.Generator, *, hidden: int = 64, 
     z = nn.linear_forward(split.X_train[:batch_size], q["W0"], q["b0"])[0]
     _, cache = nn.batchnorm_forward(z, q["gamma0"], q["beta0"])
     _, dgamma, dbeta = nn.batchnorm_backward(rng.standard_normal(z.shape).astype(z.dtype), cache)
-    return {
-        "affine_pairs_per_layer": min(int(np.size(dgamma)), int(np.size(dbeta))),
-        "gamma_cv": float(gamma.std() / np.abs(gamma).mean()),
-        "beta_spread": float(beta.std() / np.abs(gamma).mean()),
-        "collapse_acc_drop": float(vec["test_acc"][v]) - collapsed,
-        **_lr_arm_results(res, {"vector": "vector", "scalar": "scalar"}, lrs, epochs),
-    }
+    return {**out, "affine_pairs_per_layer": min(int(np.size(dgamma)), int(np.size(dbeta))),
+            "gamma_cv": float(gamma.std() / np.abs(gamma).mean()),
+            "beta_spread": float(beta.std() / np.abs(gamma).mean()),
+            "collapse_acc_drop": out["test_acc_vector"] - collapsed}
 
 
 # ============================================================================ 5. fold gamma, beta into the next layer
@@ -591,9 +547,8 @@ def affine_fold_next_layer(rng: np.random.Generator, *, hidden: int = 64, epochs
         training split's hidden features and scored on the validation split (64 -> ``hidden`` random
         He layer on standardised digits, targets from a random ``hidden`` -> 10 layer); (b3) the same
         with the trained per-feature network of (c).
-    (c) Training on digits, 64 -> ``hidden`` -> BN -> ReLU -> 10, float32, SGD momentum 0.9:
-        BN with per-feature gamma, beta versus BN without them, from the same initial function
-        (gamma = 1, beta = 0) on the same batches; LR per arm chosen on validation from ``lrs``.
+    (c) The module's digits MLP with ``hidden`` units: BN with per-feature gamma, beta versus BN
+        without them, each at its best LR of ``lrs``.
     """
     # (a), (b1): exact folds on random layers.
     linear_units = scale_units = 0.0
@@ -601,10 +556,8 @@ def affine_fold_next_layer(rng: np.random.Generator, *, hidden: int = 64, epochs
         for _ in range(draws):
             z = data.shaped_samples(rng, "normal", 32, 64, rng.normal(0, 3, 64), 10 ** rng.uniform(-2, 2, 64))
             x_hat = nn.batchnorm_forward(z.astype(dtype), None, None)[0]
-            W = _weights(rng, 64, 10, "lecun", dtype)
-            b = rng.standard_normal(10).astype(dtype)
-            gamma = rng.uniform(-2, 2, 64).astype(dtype)
-            beta = rng.standard_normal(64).astype(dtype)
+            W, b = _weights(rng, 64, 10, "lecun", dtype), rng.standard_normal(10).astype(dtype)
+            gamma, beta = rng.uniform(-2, 2, 64).astype(dtype), rng.standard_normal(64).astype(dtype)
             linear_units = max(linear_units, _fold_error_units(x_hat, gamma, beta, W, b, relu=False))
             scale_units = max(scale_units, _fold_error_units(x_hat, np.abs(gamma) + dtype(0.1),
                                                              np.zeros_like(beta), W, b, relu=True))
@@ -615,8 +568,7 @@ def affine_fold_next_layer(rng: np.random.Generator, *, hidden: int = 64, epochs
     z_train, z_val = split.X_train @ W1, split.X_val @ W1
     mu, var = z_train.mean(axis=0), z_train.var(axis=0)    # training-split statistics, then fixed
     xh_train, xh_val = (nn.batchnorm_eval_forward(z, mu, var, None, None, _EPS)[0] for z in (z_train, z_val))
-    gamma = rng.uniform(0.5, 2.0, hidden).astype(np.float32)
-    beta = rng.standard_normal(hidden).astype(np.float32)
+    gamma, beta = rng.uniform(0.5, 2.0, hidden).astype(np.float32), rng.standard_normal(hidden).astype(np.float32)
     W2 = _weights(rng, hidden, 10, "lecun")
     target = lambda xh: np.maximum(xh * gamma + beta, 0) @ W2  # noqa: E731
     y_val = target(xh_val)
@@ -625,12 +577,11 @@ def affine_fold_next_layer(rng: np.random.Generator, *, hidden: int = 64, epochs
     resid_random, _, _ = _refit_residual(np.maximum(xh_train, 0), target(xh_train), np.maximum(xh_val, 0), y_val)
 
     # (c): train with and without gamma, beta.
-    res = _arms_on_digits(rng, ("vector", "none"), lrs, hidden, epochs, batch_size)
-    vec = res["vector"]
+    out, chosen = _arms_on_digits(rng, {"affine": "vector", "none": "none"}, lrs, hidden, epochs, batch_size)
 
     # (b3): refit the trained per-feature net's last layer without gamma, beta (eval-mode features).
-    trained = vec["res"]
-    q, state = model.arm_params(trained.params, vec["best"]), model.arm_params(trained.state, vec["best"])
+    trained, best = chosen["vector"]
+    q, state = model.arm_params(trained.params, best), model.arm_params(trained.state, best)
 
     def features(X):
         """(relu(x_hat) without gamma, beta; the trained net's logits), eval mode."""
@@ -642,15 +593,9 @@ def affine_fold_next_layer(rng: np.random.Generator, *, hidden: int = 64, epochs
     (h_train, logits_train), (h_val, logits_val) = features(split.X_train), features(split.X_val)
     resid_trained, W_fit, b_fit = _refit_residual(h_train, logits_train, h_val, logits_val)
     refit_acc = model.logits_accuracy(features(split.X_test)[0] @ W_fit + b_fit, split.y_test)
-    return {
-        "fold_linear_error_units": linear_units,
-        "fold_relu_scale_error_units": scale_units,
-        "naive_fold_relu_rel_error": naive_error,
-        "refit_relu_residual_random": resid_random,
-        "refit_relu_residual_trained": resid_trained,
-        "refit_acc_drop_trained": float(vec["test_acc"][vec["best"]]) - refit_acc,
-        **_lr_arm_results(res, {"affine": "vector", "none": "none"}, lrs, epochs),
-    }
+    return {**out, "fold_linear_error_units": linear_units, "fold_relu_scale_error_units": scale_units,
+            "naive_fold_relu_rel_error": naive_error, "refit_relu_residual_random": resid_random,
+            "refit_relu_residual_trained": resid_trained, "refit_acc_drop_trained": out["test_acc_affine"] - refit_acc}
 
 
 # ============================================================================ 6. batch norm vs layer norm
@@ -771,13 +716,13 @@ def big_example(rng: np.random.Generator, *, hidden: int = 64, epochs: int = 20,
                 scales: list[float] = [1.0, 2.0, 4.0, 16.0, 100.0, 1e3, 1e4, 1e6]):
     """Does one large example in a batch change the predictions for the others?
 
-    Network 64 -> ``hidden`` -> BN -> ReLU -> 10, float32, trained ``epochs`` epochs with SGD
-    (momentum 0.9, ``lr``, batches of 32) on the raw digit pixels in [0, 1] (so x16 is an image
-    left as 0..16 counts). Probe: batches of each size in ``batch_sizes`` drawn from the test
-    split (512 / size batches of distinct images); image 0 of each batch is multiplied by each
-    factor in ``scales`` and the predicted classes of images 1..N-1 are compared with those of
-    the same batch unscaled, in training mode (batch statistics, as in a forward pass during
-    training or a model left in train mode) and in eval mode (running statistics).
+    The module's digits MLP (per-feature gamma, beta) with ``hidden`` units, trained ``epochs``
+    epochs at ``lr`` (batches of 32) on the raw digit pixels in [0, 1] (so x16 is an image left as
+    0..16 counts). Probe: batches of each size in ``batch_sizes`` drawn from the test split
+    (512 / size batches of distinct images); image 0 of each batch is multiplied by each factor
+    in ``scales`` and the predicted classes of images 1..N-1 are compared with those of the same
+    batch unscaled, in training mode (batch statistics, as in a forward pass during training or a
+    model left in train mode) and in eval mode (running statistics).
     """
     missing = sorted({4, 32, 256} - set(batch_sizes)) + sorted({1.0, 16.0, 1e6} - set(scales))
     if missing:
@@ -786,7 +731,6 @@ def big_example(rng: np.random.Generator, *, hidden: int = 64, epochs: int = 20,
     res = _train_arms(rng, split.X_train, split.y_train, ("vector",), [lr], hidden=hidden, epochs=epochs)["vector"]
     p, state, config = model.arm_params(res.params, 0), model.arm_params(res.state, 0), res.config
     logits = lambda x, train: _logits(p, state, config, x, train)  # noqa: E731  x: (k, n, 64) probe batches
-    test_acc = model.logits_accuracy(logits(split.X_test, False), split.y_test)
     flips = {(mode, n): [] for mode in ("train", "eval") for n in batch_sizes}
     extra = {}
     with np.errstate(all="ignore"):
@@ -813,8 +757,8 @@ def big_example(rng: np.random.Generator, *, hidden: int = 64, epochs: int = 20,
         **{f"train_flip_n{n}_s16": at("train", n, 16.0) for n in (32, 256, 4)},
         "train_flip_n32_s1e6": at("train", 32, 1e6), "xhat_shift_n32_s16": extra["shift"],
         "others_acc_n32": extra[1.0], "others_acc_n32_s1e6": extra[1e6],
-        "eval_flip_max": max(max(v) for (mode, _), v in flips.items() if mode == "eval"), "test_acc": test_acc,
-        "scale": np.asarray(scales, dtype=float),
-        **{f"flip_n{n}": np.array(flips["train", n]) for n in (4, 32, 256)},
+        "eval_flip_max": max(max(v) for (mode, _), v in flips.items() if mode == "eval"),
+        "test_acc": model.logits_accuracy(logits(split.X_test, False), split.y_test),
+        "scale": np.asarray(scales, dtype=float), **{f"flip_n{n}": np.array(flips["train", n]) for n in (4, 32, 256)},
         "flip_eval": np.max([flips["eval", n] for n in batch_sizes], axis=0),
     }
