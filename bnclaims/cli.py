@@ -9,7 +9,6 @@ claim (2 wins over 5); 130/143 after SIGINT/SIGTERM (finished seeds are cached).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import signal
@@ -18,14 +17,12 @@ import sys
 from pathlib import Path
 
 import bnclaims
+from bnclaims import app
 from bnclaims.errors import BnclaimsError, Problem, UserError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_SELECTION = 0, 1, 2, 5
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143
 
-MAX_SEEDS = 10_000  # as in claim files
-MAX_DASK_JOBS = 256
-MEMORY_LIMIT_MIB = (1, 1 << 20)  # 1 MiB .. 1 TiB per worker (a tiny one makes the worker fail to start, said in one line)
 MAX_KEYWORD_DEPTH = 100  # nesting of -k parentheses and 'not'
 MAX_KEYWORD_LENGTH = 10_000
 
@@ -47,19 +44,19 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", "-j", type=int, default=None, metavar="N",
                         help="worker processes (default: [tool.bnclaims] jobs, else all cores; at most 4 x the "
                              "cores, or 256 with --executor dask)")
-    parser.add_argument("--seeds", type=_seed_count, metavar="N",
-                        help=f"override every claim's number of seeds (1..{MAX_SEEDS})")
-    parser.add_argument("--seed-base", type=_nonnegative_int, default=0, metavar="N",
+    parser.add_argument("--seeds", type=app.seed_count, metavar="N",
+                        help=f"override every claim's number of seeds (1..{app.MAX_SEEDS})")
+    parser.add_argument("--seed-base", type=app.seed_base, default=0, metavar="N",
                         help="first seed; seeds are N..N+count-1 (default 0). Compare --seed-base 0 with "
                              "--seed-base 10000 to check a verdict is stable on disjoint seeds")
     parser.add_argument("--no-cache", action="store_true", help="run every seed again, ignoring cached results")
     parser.add_argument("--cache-dir", type=Path, metavar="DIR",
                         help="where results are cached (default: [tool.bnclaims] cache-dir, else "
                              "$XDG_CACHE_HOME/bnclaims or ./.bnclaims-cache)")
-    parser.add_argument("--timeout", type=_positive_float, metavar="SECONDS",
+    parser.add_argument("--timeout", type=app.seconds, metavar="SECONDS",
                         help="time limit per seed, overriding each claim's 'timeout'")
-    parser.add_argument("--memory-limit", type=_memory_limit, default=4096, metavar="MIB",
-                        help="address-space limit per worker process in MiB (default 4096); "
+    parser.add_argument("--memory-limit", type=app.memory_limit_mib, default=app.MEMORY_LIMIT_MIB, metavar="MIB",
+                        help=f"address-space limit per worker process in MiB (default {app.MEMORY_LIMIT_MIB}); "
                              "an experiment that exceeds it is reported as an error")
     parser.add_argument("--executor", choices=("local", "dask"),
                         help="where seeds run: worker processes on this machine (local, the default) or a Dask "
@@ -82,42 +79,6 @@ def _common(parser: argparse.ArgumentParser) -> None:
                              "$BNCLAIMS_EXPERIMENTS, comma-separated, else [tool.bnclaims] experiments)")
     parser.add_argument("--quiet", "-q", action="store_true", help="print only problems and the summary line")
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks for internal errors")
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1 (found {value})")
-    return value
-
-
-def _seed_count(text: str) -> int:
-    value = _positive_int(text)
-    if value > MAX_SEEDS:
-        raise argparse.ArgumentTypeError(f"must be at most {MAX_SEEDS}, as in claim files (found {value})")
-    return value
-
-
-def _memory_limit(text: str) -> int:
-    value = int(text)
-    low, high = MEMORY_LIMIT_MIB
-    if not low <= value <= high:
-        raise argparse.ArgumentTypeError(f"must be {low}..{high} MiB (found {value})")
-    return value
-
-
-def _nonnegative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more (found {value})")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive (found {text})")
-    return value
 
 
 class _Parser(argparse.ArgumentParser):
@@ -260,49 +221,26 @@ def keyword_matcher(expr: str):
 
 
 def _apply_project(args) -> None:
-    """Fill in what the command line left unset from ``[tool.bnclaims]`` of the nearest pyproject.toml
-    (``bnclaims.config``: the one place the CLI and the plugin read it), and put its paths on sys.path."""
-    from bnclaims import config
-
-    project = config.load()
-    args.project = project
-    config.add_import_paths(project)
-    if getattr(args, "claims", "unset") is None:
-        args.claims = project.claims if project.claims is not None else Path("claims")
-    if getattr(args, "cache_dir", "unset") is None:
-        args.cache_dir = project.cache_dir
-    args.jobs_source = "--jobs"
-    if getattr(args, "jobs", "unset") is None and project.jobs is not None:
-        args.jobs, args.jobs_source = project.jobs, project.where("jobs")
+    """Resolve the settings (``app.settings``: command line > environment > [tool.bnclaims] > the pytest ini
+    key, as the plugin does) and fill in what the command line left unset."""
+    args.settings = app.settings(app.load_project(), claims=getattr(args, "claims", None),
+                                 cache_dir=getattr(args, "cache_dir", None), jobs=getattr(args, "jobs", None),
+                                 experiments=getattr(args, "experiments_module", ()))
+    args.claims, args.cache_dir = args.settings.claims, args.settings.cache_dir
+    args.jobs, args.jobs_source = args.settings.jobs, args.settings.jobs_source
 
 
 def _import_experiments(args) -> tuple[str, ...]:
-    """Load the built-in experiments and the extra modules named by --experiments-module, else
-    $BNCLAIMS_EXPERIMENTS, else [tool.bnclaims] experiments, else the pytest ini key (bnclaims.config)."""
-    import importlib
-
-    from bnclaims import config, experiments
-
-    project = getattr(args, "project", None) or config.ProjectConfig()
-    modules, _ = config.experiment_modules(args.experiments_module, project)
-    experiments.load_all()
-    for module in modules:
-        try:
-            importlib.import_module(module)
-        except UserError:
-            raise  # a wrong experiment definition: its own one-line message
-        except ImportError as e:
-            raise UserError(f"cannot import experiments module {module!r} ({e})") from None
-        except Exception as e:  # noqa: BLE001 - the user's module failed while importing: one line
-            detail = str(e).splitlines()[0] if str(e) else ""
-            raise UserError(f"cannot import experiments module {module!r} ({type(e).__name__}: {detail})") from None
+    """Load the built-in experiments and the extra modules the settings name; return those modules."""
+    modules = args.settings.modules
+    app.import_experiments(modules)
     return modules
 
 
 def _load(args, targets: list[str]):
     from bnclaims.claims import display_path, did_you_mean, load_claims
 
-    modules = _import_experiments(args)
+    _import_experiments(args)
     paths, ids = [], []
     for target in targets:
         path = Path(target)
@@ -343,7 +281,7 @@ def _load(args, targets: list[str]):
     if getattr(args, "tag", None):
         wanted = set(args.tag)
         claims = [c for c in claims if wanted & set(c.tags)]
-    return claims, problems, modules
+    return claims, problems
 
 
 def _print_problems(problems: list[Problem]) -> None:
@@ -353,25 +291,17 @@ def _print_problems(problems: list[Problem]) -> None:
 
 # --------------------------------------------------------------------------- commands
 
-def _options(args, modules):
-    from bnclaims.runner import RunOptions
-
-    return RunOptions(jobs=args.jobs or 0, seeds=args.seeds, seed_base=args.seed_base, use_cache=not args.no_cache,
-                      cache_dir=args.cache_dir, timeout=args.timeout, modules=modules,
-                      memory_limit=args.memory_limit * 1024 * 1024, debug=args.debug,
-                      # build: seeds the site in --out was built from are reused (a fresh clone runs none)
-                      seed_store=args.out / "results" if getattr(args, "out", None) else None)
+def _options(args):
+    return app.run_options(args.settings, seeds=args.seeds, seed_base=args.seed_base, use_cache=not args.no_cache,
+                           timeout=args.timeout, memory_limit_mib=args.memory_limit, debug=args.debug,
+                           # build: seeds the site in --out was built from are reused (a fresh clone runs none)
+                           seed_store=args.out / "results" if getattr(args, "out", None) else None)
 
 
 def _check_jobs(args) -> None:
     """--jobs must be 1.. 4 x the cores (a local pool) or 1..256 (Dask); the default is every core."""
-    if args.jobs is None:
-        return
     dask = (args.executor or ("dask" if args.scheduler else "local")) == "dask"
-    limit = MAX_DASK_JOBS if dask else 4 * (os.cpu_count() or 1)
-    if not 1 <= args.jobs <= limit:
-        where = "with --executor dask" if dask else f"on this machine ({os.cpu_count() or 1} cores)"
-        raise UserError(f"{getattr(args, 'jobs_source', '--jobs')} must be 1..{limit} {where} (found {args.jobs})")
+    app.check_jobs(args.jobs, args.jobs_source, dask=dask)
 
 
 def _executor(args, options):
@@ -396,10 +326,15 @@ def _table(results, quiet: bool, out) -> None:
         when = "cached" if r.cached else f"{r.seconds:.1f}s"
         print(f"{VERDICT_MARK[r.status]} {r.id:<{width}}  {r.status:<12}  {expected:<12}{flag} {len(r.seeds):>5}  {when}",
               file=out)
+
+
+def _failures(results, quiet: bool, out, site: Path) -> None:
+    """The report of each claim that errored or missed its ``expected``: the plugin's failure text."""
+    if quiet:
+        return
     for r in results:
         if not r.matches_expected:
-            print(f"\n{r.id}: {r.status} (expected {r.claim.expected or 'no error'})\n  {r.reason}\n"
-                  f"  {r.claim.path}:{r.claim.line}", file=out)
+            print("\n" + app.failure_report(r, app.site_page(site, r.id)), file=out)
 
 
 def _summary(results, problems) -> str:
@@ -527,12 +462,12 @@ def cmd_run(args, build: bool = False) -> int:
     json_mode = _json_mode(args.json)
     human = sys.stderr if json_mode == "stdout" else sys.stdout  # '--json -': stdout is the JSON alone
     _check_paths(args, build)
-    claims, problems, modules = _load(args, args.targets)
+    claims, problems = _load(args, args.targets)
     _print_problems(problems)
     empty = _no_selection(args, claims, problems)
     if empty is not None:
         return empty
-    options = _options(args, modules)
+    options = _options(args)
     cache = Cache(options.cache_dir or default_cache_dir())
     executor = _executor(args, options)
     if args.explain:
@@ -562,6 +497,7 @@ def cmd_run(args, build: bool = False) -> int:
             failed += broken(load_answers(args.claims, [r.claim for r in results])[0], {r.id: r for r in results})
         except OSError as e:
             failed.append(f"cannot write the site to {args.out} ({e.strerror or e})")
+    _failures(results, args.quiet, human, args.out if build else Path("site"))  # after the build: its pages exist
     print(_summary(results, problems), file=human)
     for message in failed:
         print(f"bnclaims: error: {message}", file=sys.stderr)
@@ -571,7 +507,7 @@ def cmd_run(args, build: bool = False) -> int:
 def cmd_check(args) -> int:
     json_mode = _json_mode(args.json)
     human = sys.stderr if json_mode == "stdout" else sys.stdout
-    claims, problems, _ = _load(args, args.targets)
+    claims, problems = _load(args, args.targets)
     _print_problems(problems)
     _print_problems(getattr(args, "warnings", []))  # answers written against other verdicts, typed figures
     if not args.quiet:
@@ -672,7 +608,7 @@ def cmd_list(args) -> int:
             print(f"{name:<{width}}  {summary}")
         print(f"\n{len(known)} experiments; details: bnclaims list --experiments NAME")
         return EXIT_OK
-    claims, problems, _ = _load(args, args.targets)
+    claims, problems = _load(args, args.targets)
     _print_problems(problems)
     empty = _no_selection(args, claims, problems)
     if empty is not None:

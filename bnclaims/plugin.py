@@ -11,20 +11,22 @@ to run sends every selected claim through ``run_claims`` in one parallel pass (w
 same cache as the CLI), and each item then looks up its result. Under pytest-xdist each
 worker runs its own items as they come, with ``cores / workers`` processes each.
 
+Settings, experiments imports, run options (memory limit and timeout included) and the
+failure report come from ``bnclaims.app``, as for ``bnclaims run``; this module only turns
+pytest's options and items into them.
+
 Nothing heavy is imported at module level: the plugin is loaded by every pytest run in
 the environment, so numpy/scipy are imported only once a claim file is collected.
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib
-import math
-import os
 import time
 from pathlib import Path
 
 import pytest
+
+from bnclaims import app
 
 CLAIM_SUFFIXES = (".yaml", ".yml")
 VERDICT_PROPERTY = "bnclaims_verdict"  # user_properties key: shown in -v output and in --junitxml
@@ -32,34 +34,24 @@ VERDICT_PROPERTY = "bnclaims_verdict"  # user_properties key: shown in -v output
 
 # --------------------------------------------------------------------------- options
 
-def _int_at_least(minimum: int, maximum=None):
-    """An int option in ``minimum..maximum`` (``maximum`` an int or a function giving it), as the CLI's."""
-    def parse(text: str) -> int:
-        value = int(text)
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum} (found {value})")
-        top = maximum() if callable(maximum) else maximum
-        if top is not None and value > top:
-            raise argparse.ArgumentTypeError(f"must be at most {top} (found {value})")
-        return value
-
-    return parse
-
-
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("bnclaims", "bnclaims claims (claim files as test items)")
-    group.addoption("--bnclaims-seeds", type=_int_at_least(1, 10_000), metavar="N",
-                    help="override every claim's number of seeds")
-    group.addoption("--bnclaims-seed-base", type=_int_at_least(0), default=0, metavar="N",
+    group.addoption("--bnclaims-seeds", type=app.seed_count, metavar="N",
+                    help=f"override every claim's number of seeds (1..{app.MAX_SEEDS})")
+    group.addoption("--bnclaims-seed-base", type=app.seed_base, default=0, metavar="N",
                     help="first seed; seeds are N..N+count-1 (default 0)")
     group.addoption("--bnclaims-no-cache", action="store_true", help="run every seed again, ignoring cached results")
-    group.addoption("--bnclaims-jobs", type=_int_at_least(0, lambda: 4 * (os.cpu_count() or 1)), default=0,
-                    metavar="N",
+    group.addoption("--bnclaims-jobs", type=app.jobs, metavar="N",
                     help="worker processes (default: [tool.bnclaims] jobs, else all cores; under xdist, "
                          "that / xdist workers)")
     group.addoption("--bnclaims-cache-dir", metavar="DIR",
                     help="result cache (default: the CLI's, [tool.bnclaims] cache-dir, else "
                          "$XDG_CACHE_HOME/bnclaims or ./.bnclaims-cache)")
+    group.addoption("--bnclaims-timeout", type=app.seconds, metavar="SECONDS",
+                    help="time limit per seed, overriding each claim's 'timeout'")
+    group.addoption("--bnclaims-memory-limit", type=app.memory_limit_mib, default=app.MEMORY_LIMIT_MIB,
+                    metavar="MIB", help=f"address-space limit per worker process in MiB (default "
+                                        f"{app.MEMORY_LIMIT_MIB}, as for bnclaims run)")
     group.addoption("--bnclaims-experiments", action="append", default=[], metavar="MODULE",
                     help="also import experiments from this module (repeatable; else $BNCLAIMS_EXPERIMENTS, "
                          "comma-separated, else [tool.bnclaims] experiments, else the ini option "
@@ -69,45 +61,38 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                        "experiments, which wins)")
 
 
-def project_config(config: pytest.Config):
-    """``[tool.bnclaims]`` of the nearest pyproject.toml from the invocation directory (``bnclaims.config``,
-    read as the CLI reads it), once per session."""
-    project = config.stash.get(_PROJECT, None)
-    if project is None:
-        from bnclaims import config as bnconfig
+def settings(config: pytest.Config) -> app.Settings:
+    """The session's settings (``app.settings``, as the CLI resolves them), from pytest's options, the
+    environment, ``[tool.bnclaims]`` of the nearest pyproject.toml from the invocation directory, and
+    pytest's ini key ``bnclaims_experiments``; its ``paths`` are put on the import path. Once per session."""
+    resolved = config.stash.get(_SETTINGS, None)
+    if resolved is None:
         from bnclaims.errors import UserError
 
+        cache_dir = config.getoption("bnclaims_cache_dir")
         try:
-            project = bnconfig.load(config.invocation_params.dir)
+            resolved = app.settings(
+                app.load_project(config.invocation_params.dir),
+                cache_dir=config.invocation_params.dir / cache_dir if cache_dir else None,
+                jobs=config.getoption("bnclaims_jobs"), jobs_flag="--bnclaims-jobs",
+                experiments=config.getoption("bnclaims_experiments"),
+                ini_experiments=config.getini("bnclaims_experiments"))
         except UserError as e:
             raise pytest.UsageError(f"bnclaims: {e}") from None
-        config.stash[_PROJECT] = project
-    return project
-
-
-def experiment_modules(config: pytest.Config) -> tuple[str, ...]:
-    """--bnclaims-experiments, else $BNCLAIMS_EXPERIMENTS, else [tool.bnclaims] experiments, else the ini key."""
-    from bnclaims import config as bnconfig
-
-    modules, _ = bnconfig.experiment_modules(config.getoption("bnclaims_experiments"), project_config(config),
-                                             config.getini("bnclaims_experiments"))
-    return modules
+        config.stash[_SETTINGS] = resolved
+    return resolved
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    from bnclaims import config as bnconfig
+    from bnclaims.errors import UserError
 
-    project = project_config(config)
-    bnconfig.add_import_paths(project)  # before importing the modules; workers inherit sys.path
-    cores = os.cpu_count() or 1
-    if project.jobs is not None and not config.getoption("bnclaims_jobs") and project.jobs > 4 * cores:
-        raise pytest.UsageError(f"bnclaims: {project.where('jobs')} must be 1..{4 * cores} on this machine "
-                                f"({cores} cores) (found {project.jobs})")
-    for module in experiment_modules(config):
-        try:
-            importlib.import_module(module)
-        except ImportError as e:
-            raise pytest.UsageError(f"bnclaims: cannot import experiments module {module!r} ({e})") from None
+    resolved = settings(config)
+    try:
+        app.check_jobs(resolved.jobs, resolved.jobs_source)
+        # the built-in experiments load with the first claim: a pytest run that collects none does not pay for them
+        app.import_experiments(resolved.modules, builtin=False)
+    except UserError as e:
+        raise pytest.UsageError(f"bnclaims: {e}") from None
     config.stash[_RUNNER] = ClaimRunner(config)
 
 
@@ -167,7 +152,8 @@ class ClaimItem(pytest.Item):
         from bnclaims.errors import BnclaimsError
 
         if isinstance(excinfo.value, ClaimFailed):
-            return failure_report(excinfo.value.result, site_page(self.config, self.claim.id))
+            page = app.site_page(self.config.rootpath / "site", self.claim.id)
+            return app.failure_report(excinfo.value.result, page)
         if isinstance(excinfo.value, BnclaimsError):
             return f"{self.claim.id}: {excinfo.value}"
         return super().repr_failure(excinfo, style)  # a bug in bnclaims: the traceback helps
@@ -207,20 +193,13 @@ class ClaimRunner:
         self.xdist_workers = int(getattr(config, "workerinput", {}).get("workercount", 0))
 
     def options(self):
-        from bnclaims.runner import RunOptions
-
+        """The run's ``RunOptions``, built as ``bnclaims run`` builds them (``app.run_options``)."""
         config = self.config
-        project = project_config(config)
-        jobs = config.getoption("bnclaims_jobs")
-        if not jobs and self.xdist_workers:  # xdist already runs workers in parallel
-            jobs = max(1, (project.jobs or os.cpu_count() or 1) // self.xdist_workers)
-        jobs = jobs or project.jobs or 0
-        cache_dir = config.getoption("bnclaims_cache_dir")
-        return RunOptions(
-            jobs=jobs, seeds=config.getoption("bnclaims_seeds"), seed_base=config.getoption("bnclaims_seed_base"),
-            use_cache=not config.getoption("bnclaims_no_cache"),
-            cache_dir=config.invocation_params.dir / cache_dir if cache_dir else project.cache_dir,
-            modules=experiment_modules(config),
+        return app.run_options(
+            settings(config), seeds=config.getoption("bnclaims_seeds"), seed_base=config.getoption("bnclaims_seed_base"),
+            use_cache=not config.getoption("bnclaims_no_cache"), timeout=config.getoption("bnclaims_timeout"),
+            memory_limit_mib=config.getoption("bnclaims_memory_limit"),
+            sharing=self.xdist_workers,  # xdist already runs workers in parallel
         )
 
     def result(self, item: ClaimItem):
@@ -254,65 +233,10 @@ class ClaimRunner:
 
 
 _RUNNER = pytest.StashKey[ClaimRunner]()
-_PROJECT = pytest.StashKey[object]()  # the bnclaims.config.ProjectConfig of the session
+_SETTINGS = pytest.StashKey[app.Settings]()
 
 
 # --------------------------------------------------------------------------- reporting
-
-def site_page(config: pytest.Config, claim_id: str) -> str:
-    page = config.rootpath / "site" / "claims" / f"{claim_id}.html"
-    try:
-        shown = str(page.relative_to(config.invocation_params.dir))
-    except ValueError:
-        shown = str(page)
-    return shown if page.is_file() else f"{shown} (not built yet: bnclaims build)"
-
-
-def _num(x: float | None) -> str:
-    if x is None:
-        return "-"
-    if math.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    return f"{x:.4g}"
-
-
-def _condition_line(c, width: int) -> str:
-    p = f", p = {c.p_value:.3g}" if c.p_value is not None else ""
-    return (f"    {c.verdict:<12} {c.name:<{width}}  {c.text}: estimate {_num(c.estimate)}, "
-            f"CI [{_num(c.ci_low)}, {_num(c.ci_high)}]{p}")
-
-
-def failure_report(result, page: str) -> str:
-    """What a failing claim says: the claim, expected vs got, the evidence, where to read more."""
-    from bnclaims.claims import display_path
-
-    claim = result.claim
-    expected = claim.expected or "no error (no 'expected:' declared)"
-    seeds = f"seeds {result.seeds[0]}..{result.seeds[-1]}" if result.seeds else "no seeds"
-    lines = [
-        f"claim {claim.id}: got {result.status}, expected {claim.expected or 'no error'}",
-        f"  title:    {claim.title}",
-        f"  expected: {expected}",
-        f"  got:      {result.status}",
-    ]
-    if result.status == "error":
-        lines.append(f"  error:    {result.error}")
-    else:
-        lines.append(f"  reason:   {result.reason}")
-        level = f"{100 * result.verdict.level:.4g}%"
-        lines.append(f"  conditions ({len(result.runs)} seeds, {level} CI each, 95% family-wise):")
-        width = max(len(c.name) for c in result.verdict.conditions + result.verdict.beyond)
-        for c in result.verdict.conditions:
-            lines.append(_condition_line(c, width))
-        if result.verdict.beyond:
-            lines.append("  beyond the sentence (95% CI; does not change the verdict):")
-            lines.extend(_condition_line(c, width) for c in result.verdict.beyond)
-    cached = sum(r.cached for r in result.runs)
-    lines.append(f"  runs:     {seeds} ({len(result.seeds)} seeds, {cached} cached) of experiment {claim.experiment}")
-    lines.append(f"  file:     {display_path(claim.path)}:{claim.line}")
-    lines.append(f"  page:     {page}")
-    return "\n".join(lines)
-
 
 def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config):
     """-v shows the verdict of a passing claim: ``PASSED (refuted)``."""

@@ -62,7 +62,7 @@ def test_exit_1_on_mismatch_and_error(project):
     add(project, "toy-mismatch", holds="mean(x) < 0", expected="supported")
     out = bnclaims(project, "run", "--jobs", "1")
     assert out.returncode == 1
-    assert "toy-mismatch: refuted (expected supported)" in out.stdout
+    assert "claim toy-mismatch: got refuted, expected supported" in out.stdout
     (project / "claims" / "toy-mismatch.yaml").unlink()
     add(project, "toy-raise", experiment="toy-fault", params="{fault: raise}", holds="mean(x) > 0",
         expected=None)
