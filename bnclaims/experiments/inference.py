@@ -91,30 +91,18 @@ def _logits(params, state, X, cfg, train: bool) -> np.ndarray:
                                    "in clean-batch standard deviations",
     },
 )
-def outlier_in_batch(
-    rng: np.random.Generator,
-    *,
-    lr: float = 0.1,
-    epochs: int = 20,
-    batch_size: int = 32,
-    magnitudes: list[float] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0],  # noqa: B006 - never mutated
-    mild: float = 2.0,
-    extreme: float = 16.0,
-) -> dict:
+def outlier_in_batch(rng: np.random.Generator, *, lr: float = 0.1, epochs: int = 20, batch_size: int = 32,
+                     magnitudes: list[float] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0], mild: float = 2.0,
+                     extreme: float = 16.0) -> dict:
     """How much one "big" example in a batch changes the predictions for the others.
 
-    Trains the module's BN recipe. Then the 450 test digits are shuffled into batches of
-    `batch_size` - 1 clean examples, and each batch gets one extra example: a random training
-    digit whose pixel intensities are multiplied by a magnitude k (k = 16 is the classic bug of
-    feeding the raw 0..16 counts instead of 0..1). The clean examples are predicted (a) in
-    training mode, normalized with the statistics of their batch including the outlier, and (b)
-    in eval mode with the running statistics. Reports the clean accuracy per k and the largest
-    change of any eval-mode logit caused by the outlier.
-
-    The cost of an outlier is measured against the training-mode arm with k = 1 (the same
-    batches, the extra digit at its ordinary brightness), never against eval mode: eval minus
-    training mode also contains the cost of ordinary batch statistics (`batch_stats_cost`),
-    which has nothing to do with the outlier.
+    The module's BN recipe; the 450 test digits shuffled into batches of `batch_size` - 1 clean
+    examples plus one random training digit with its pixels multiplied by k (k = 16 is the classic
+    bug of feeding the raw 0..16 counts instead of 0..1). The clean examples are predicted in
+    training mode (statistics of their batch, outlier included) and in eval mode (running
+    statistics). An outlier's cost is measured against the training-mode arm with k = 1 (same
+    batches, the extra digit at its ordinary brightness), never against eval mode, whose
+    difference also holds the cost of ordinary batch statistics (`batch_stats_cost`).
     """
     for k in (1.0, mild, extreme):
         if k not in magnitudes:
@@ -156,8 +144,8 @@ def outlier_in_batch(
         shift_by_k.append(float(np.mean(shifts)))
     acc = dict(zip(magnitudes, acc_by_k))
     return {
-        "acc_eval": acc_eval, "acc_train_clean": float(acc[1.0]),
-        "acc_train_mild": float(acc[mild]), "acc_train_extreme": float(acc[extreme]),
+        "acc_eval": acc_eval, "acc_train_clean": float(acc[1.0]), "acc_train_mild": float(acc[mild]),
+        "acc_train_extreme": float(acc[extreme]),
         "outlier_cost_mild": float(acc[1.0] - acc[mild]), "outlier_cost_extreme": float(acc[1.0] - acc[extreme]),
         "batch_stats_cost": float(acc_eval - acc[1.0]), "eval_max_change": eval_change,
         "magnitude": np.array(magnitudes, dtype=float), "acc_train_by_magnitude": np.array(acc_by_k),
@@ -218,11 +206,9 @@ def stat_error(state: model.State, population: model.State) -> float:
 def single_example_batch_stats_logits(params: model.Params, X: np.ndarray, cfg: model.MLPConfig) -> np.ndarray:
     """Logits when every example is its own batch of one in TRAINING mode (batch statistics).
 
-    With one example the batch mean is the example itself and the batch variance is 0, so
-    (x - mean) / sqrt(var + eps) = 0 and each BN layer outputs beta whatever the input.
-    Computed literally, each example a stack entry (N, 1, D): `nn.batchnorm_forward` refuses a
-    batch of one, so each layer normalizes with its batch's own mean and variance given as fixed
-    statistics (`nn.batchnorm_eval_forward`: the same arithmetic).
+    The batch mean is the example itself and the variance 0, so each BN layer outputs beta
+    whatever the input. Computed literally, each example a stack entry (N, 1, D), its own mean
+    and variance given to `nn.batchnorm_eval_forward` (`nn.batchnorm_forward` refuses a batch of one).
     """
     h = np.asarray(X, dtype=cfg.np_dtype)[:, None, :]
     for i in range(cfg.n_layers):
@@ -260,31 +246,21 @@ def single_example_batch_stats_logits(params: model.Params, X: np.ndarray, cfg: 
                m={"slow": "slow_momentum", "default": "momentum", "fast": "fast_momentum"}),
     },
 )
-def single_example_inference(
-    rng: np.random.Generator,
-    *,
-    lr: float = 0.1,
-    epochs: int = 20,
-    momentum: float = 0.1,
-    slow_momentum: float = 0.01,
-    fast_momentum: float = 0.5,
-    momenta: list[float] = [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0],  # noqa: B006 - never mutated
-    test_batches: list[int] = [2, 4, 8, 16, 32, 64, 128, 450],  # noqa: B006
-    warmup_steps: int = 300,
-) -> dict:
+def single_example_inference(rng: np.random.Generator, *, lr: float = 0.1, epochs: int = 20, momentum: float = 0.1,
+                             slow_momentum: float = 0.01, fast_momentum: float = 0.5,
+                             momenta: list[float] = [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0],
+                             test_batches: list[int] = [2, 4, 8, 16, 32, 64, 128, 450],
+                             warmup_steps: int = 300) -> dict:
     """Can a batch-norm network predict one example at a time? Running vs batch statistics.
 
-    Trains the module's BN recipe while keeping, beside the model's own running averages
-    (momentum `momentum`), running averages for every momentum in `momenta` and for
-    `slow_momentum` (the statistics do not affect training, so one run serves them all). Then
-    on the 450 test digits: predictions one example at a time in eval mode (a real loop of
-    batches of one), the same in training mode (batch statistics of one example), the whole
-    test set in training mode, test batches of each size in `test_batches` in training mode,
-    and eval mode with the exact population statistics of the training set. (Eval mode is a
-    per-example map, so the slow-momentum accuracy is computed on the whole batch.) Finally, with
-    the trained network frozen, running statistics are re-estimated from (0, 1) over
-    `warmup_steps` training batches of 32 to show how fast each momentum approaches the
-    population statistics.
+    The module's BN recipe, keeping beside its own running averages (momentum `momentum`) running
+    averages for every momentum in `momenta` and `slow_momentum` (they do not affect training).
+    On the 450 test digits: one example at a time in eval mode (a real loop of batches of one)
+    and in training mode (batch statistics of one example); the whole test set, and test batches
+    of each size in `test_batches`, in training mode; eval mode with the exact population
+    statistics of the training set (eval mode is a per-example map, so the slow-momentum accuracy
+    is computed on the whole batch). Finally, the trained network frozen, running statistics are
+    re-estimated from (0, 1) over `warmup_steps` training batches of 32, per momentum.
     """
     split = recorders.digits()
     cfg = config("batch", momentum)
@@ -384,12 +360,8 @@ def _plain_and_bn(seed: int, lr_plain: float, lr_bn: float, epochs: int):
 def shift_strength_validation(seed: int, strengths: list[float], *, lr_plain: float, lr_bn: float,
                               epochs: int = 20, contrast: float = 0.5, brightness: float = 0.3) -> dict:
     """VALIDATION accuracy of both nets (BN with running statistics) on brightness/contrast-shifted
-    validation images, per strength, for one seed; the clean value first.
-
-    Used once, by hand, on validation seeds (50000+) to choose the strength of the headline shift
-    of `bn-covariate-shift-adabn` (a strength where neither net is near chance or near 100 %);
-    the test images are not looked at.
-    """
+    validation images, per strength (the clean value first), for one seed. Used once, by hand, on
+    validation seeds (50000+) to choose the headline strength of `bn-covariate-shift-adabn`."""
     split = recorders.digits()
     plain, bn = _plain_and_bn(seed, lr_plain, lr_bn, epochs)
     raw_val = _raw(split, split.X_val)
@@ -420,30 +392,20 @@ _NETS = {"plain": "no normalization", "bn": "BN with its running statistics",
         **axes({"sweep[net]": "test accuracy per severity, {net}"}, net=_NETS),
     },
 )
-def covariate_shift_adabn(
-    rng: np.random.Generator,
-    *,
-    lr_plain: float = 0.1,
-    lr_bn: float = 0.1,
-    epochs: int = 20,
-    contrast: float = 0.5,
-    brightness: float = 0.3,
-    gamma: float = 0.4,
-    affine_strength: float = 1.0,
-    severities: list[float] = [0.0, 0.05, 0.1, 0.2, 0.4, 0.7, 1.0],  # noqa: B006 - never mutated
-) -> dict:
+def covariate_shift_adabn(rng: np.random.Generator, *, lr_plain: float = 0.1, lr_bn: float = 0.1, epochs: int = 20,
+                          contrast: float = 0.5, brightness: float = 0.3, gamma: float = 0.4,
+                          affine_strength: float = 1.0,
+                          severities: list[float] = [0.0, 0.05, 0.1, 0.2, 0.4, 0.7, 1.0]) -> dict:
     """Does batch norm protect a model from a train/test shift of the input distribution?
 
-    Trains the module's recipe twice from the same weights and batches: without normalization
-    (at `lr_plain`) and with batch norm (at `lr_bn`), each at its own validation-chosen rate.
-    Test inputs come from four domains (`shift_images`): clean, brightness/contrast at strength
-    `affine_strength` (`affine_at_strength`: 1 is `contrast` x + `brightness`, smaller values
-    interpolate towards the identity), a gamma curve x ** `gamma`, a one-pixel translation. Each
-    domain is standardized with the TRAINING pixel statistics (the deployed preprocessing).
-    The BN model is evaluated with its running statistics, and with statistics re-estimated
-    on the validation images of the same domain (AdaBN, Li et al. 2016; labels not used; the
-    test images are not used for it either). The brightness/contrast shift is also swept in
-    strength (`severities`) for the plot.
+    The module's recipe trained from the same weights and batches without normalization (at
+    `lr_plain`) and with batch norm (at `lr_bn`). Test domains (`shift_images`): clean,
+    brightness/contrast at strength `affine_strength` (`affine_at_strength`: 1 is `contrast` x +
+    `brightness`), a gamma curve x ** `gamma`, a one-pixel translation; each standardized with the
+    TRAINING pixel statistics (the deployed preprocessing). The BN model is scored with its
+    running statistics and with statistics re-estimated on the same domain's validation images
+    (AdaBN, Li et al. 2016; no labels, no test images). The brightness/contrast shift is also
+    swept in strength (`severities`).
     """
     split = recorders.digits()
     plain, bn = _plain_and_bn(int(rng.integers(2**63)), lr_plain, lr_bn, epochs)
