@@ -187,3 +187,24 @@ def test_bnclaims_run_and_pytest_print_the_same_failure_report(tmp_path):
         assert report == _report(tests.stdout, claim_id)
         assert any(line.startswith(evidence) for line in report.splitlines()), report
         assert report.endswith(f"  page:     site/claims/{claim_id}.html (not built yet: bnclaims build)")
+
+
+# --------------------------------------------------------------------------- one t-interval
+
+def test_series_summaries_use_the_metric_interval_point_by_point():
+    import numpy as np
+
+    from bnclaims.results import summarize_metric, summarize_series
+    from bnclaims.verdict import mean_interval
+
+    runs = [[1.0, 2.0, None, 5.0], [3.0, None, None], [2.5, 7.0, None, float("nan")]]
+    summary = summarize_series(runs)
+    assert summary.n == (3, 2, 0, 1)
+    for point, values in ((0, [1.0, 3.0, 2.5]), (1, [2.0, 7.0])):
+        mean, low, high, _ = mean_interval(np.array(values))
+        assert (summary.mean[point], summary.ci_low[point], summary.ci_high[point]) == (mean, low, high)
+        metric = summarize_metric(values)
+        assert (metric.mean, metric.ci_low, metric.ci_high) == (mean, low, high)
+    assert (summary.mean[2], summary.ci_low[2], summary.ci_high[2]) == (None, None, None)  # no seed has a value
+    assert (summary.mean[3], summary.ci_low[3], summary.ci_high[3]) == (5.0, None, None)  # one seed: no interval
+    assert summarize_series([]) == summarize_series([[]])
