@@ -14,8 +14,9 @@ Paths in it are relative to the folder of that file. Keys::
 Precedence, the same for the CLI and the plugin (both resolve it through ``bnclaims.app.settings``):
 command line > environment (``$BNCLAIMS_EXPERIMENTS``) > ``[tool.bnclaims]`` > the pytest ini key
 ``bnclaims_experiments`` (an alias, read from the same ``pyproject.toml``'s ``[tool.pytest.ini_options]``
-by the CLI, from any pytest configuration by the plugin). For the experiments modules the first of these that names any module is used, whole: the
-sources are not merged. Every mistake in the table is one line naming the file, the line and the key.
+by the CLI, from any pytest configuration by the plugin). For the experiments modules the first of these
+that names any module is used, whole: the sources are not merged. Every mistake in the table is one line
+naming the file, the line and the key.
 """
 
 from __future__ import annotations
