@@ -117,8 +117,7 @@ def dead_fraction(result: model.StackResult, X: np.ndarray, layer: int) -> np.nd
 
 def _seeds(rng: np.random.Generator) -> tuple[int, int, int]:
     """(init, batch order, probe) seeds drawn from the experiment's generator."""
-    init_seed, order_seed, probe_seed = (int(s) for s in rng.integers(0, 2**62, size=3))
-    return init_seed, order_seed, probe_seed
+    return tuple(int(seed) for seed in rng.integers(0, 2**62, size=3))
 
 
 # ----------------------------------------------------------------------------- measurements

@@ -190,33 +190,25 @@ def noisy_bn_speed(rng: np.random.Generator, *, hidden: list[int] = [64, 64], ba
                    bn_step_cost: float = 2.2, noise_step_cost: float = 3.5) -> dict:
     """Does limiting the variation of the hidden-layer distributions speed up training?
 
-    Network 64-[hidden]-10, ReLU, SGD without momentum, batch `batch_size`, `steps` steps, float32,
-    digits training split (1,078 images). Arms (same initial weights, same batches):
-    * no norm;  * BN before every ReLU;
-    * BN + distribution shift: at every step every BN output unit j is scaled by s_j ~ U(1,
-      scale_spread) and shifted by m_j ~ U(-mean_shift, mean_shift), the same for every example
-      (`sample_noise` with example_noise = 0): the layer's input distribution keeps moving, no
-      information is lost;
-    * noisy BN (Santurkar et al. 2018, section 2.1): in addition every activation gets an i.i.d.
-      N(0, s_j^2) draw (example_noise = 1, the law of `bnclaims.nn.sample_covariate_noise`).
-    The noise is drawn afresh at every step, shared by the arms (common random numbers).
+    Network 64-[hidden]-10, ReLU, SGD, batch `batch_size`, `steps` steps, float32, digits training
+    split (1,078 images). Arms (same initial weights, same batches, the same fresh noise at every
+    step): no norm; BN before every ReLU; BN + distribution shift (every BN output unit j scaled by
+    s_j ~ U(1, scale_spread) and shifted by m_j ~ U(-mean_shift, mean_shift), the same for every
+    example: the input distribution of the next layer keeps moving, no information is lost); noisy
+    BN (Santurkar et al. 2018, section 2.1: in addition an i.i.d. N(0, s_j^2) draw per activation).
 
-    On a fixed probe of `probe_size` training images: (1) every `check_every` steps, training
-    accuracy in inference mode (BN statistics of the probe, noise at its mean); speed = steps
-    until it first reaches `target`; (2) every `probe_every` steps, the per-unit mean and std of
-    every hidden layer's pre-ReLU values in training mode (with fresh noise) -- the "variation"
-    is the average change of these distributions between consecutive checkpoints
-    (|d mean| / std + |d log std|) -- and, in sweep mode, the validation accuracy (otherwise only
-    at the end). The probe statistics normalize the validation images in inference mode.
+    On a fixed probe of `probe_size` training images: every `check_every` steps the training
+    accuracy in inference mode (BN statistics of the probe, noise at its mean; speed = steps until
+    it first reaches `target`); every `probe_every` steps the per-unit mean and std of every hidden
+    layer's pre-ReLU values in training mode, with fresh noise ("variation" = average change
+    |d mean| / std + |d log std| between checkpoints), and in sweep mode the validation accuracy.
 
-    Learning rates: `lrs` = [no norm, BN, shift, noisy], fixed from a validation sweep on other
-    seeds; every normalized arm also runs at the no-norm net's LR (the common LR). With `lrs`
-    empty every arm runs every LR of `lr_grid` (sweep mode); the series then report per LR the
-    steps to `val_target` validation accuracy and the final validation accuracy, and the metrics
-    use each arm's LR that reached `val_target` first (ties: higher final validation accuracy).
-    Wall-clock model: `bn_step_cost`, `noise_step_cost` = CPU time of one BN / noise-injecting
-    step relative to a no-norm step of this module's network (64-64-64-10, batch 32, measured
-    once: 2.2 and 3.5; timings stay out of the metrics so that they are deterministic).
+    Learning rates: `lrs` = [no norm, BN, shift, noisy] from a validation sweep on other seeds;
+    every normalized arm also runs at the no-norm net's LR (the common LR). With `lrs` empty every
+    arm runs every LR of `lr_grid` (sweep mode) and uses the LR that first reached `val_target`
+    validation accuracy (ties: higher final validation accuracy). Wall-clock model: one BN /
+    noise-injecting step costs `bn_step_cost` / `noise_step_cost` no-norm steps (measured once on
+    64-64-64-10, batch 32; timings stay out of the metrics so that they are deterministic).
     """
     if steps % probe_every:
         raise ValueError(f"steps ({steps}) must be a multiple of probe_every ({probe_every})")
@@ -374,21 +366,17 @@ def noisy_bn_generalization(rng: np.random.Generator, *, hidden: list[int] = [64
     """Does a time-varying shift of the feature distributions during training improve test accuracy?
 
     Network 64-[hidden]-10, ReLU, BN before every ReLU, SGD, batch `batch_size`, `steps` steps,
-    float32, on `n_per_class` digits training images per class (a new stratified subset per
-    seed: a small training set, where generalization is the issue). Arms (same initial weights,
-    same batches, same noise draws scaled by strength):
-    * BN;
-    * BN + distribution shift of strength k: at every step every BN output unit j is scaled by
-      s_j ~ U(1, 1 + 0.25 k) and shifted by m_j ~ U(-0.5 k, 0.5 k), the same for every example of
-      the step (the feature distribution moves, as between "black cats" and "coloured cats");
-    * noisy BN of strength k (Santurkar et al. 2018): the same plus an i.i.d. N(0, s_j^2) draw per
-      activation (k = 1 is the law of `bnclaims.nn.sample_covariate_noise` with its defaults);
-    for every k in `strengths`. Inference: statistics of the whole small training set under the
-    final weights (precise BN) and the noise at its mean, the same rule for every arm.
-    Learning rates: `lrs` = one per arm (BN, shift arms by strength, noisy arms by strength), fixed
-    from a validation sweep on other seeds. With `lrs` empty every arm runs every LR of
-    `lr_grid` (sweep mode) and keeps its best by validation accuracy; the series report the
-    validation accuracy per LR. Reported: test accuracy and train - test gap.
+    float32, on `n_per_class` digits training images per class (a new stratified subset per seed:
+    a small training set, where generalization is the issue). Arms (same initial weights, same
+    batches, same noise draws scaled by strength): BN; for every strength k in `strengths`, BN +
+    distribution shift (every BN output unit j scaled by s_j ~ U(1, 1 + 0.25 k) and shifted by
+    m_j ~ U(-0.5 k, 0.5 k), the same for every example of the step: the feature distribution moves,
+    as between "black cats" and "coloured cats") and noisy BN (Santurkar et al. 2018: the same plus
+    an i.i.d. N(0, s_j^2) draw per activation; k = 1 is `bnclaims.nn.sample_covariate_noise`).
+    Inference for every arm: statistics of the whole small training set under the final weights
+    (precise BN), the noise at its mean. Learning rates: `lrs` = one per arm (BN, shift arms, noisy
+    arms, by strength) from a validation sweep on other seeds; with `lrs` empty every arm runs
+    every LR of `lr_grid` and keeps its best by validation accuracy (sweep mode).
     """
     split = digits()
     sub_rng, init_rng, order_rng, noise_rng = rng.spawn(4)
@@ -493,21 +481,18 @@ def running_average_bn(rng: np.random.Generator, *, hidden: list[int] = [64, 64]
       variance), updated first and used to normalize; the gradient flows through the m * batch
       part (`bnclaims.nn.running_batchnorm_forward`, grad_through_stats=True);
     * running averages as constants: the same statistics, no gradient through them (what
-      inference does, applied in training);
-    each with m = `momentum` (PyTorch's default 0.1) and m = `slow_momentum` (Keras' default
-    0.99 = 0.01 here);
+      inference does, applied in training); both with m = `momentum` (PyTorch's default 0.1) and
+      m = `slow_momentum` (Keras' default 0.99 = 0.01 here);
     * batch renormalization (Ioffe 2017): batch statistics corrected by r = clip(sigma_B / sigma,
       1/r_max, r_max) and d = clip((mu_B - mu) / sigma, -d_max, d_max) from the running averages,
-      r and d constants, with the paper's warm-up (`model.renorm_limits`): r_max = 1, d_max = 0 (plain
-      BN) for the first `renorm_schedule[0]` of the steps, then relaxed linearly to reach d_max at
-      `renorm_schedule[1]` and r_max at `renorm_schedule[2]` of the steps (Ioffe 2017: 5k, 25k and
-      40k steps, read here as fractions of 100k).
+      r and d constants; warm-up (`model.renorm_limits`): plain BN for the first
+      `renorm_schedule[0]` of the steps, then relaxed linearly to reach d_max at
+      `renorm_schedule[1]` and r_max at `renorm_schedule[2]` (Ioffe's 5k, 25k, 40k of 100k steps).
     Running statistics start at mean 0, variance 1. Every arm runs every LR of `lr_grid` at the
     large batch and of `lr_grid` x small_batch / large_batch at the small batch (linear scaling);
-    the LR with the best final validation accuracy is kept and its test accuracy reported.
-    Inference uses each arm's running statistics (for the running-average arms these are the
-    statistics they trained with; BN and renorm keep an EMA with momentum 0.1). An LR "fails"
-    when the weights go NaN/inf or the final validation accuracy is below `fail_below`.
+    the LR with the best final validation accuracy is kept. Inference uses each arm's running
+    statistics (BN and renorm keep an EMA with momentum 0.1). An LR "fails" when the weights go
+    NaN/inf or the final validation accuracy is below `fail_below`.
     """
     split = digits()
     X, y = split.X_train, split.y_train

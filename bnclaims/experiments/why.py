@@ -693,7 +693,7 @@ def affine_reparametrization(rng: np.random.Generator, *, hidden: list[int] = [6
             return logits if reference is None else _total_variation(reference[index], logits)
         hook = Checkpoints(check_every, look)
         result = train_on_plan(config, X, y, lrs, order, params, record=hook,
-                       X_reference=stats_x if config.reference_rows else None)
+                               X_reference=stats_x if config.reference_rows else None)
         losses = np.full((len(lrs), checks * check_every), np.nan)
         ran = min(result.losses.shape[1], checks * check_every)
         losses[:, :ran] = result.losses[:, :ran]
@@ -706,10 +706,9 @@ def affine_reparametrization(rng: np.random.Generator, *, hidden: list[int] = [6
     loss_plain, plain_logits, plain = run(plain_cfg, initial, lr, plan)
     loss_fixed, tv_fixed, fixed = run(fixed_cfg, matching_bn_params(initial, stats_x, plain_cfg), lr, plan,
                                       plain_logits)
-    val = {"plain": accuracies(plain_cfg, plain, split.X_val, split.y_val),
-           "bn_fixed": accuracies(fixed_cfg, fixed, split.X_val, split.y_val)}
-    test = {"plain": accuracies(plain_cfg, plain, split.X_test, split.y_test),
-            "bn_fixed": accuracies(fixed_cfg, fixed, split.X_test, split.y_test)}
+    trained = {"plain": (plain_cfg, plain), "bn_fixed": (fixed_cfg, fixed)}
+    val = {arm: accuracies(*trained[arm], split.X_val, split.y_val) for arm in AFFINE_ARMS}
+    test = {arm: accuracies(*trained[arm], split.X_test, split.y_test) for arm in AFFINE_ARMS}
     c = model.select_lr(lr, val["plain"])                                      # the common LR
     reference, common = plain_logits[:, c:c + 1], lr[c:c + 1]
     _, tv_order, _ = run(plain_cfg, initial, common, replan, reference)
@@ -724,30 +723,21 @@ def affine_reparametrization(rng: np.random.Generator, *, hidden: list[int] = [6
     capped = lambda v: float(min(v, 1e3)) if np.isfinite(v) else 1e3  # noqa: E731
     return {
         "init_error_eps": float(init_error),
-        "dist_reparam": float(tv_fixed[c].mean()),
-        "dist_order": float(tv_order[0].mean()),
+        "dist_reparam": float(tv_fixed[c].mean()), "dist_order": float(tv_order[0].mean()),
         "dist_batch": float(tv_batch[0].mean()),
-        "loss_plain": capped(mean_loss["plain"][c]),
-        "loss_bn_fixed": capped(mean_loss["bn_fixed"][c]),
+        "loss_plain": capped(mean_loss["plain"][c]), "loss_bn_fixed": capped(mean_loss["bn_fixed"][c]),
         "loss_bn_batch": capped(loss_batch[0].mean()),
-        "loss_plain_low": capped(mean_loss["plain"][low]),
-        "loss_bn_fixed_low": capped(mean_loss["bn_fixed"][low]),
-        "test_acc_plain": float(test["plain"][c]),
-        "test_acc_bn_fixed": float(test["bn_fixed"][chosen]),
-        "test_acc_common_bn_fixed": float(test["bn_fixed"][c]),
-        "test_acc_common_bn_batch": float(test_batch[0]),
-        "lr_plain": float(lr[c]),
-        "lr_bn_fixed": float(lr[chosen]),
+        "loss_plain_low": capped(mean_loss["plain"][low]), "loss_bn_fixed_low": capped(mean_loss["bn_fixed"][low]),
+        "test_acc_plain": float(test["plain"][c]), "test_acc_bn_fixed": float(test["bn_fixed"][chosen]),
+        "test_acc_common_bn_fixed": float(test["bn_fixed"][c]), "test_acc_common_bn_batch": float(test_batch[0]),
+        "lr_plain": float(lr[c]), "lr_bn_fixed": float(lr[chosen]),
         "best_at_edge": float((c in (0, len(lr) - 1)) + (chosen in (0, len(lr) - 1))),
         "step": np.arange(0, steps + 1, check_every, dtype=float),
         "loss_step": np.arange(1, checks + 1) * float(check_every),
         "tv_reparam": tv_fixed[c], "tv_order": tv_order[0], "tv_batch": tv_batch[0],
-        "loss_curve_plain": finite(loss_plain[c]),
-        "loss_curve_bn_fixed": finite(loss_fixed[c]),
+        "loss_curve_plain": finite(loss_plain[c]), "loss_curve_bn_fixed": finite(loss_fixed[c]),
         "loss_curve_bn_batch": finite(loss_batch[0]),
         "lr": lr,
-        "mean_loss_by_lr_plain": learning(mean_loss["plain"]),
-        "mean_loss_by_lr_bn_fixed": learning(mean_loss["bn_fixed"]),
-        "val_acc_by_lr_plain": val["plain"],
-        "val_acc_by_lr_bn_fixed": val["bn_fixed"],
+        **spread("mean_loss_by_lr[arm]", [learning(mean_loss[arm]) for arm in AFFINE_ARMS], arm=AFFINE_ARMS),
+        **spread("val_acc_by_lr[arm]", [val[arm] for arm in AFFINE_ARMS], arm=AFFINE_ARMS),
     }
