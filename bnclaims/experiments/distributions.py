@@ -127,16 +127,8 @@ def _ks(a: np.ndarray, b: np.ndarray) -> float:
                shape={key: shape for shape, key in _KEY.items()}),
     },
 )
-def shape_vs_moments(
-    rng: np.random.Generator,
-    *,
-    batch_size: int = 256,
-    features: int = 64,
-    other_mean: float = 2.0,
-    other_std: float = 3.0,
-    df: float = 5.0,
-    exact_trials: int = 100,
-) -> dict:
+def shape_vs_moments(rng: np.random.Generator, *, batch_size: int = 256, features: int = 64, other_mean: float = 2.0,
+                     other_std: float = 3.0, df: float = 5.0, exact_trials: int = 100) -> dict:
     """Batch norm fixes the mean and variance of a batch, not the shape of its distribution.
 
     A reference batch (`batch_size` x `features`, i.i.d. N(0, 1)) is compared with batches that
@@ -212,15 +204,15 @@ def _window_rms(err: np.ndarray, mask: np.ndarray, window: np.ndarray) -> float:
     return float(np.sqrt(np.mean(err[m] ** 2)))
 
 
+_SEQUENCE_ARMS = {"naive": "padding counted", "masked": "padding masked out",
+                  "full": "all sequences full length (control)"}
+
+
 @experiment(
     "padded-sequence-batch-stats",
     metrics={
-        "naive_err_early": "rms normalization error (vs population), padding counted, early timesteps",
-        "naive_err_late": "same, late timesteps",
-        "masked_err_early": "rms normalization error, padding masked out, early timesteps",
-        "masked_err_late": "same, late timesteps",
-        "full_err_early": "rms normalization error with all sequences full length (control), early",
-        "full_err_late": "same control, late timesteps",
+        **axes({"{kind}_err_{when}": "rms normalization error (vs population), {kind}, {when} timesteps"},
+               kind=_SEQUENCE_ARMS, when=("early", "late")),
         "naive_std_ratio_late": "naive per-timestep std estimate / true std, late timesteps (mean)",
         "naive_mean_bias_late": "(naive per-timestep mean - true mean) / true std, late timesteps (mean)",
         "valid_count_late": "mean number of valid sequences per late timestep",
@@ -229,26 +221,15 @@ def _window_rms(err: np.ndarray, mask: np.ndarray, window: np.ndarray) -> float:
     },
     series={
         "timestep": "timestep 1..max_len (x axis)",
-        "err_naive": "rms normalization error per timestep, padding counted",
-        "err_masked": "rms normalization error per timestep, padding masked",
-        "err_full": "rms normalization error per timestep, all sequences full length",
+        **axes({"err_{kind}": "rms normalization error per timestep, {kind}"}, kind=_SEQUENCE_ARMS),
         "err_theory": "sampling theory sqrt(1.5 / n_t) for masked stats with n_t valid sequences",
         "valid_count": "mean number of valid sequences per timestep",
     },
 )
-def padded_sequence_batch_stats(
-    rng: np.random.Generator,
-    *,
-    batch_size: int = 32,
-    max_len: int = 40,
-    features: int = 16,
-    batches: int = 100,
-    mean: float = 1.0,
-    std: float = 2.0,
-    length_dist: Literal["uniform", "short"] = "uniform",
-    late_fraction: float = 0.25,
-    eps: float = 1e-5,
-) -> dict:
+def padded_sequence_batch_stats(rng: np.random.Generator, *, batch_size: int = 32, max_len: int = 40,
+                                features: int = 16, batches: int = 100, mean: float = 1.0, std: float = 2.0,
+                                length_dist: Literal["uniform", "short"] = "uniform", late_fraction: float = 0.25,
+                                eps: float = 1e-5) -> dict:
     """Per-timestep batch norm of padded variable-length sequences vs the population and vs layer norm.
 
     `batches` independent batches of `batch_size` sequences (`data.padded_sequences`, lengths
@@ -271,20 +252,17 @@ def padded_sequence_batch_stats(
 
     x, mask = draw(length_dist)
     x_full, mask_full = draw("full")
-    truth = (x - mean) / std
-    truth_full = (x_full - mean) / std
-
-    def errors(xv, maskv, truthv, masked):
-        m, v, count = per_timestep_stats(xv, maskv, masked)
-        return _normalize(xv, m, v, eps) - truthv, m, v, count
-
-    err_naive, m_naive, v_naive, _ = errors(x, mask, truth, False)
-    err_masked, _, _, count = errors(x, mask, truth, True)
-    err_full, _, _, _ = errors(x_full, mask_full, truth_full, True)
+    masks = {"naive": mask, "masked": mask, "full": mask_full}
+    err, stats_of = {}, {}
+    for kind, xv in (("naive", x), ("masked", x), ("full", x_full)):
+        stats_of[kind] = per_timestep_stats(xv, masks[kind], kind != "naive")      # mean, var, count
+        err[kind] = _normalize(xv, *stats_of[kind][:2], eps) - (xv - mean) / std     # vs the population value
+    (m_naive, v_naive, _), count = stats_of["naive"], stats_of["masked"][2]
 
     window = max(1, int(round(late_fraction * max_len)))
     t = np.arange(max_len)
-    early, late = t < window, t >= max_len - window
+    windows = {"early": t < window, "late": t >= max_len - window}
+    late = windows["late"]
 
     def per_t(err, maskv):
         sq = np.where(maskv[..., None], err**2, 0.0).sum(axis=(0, 1, 3))
@@ -310,21 +288,14 @@ def padded_sequence_batch_stats(
 
     late_valid = mask[:, :, late].any(axis=1)                 # (S, T_late) timesteps with data
     return {
-        "naive_err_early": _window_rms(err_naive, mask, early),
-        "naive_err_late": _window_rms(err_naive, mask, late),
-        "masked_err_early": _window_rms(err_masked, mask, early),
-        "masked_err_late": _window_rms(err_masked, mask, late),
-        "full_err_early": _window_rms(err_full, mask_full, early),
-        "full_err_late": _window_rms(err_full, mask_full, late),
+        **{f"{kind}_err_{when}": _window_rms(err[kind], masks[kind], windows[when]) for kind in err for when in windows},
         "naive_std_ratio_late": float(np.mean(np.sqrt(v_naive[:, late][late_valid]) / std)),
         "naive_mean_bias_late": float(np.mean((m_naive[:, late][late_valid] - mean) / std)),
         "valid_count_late": float(count[:, late].mean()),
         "bn_coupling": bn_coupling,
         "ln_coupling_max": ln_coupling,
         "timestep": t + 1.0,
-        "err_naive": per_t(err_naive, mask),
-        "err_masked": per_t(err_masked, mask),
-        "err_full": per_t(err_full, mask_full),
+        **{f"err_{kind}": per_t(err[kind], masks[kind]) for kind in err},
         "err_theory": theory,
         "valid_count": mean_count.astype(float),
     }
@@ -383,18 +354,10 @@ def sampling_noise(pre: np.ndarray, batch_size: int, draws: int, rng: np.random.
         "sd_std_theory": "the same from the closed form for the variance (delta method: sd(var) / (2 var))",
     },
 )
-def batch_statistics_noise(
-    rng: np.random.Generator,
-    *,
-    lr_ghost: list[float] = [0.1, 0.1, 0.1, 0.1, 0.1, 0.1],  # noqa: B006 - never mutated
-    lr_full: float = 0.1,
-    lr_none: float = 0.1,
-    physical_batch: int = 128,
-    epochs: int = 20,
-    draws: int = 400,
-    headline: int = 32,
-    evaluate_on: Literal["test", "validation"] = "test",
-) -> dict:
+def batch_statistics_noise(rng: np.random.Generator, *, lr_ghost: list[float] = [0.1, 0.1, 0.1, 0.1, 0.1, 0.1],
+                           lr_full: float = 0.1, lr_none: float = 0.1, physical_batch: int = 128, epochs: int = 20,
+                           draws: int = 400, headline: int = 32,
+                           evaluate_on: Literal["test", "validation"] = "test") -> dict:
     """How noisy are batch statistics at small batch sizes, and what does that noise cost?
 
     Scale: 64-128-128-10 ReLU MLP, BN before the activation, float32, SGD momentum 0.9 with
