@@ -86,6 +86,24 @@ class MLPConfig:
         are stored per feature (all entries equal, starting at 1 and 0) and each entry's gradient
         is the sum over the layer's features (`_tie_affine`), so the entries stay equal and train
         as one scalar pair would. Needs ``affine`` and a norm.
+    residual: a pre-activation residual MLP (He et al. 2016, "Identity mappings"): all hidden
+        widths equal, at least two hidden layers. The layers are the plain MLP's, in the same
+        order (linear 0, then per hidden layer i: norm i -> activation -> linear i+1, or
+        activation -> norm with norm_position="after"); only skips are added. The stream is the
+        output of the linear maps: linear 0 maps the input to the width, and each linear map
+        i = 1 .. L-2 (`residual_layers`) is the end of a block ``h <- h + linear_i(act(norm_{i-1}(h)))``
+        -- the skip leaves at the output of linear i-1, before norm i-1, and joins at the output
+        of linear i (after its bias), so ``pre{i}`` (what norm i normalizes) is the sum. The last
+        block's stream goes through norm L-2 -> activation -> the last linear map to the classes
+        (no skip there). Nothing sits on the skip path itself.
+    residual_init: "depth" multiplies the initial weights of every block's linear map by
+        1/sqrt(blocks) (blocks = hidden layers - 1); "plain" leaves them as ``init`` says. A
+        block adds W act(norm(h)) with W independent of h and zero-mean, so it adds its second
+        moment to the stream's: with He weights and no norm each block adds (a 1/blocks share of)
+        the stream's own, so the stream's second moment grows by at most (1 + 1/blocks)^blocks < e
+        over the net instead of 2^blocks; with a norm each block adds about 1/blocks. The factor
+        is the same for every norm (the norm sits before the scaled map and does not undo it), so
+        BN-vs-none arms start from the same weights.
     """
 
     sizes: tuple[int, ...] = (64, 128, 128, 10)
@@ -109,6 +127,8 @@ class MLPConfig:
     dtype: Literal["float32", "float64"] = "float32"
     reference_rows: int = 0
     affine_shared: bool = False
+    residual: bool = False
+    residual_init: Literal["depth", "plain"] = "depth"
 
     def __post_init__(self):
         object.__setattr__(self, "sizes", tuple(int(s) for s in self.sizes))
@@ -123,6 +143,7 @@ class MLPConfig:
             ("norm_position", self.norm_position, ("before", "after")),
             ("init", self.init, INITS),
             ("dtype", self.dtype, ("float32", "float64")),
+            ("residual_init", self.residual_init, ("depth", "plain")),
         ):
             if value not in allowed:
                 raise ValueError(f"MLPConfig.{name} must be one of {', '.join(allowed)}; got {value!r}")
@@ -134,6 +155,9 @@ class MLPConfig:
             raise ValueError(f"MLPConfig.sizes needs at least input and output widths >= 1; got {self.sizes}")
         if self.norm == "group" and any(w % self.groups for w in self.hidden_sizes):
             raise ValueError(f"groups={self.groups} must divide every hidden width {self.hidden_sizes}")
+        if self.residual and (len(self.hidden_sizes) < 2 or len(set(self.hidden_sizes)) != 1):
+            raise ValueError(f"MLPConfig.residual needs at least two hidden layers, all of one width; "
+                             f"got hidden widths {self.hidden_sizes}")
 
     @property
     def n_layers(self) -> int:
@@ -143,6 +167,12 @@ class MLPConfig:
     @property
     def hidden_sizes(self) -> tuple[int, ...]:
         return self.sizes[1:-1]
+
+    @property
+    def residual_layers(self) -> tuple[int, ...]:
+        """Indices of the linear maps that end a residual block (1 .. L-2, all but the first and the
+        last; none if not residual)."""
+        return tuple(range(1, self.n_layers - 1)) if self.residual else ()
 
     @property
     def np_dtype(self) -> np.dtype:
@@ -158,13 +188,17 @@ def init_params(rng: np.random.Generator, config: MLPConfig) -> Params:
 
     Only the weights draw from ``rng`` (one standard-normal block per layer, in order, scaled
     afterwards), so the same ``rng`` state gives the same weights for every norm, placement,
-    affine setting, init kind and dtype with the same sizes.
+    affine setting, init kind and dtype with the same sizes (and, up to the residual blocks'
+    1/sqrt(blocks) factor of ``residual_init="depth"``, with and without ``residual``).
     """
     dtype = config.np_dtype
     params: Params = {}
+    blocks = config.residual_layers if config.residual_init == "depth" else ()
     for i, (fan_in, fan_out) in enumerate(zip(config.sizes[:-1], config.sizes[1:])):
         z = rng.standard_normal((fan_in, fan_out))
         gain = {"he": math.sqrt(2.0 / fan_in), "lecun": math.sqrt(1.0 / fan_in), "scale": 1.0}[config.init]
+        if i in blocks:
+            gain /= math.sqrt(len(blocks))
         params[f"W{i}"] = (config.init_scale * gain * z).astype(dtype)
         if config.hidden_bias or i == config.n_layers - 1:
             params[f"b{i}"] = np.zeros(fan_out, dtype)
@@ -349,6 +383,23 @@ def _covariate_noise(rng, h: np.ndarray, config: MLPConfig):
     return np.stack([scale for scale, _ in draws]), np.stack([shift for _, shift in draws])
 
 
+class _ResidualJoin:
+    """Where a residual block's skip and branch meet on the tape: the gradient of the sum, kept
+    by the join's backward (reached first) for the fork's backward (reached after the branch)."""
+    __slots__ = ("dout",)
+
+
+def _residual_join_backward(dout, join: _ResidualJoin):
+    join.dout = dout            # d(skip + branch) reaches the skip unchanged ...
+    return dout                 # ... and the branch
+
+
+def _residual_fork_backward(dout, join: _ResidualJoin):
+    dskip = join.dout
+    del join.dout               # the tape can be replayed again
+    return dout + dskip         # the block input's gradient: through the branch plus through the skip
+
+
 def forward(
     params: Params,
     state: State,
@@ -367,7 +418,8 @@ def forward(
 
     When ``record`` is a dict it is filled, per hidden layer ``i``, with ``pre{i}`` (the
     input of the norm), ``norm{i}`` (its output) and ``act{i}`` (the activation output),
-    each (N, sizes[i+1]); with norm="none", ``norm{i}`` is ``pre{i}``. Also ``logits``.
+    each (N, sizes[i+1]); with norm="none", ``norm{i}`` is ``pre{i}``; in a residual net
+    ``pre{i}`` is the stream (see ``MLPConfig.residual``). Also ``logits``.
     The arrays are the forward's own (no copies): do not modify them.
 
     Returns ``(logits (N, sizes[-1]), caches, new_state)``; ``caches`` is the tape for `backward`.
@@ -384,12 +436,19 @@ def forward(
     tape: Tape = []
     new_state = dict(state)
     last = config.n_layers - 1
+    blocks = config.residual_layers
     for i in range(config.n_layers):
         b = params.get(f"b{i}")
         h, cache = nn.linear_forward(h, params[f"W{i}"], b)
         tape.append((nn.linear_backward, cache, (f"W{i}", None if b is None else f"b{i}")))
+        if i in blocks:   # the block ends: its branch's output joins the stream
+            h = skip + h
+            tape.append((_residual_join_backward, join, ()))
         if i == last:
             break
+        if i + 1 in blocks:   # a block starts: the skip leaves before norm i
+            skip, join = h, _ResidualJoin()
+            tape.append((_residual_fork_backward, join, ()))
         if config.norm_position == "before":
             pre = h
             h = normed = _norm(h, i, params, state, new_state, config, train, rng, tape)
@@ -540,10 +599,10 @@ def hessian_vector_product(params: Params, x: np.ndarray, y: np.ndarray, config:
     activation, affine or not) and relu or linear activations; use float64.
     """
     if (config.norm not in ("none", "batch") or config.activation == "tanh" or config.reference_rows
-            or config.affine_shared):
+            or config.affine_shared or config.residual):
         raise ValueError("hessian_vector_product supports norm 'none' or 'batch' with relu or linear activations "
-                         f"(no reference rows, no shared affine); got norm={config.norm!r}, "
-                         f"activation={config.activation!r}")
+                         f"(no reference rows, no shared affine, no residual blocks); got norm={config.norm!r}, "
+                         f"activation={config.activation!r}, residual={config.residual}")
     if params["W0"].ndim != 2:
         raise ValueError("hessian_vector_product takes one network, not a stack")
     record: dict = {}
@@ -649,7 +708,7 @@ def population_state(params: Params, X: np.ndarray, config: MLPConfig) -> State:
     """
     if config.norm not in RUNNING_NORMS:
         return {}
-    stats_config = replace(config, norm="batch", reference_rows=0)
+    stats_config = replace(config, norm="batch", reference_rows=0, renorm_warmup=())
     stack = params["W0"].ndim == 3
     start = init_stack_state(stats_config, len(params["W0"])) if stack else init_state(stats_config)
     record: dict[str, np.ndarray] = {}

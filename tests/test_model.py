@@ -781,3 +781,133 @@ def test_renorm_during_warmup_hold_is_batch_norm():
     fixed = model.train_stack(np.random.default_rng(1), dataclasses.replace(base, renorm_warmup=()),
                               X, y, [model.Arm(lr=0.1)], **kw)
     assert not np.allclose(fixed.losses[0, 1:5], bn.losses[0, 1:5], rtol=1e-9)
+
+
+# ---------------------------------------------------------------------------- residual MLPs
+
+RESIDUAL_SMALL = (5, 6, 6, 6, 3)  # input -> width, two residual blocks, -> classes
+
+
+@pytest.mark.parametrize("norm", model.NORMS)
+@pytest.mark.parametrize("position", ["before", "after"])
+def test_residual_mlp_gradients_match_finite_differences(norm, position):
+    """Every parameter of a residual net, every norm (tanh: no kinks for the finite differences)."""
+    config = small_config(sizes=RESIDUAL_SMALL, residual=True, norm=norm, norm_position=position, activation="tanh")
+    assert config.residual_layers == (1, 2)
+    check_model_gradients(config)
+
+
+@pytest.mark.parametrize("norm", ["batch", "none"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_residual_relu_mlp_gradients_match_finite_differences(norm, seed):
+    check_model_gradients(small_config(sizes=RESIDUAL_SMALL, residual=True, norm=norm), seed=seed)
+    check_model_gradients(small_config(sizes=RESIDUAL_SMALL, residual=True, norm=norm), train=False, seed=seed)
+
+
+@pytest.mark.parametrize("norm", ["batch", "none", "layer", "running"])
+def test_residual_net_with_zero_branches_is_its_identity_path_exactly(norm):
+    """Blocks whose linear maps are 0 (W = b = 0): the net is the one-hidden-layer MLP made of the
+    first linear map, the last norm and the last linear map -- logits (train and eval mode), the
+    running statistics of that norm and the gradients of those parameters equal, exactly."""
+    config = MLPConfig(sizes=(64, 32, 32, 32, 32, 10), norm=norm, residual=True)
+    shallow_config = MLPConfig(sizes=(64, 32, 10), norm=norm)
+    rng = np.random.default_rng(5)
+    params = model.init_params(rng, config)
+    for name in params:
+        if not name.startswith("W"):
+            params[name] += rng.normal(0, 0.3, params[name].shape).astype(np.float32)
+    for i in config.residual_layers:
+        params[f"W{i}"][...], params[f"b{i}"][...] = 0, 0
+    last, hidden = config.n_layers - 1, config.n_layers - 2     # the last norm is hidden layer L-2's
+    renamed = {"W0": "W0", "b0": "b0", "W1": f"W{last}", "b1": f"b{last}", "gamma0": f"gamma{hidden}",
+               "beta0": f"beta{hidden}", "running_mean0": f"running_mean{hidden}", "running_var0": f"running_var{hidden}"}
+    state = perturbed_state(config, rng)
+    shallow = {name: params[full] for name, full in renamed.items() if full in params}
+    shallow_state = {name: state[full] for name, full in renamed.items() if full in state}
+    x, y = DIGITS.X_train[:40], DIGITS.y_train[:40]
+    for train in (True, False):
+        logits, tape, new_state = model.forward(params, state, x, config, train)
+        want, shallow_tape, shallow_new_state = model.forward(shallow, shallow_state, x, shallow_config, train)
+        assert np.array_equal(logits, want)
+        for name, value in shallow_new_state.items():
+            assert np.array_equal(new_state[renamed[name]], value), name
+        grads = model.backward(nn.softmax_cross_entropy(logits, y)[1], tape)
+        shallow_grads = model.backward(nn.softmax_cross_entropy(want, y)[1], shallow_tape)
+        for name, value in shallow_grads.items():
+            assert np.array_equal(grads[renamed[name]], value), name
+    stacked = model.stack_params([params, params])
+    assert np.array_equal(model.forward(stacked, model.stack_params([state, state]), x, config, False)[0][1], want)
+
+
+def test_residual_init_scales_the_block_weights_by_one_over_sqrt_blocks():
+    plain = MLPConfig(sizes=(64,) + (64,) * 9 + (10,), norm="batch")
+    residual = dataclasses.replace(plain, residual=True)
+    assert residual.residual_layers == tuple(range(1, 9))
+    a = model.init_params(np.random.default_rng(0), plain)
+    b = model.init_params(np.random.default_rng(0), residual)
+    c = model.init_params(np.random.default_rng(0), dataclasses.replace(residual, residual_init="plain"))
+    for name in a:
+        assert np.array_equal(a[name], c[name])       # the same draws
+        if name.startswith("W") and int(name[1:]) in residual.residual_layers:
+            np.testing.assert_allclose(b[name], a[name] / math.sqrt(8), rtol=1e-6)
+        else:
+            assert np.array_equal(a[name], b[name])
+    # no norm, He weights: the stream's second moment stays within a factor e of the first layer's
+    config = dataclasses.replace(residual, norm="none", sizes=(64,) + (256,) * 17 + (10,))
+    record: dict = {}
+    model.forward(model.init_params(np.random.default_rng(1), config), {}, DIGITS.X_train, config, record=record)
+    first = np.mean(np.square(record["pre0"]))
+    growth = np.mean(np.square(record["pre16"])) / first
+    assert 1.5 < growth < math.e                                  # (1 + 1/16)^16 = 2.64
+    record = {}
+    plain_init = dataclasses.replace(config, residual_init="plain")
+    model.forward(model.init_params(np.random.default_rng(1), plain_init), {}, DIGITS.X_train, plain_init, record=record)
+    assert np.mean(np.square(record["pre16"])) / first > 1000     # 2^16 without the factor
+
+
+def test_residual_config_validation_and_hvp_refusal():
+    for sizes in ((64, 32, 10), (64, 32, 16, 10)):
+        with pytest.raises(ValueError, match="residual"):
+            MLPConfig(sizes=sizes, residual=True)
+    with pytest.raises(ValueError, match="residual_init"):
+        MLPConfig(sizes=(64, 8, 8, 10), residual=True, residual_init="zero")
+    config = small_config(sizes=RESIDUAL_SMALL, residual=True, norm="batch")
+    params = model.init_params(np.random.default_rng(0), config)
+    with pytest.raises(ValueError, match="residual"):
+        model.hessian_vector_product(params, np.ones((4, 5)), np.zeros(4, dtype=int), config)
+
+
+@pytest.mark.parametrize("norm", ["batch", "none", "noisy", "running"])
+def test_a_stack_of_residual_arms_trains_each_arm_exactly_as_alone(norm):
+    """Bit for bit, as for the plain MLP."""
+    config = MLPConfig(sizes=(64, 16, 16, 16, 10), norm=norm, residual=True)
+    settings = [dict(lr=0.05), dict(lr=0.2, momentum=0.9, order="class-sorted"), dict(lr=0.1, weight_decay=1e-3)]
+    seeds = [3, 3, 4]
+    rngs = {s: np.random.default_rng(s) for s in set(seeds)}
+    kwargs = dict(steps=20, batch_size=16, X_eval=DIGITS.X_test, y_eval=DIGITS.y_test, eval_every=10)
+    stack = model.train_stack([rngs[s] for s in seeds], config, DIGITS.X_train, DIGITS.y_train,
+                              [model.Arm(**a) for a in settings], **kwargs)
+    for k, (seed, arm) in enumerate(zip(seeds, settings)):
+        single = model.train(np.random.default_rng(seed), config, DIGITS.X_train, DIGITS.y_train, **arm, **kwargs)
+        _same_result(stack.arm(k), single)
+
+
+def test_sixteen_layer_residual_bn_mlp_learns_the_digits_deterministically():
+    config = MLPConfig(sizes=(64,) + (64,) * 16 + (10,), norm="batch", residual=True)
+    kwargs = dict(steps=300, batch_size=32, X_eval=DIGITS.X_test, y_eval=DIGITS.y_test)
+    trajectory = model.ParamTrajectory(["gamma8"], every=100)
+    probe, norms = model.ProbeMoments(DIGITS.X_test[:64], every=100), model.GradientNorms(every=100)
+    result = model.train_stack(np.random.default_rng(0), config, DIGITS.X_train, DIGITS.y_train,
+                               model.Arm(lr=0.05, momentum=0.9), record=[trajectory, probe, norms], **kwargs)
+    assert result.eval_accuracy[-1, 0] > 0.9 and not result.diverged[0]      # chance: 0.1
+    assert trajectory.arrays()["gamma8"].shape == (4, 1, 1, 64)
+    assert probe.moments()["pre15"][0].shape == (3, 1, 64) and norms.arrays()["W16"].shape == (3, 1)
+    again = model.train_stack(np.random.default_rng(0), config, DIGITS.X_train, DIGITS.y_train,
+                              model.Arm(lr=0.05, momentum=0.9), **kwargs)
+    for name in result.params:
+        assert np.array_equal(result.params[name], again.params[name]), name
+    assert np.array_equal(result.losses, again.losses)
+    population = model.population_state(result.params, DIGITS.X_train, config)
+    loss, accuracy = model.evaluate(model.arm_params(result.params, 0), model.arm_params(population, 0),
+                                    DIGITS.X_test, DIGITS.y_test, config)
+    assert accuracy > 0.9 and math.isfinite(loss)
