@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from bnclaims import nn, recorders
+from bnclaims import model, nn, recorders
 from bnclaims.experiments import axes, experiment
 
 
@@ -42,41 +42,31 @@ def linear_bn_rate(batch_size: int) -> float:
 
 def propagate(x: np.ndarray, y: np.ndarray, weights: list[np.ndarray], readout: np.ndarray,
               activation: str, batchnorm: bool, eps: float = 1e-5) -> tuple[np.ndarray, np.ndarray]:
-    """One forward and backward pass; per hidden layer, rms of the pre-activation and gradient norm.
+    """One forward and backward pass (`model.forward`, its tape replayed); per hidden layer, the rms
+    of the pre-activation and the gradient norm.
 
-    x: (B, 64) inputs, y: (B,) labels; weights[l]: (fan_in, width) for hidden layer l (the
-    first maps the input); readout: (width, 10). Hidden layer l: h_l = a_{l-1} @ weights[l],
-    z_l = BN(h_l) (training mode, no affine) or h_l, a_l = activation(z_l). Loss: mean softmax
-    cross-entropy of a_L @ readout.
-    Returns (act_rms (L,) = rms of h_l, grad_norm (L,) = Frobenius norm of dLoss/dh_l).
+    x: (B, 64) inputs, y: (B,) labels; weights[l]: (fan_in, width) for hidden layer l (the first maps
+    the input); readout: (width, 10). Hidden layer l: h_l = a_{l-1} @ weights[l], z_l = BN(h_l)
+    (training mode, no affine) or h_l, a_l = activation(z_l); no biases. Loss: mean softmax
+    cross-entropy of a_L @ readout. Returns (act_rms (L,) = rms of h_l, grad_norm (L,) = Frobenius
+    norm of dLoss/dh_l).
     """
-    depth = len(weights)
-    a = x
-    act_rms = np.empty(depth)
-    caches = []
-    for l, W in enumerate(weights):
-        h, lin_cache = nn.linear_forward(a, W, None)
-        act_rms[l] = math.sqrt(float(np.mean(np.square(h, dtype=np.float64))))
-        bn_cache = None
-        if batchnorm:
-            h, bn_cache = nn.batchnorm_forward(h, None, None, eps)
-        if activation == "relu":
-            a, act_cache = nn.relu_forward(h)
-        else:
-            a, act_cache = h, None
-        caches.append((lin_cache, bn_cache, act_cache))
-    logits, top_cache = nn.linear_forward(a, readout, None)
-    _, dlogits = nn.softmax_cross_entropy(logits, y)
-    da, _, _ = nn.linear_backward(dlogits, top_cache)
-    grad_norm = np.empty(depth)
-    for l in range(depth - 1, -1, -1):
-        lin_cache, bn_cache, act_cache = caches[l]
-        dh = da if act_cache is None else nn.relu_backward(da, act_cache)
-        if bn_cache is not None:
-            dh, _, _ = nn.batchnorm_backward(dh, bn_cache)
-        grad_norm[l] = math.sqrt(float(np.sum(np.square(dh, dtype=np.float64))))
-        da, _, _ = nn.linear_backward(dh, lin_cache)
-    return act_rms, grad_norm
+    config = model.MLPConfig(sizes=(x.shape[1],) + tuple(W.shape[1] for W in weights) + (readout.shape[1],),
+                             activation=activation, norm="batch" if batchnorm else "none", affine=False,
+                             hidden_bias=False, eps=eps, dtype=np.dtype(x.dtype).name)
+    params = {f"W{i}": W for i, W in enumerate(list(weights) + [readout])}
+    record: dict = {}
+    logits, tape, _ = model.forward(params, model.init_state(config), x, config, True, record=record)
+    act_rms = np.array([math.sqrt(float(np.mean(np.square(record[f"pre{i}"], dtype=np.float64))))
+                        for i in range(len(weights))])
+    hidden_linears = {f"W{i}" for i in range(len(weights))}
+    grad_norm = []
+    dout = nn.softmax_cross_entropy(logits, y)[1]
+    for backward_fn, cache, names in reversed(tape):     # names: () for the activation, (W, b) for a linear
+        if names and names[0] in hidden_linears:          # dout is dLoss/dh_i here
+            grad_norm.append(math.sqrt(float(np.sum(np.square(dout, dtype=np.float64)))))
+        dout = backward_fn(dout, cache)[0] if names else backward_fn(dout, cache)
+    return act_rms, np.array(grad_norm[::-1])
 
 
 def _fitted_rate(grad_norm: np.ndarray, skip: int) -> float:
@@ -120,16 +110,9 @@ _INIT = {"he": "He", "poor": "poor"}
         "rate_theory_relu": "pi/(pi-1) (large-batch limit) at every batch size",
     },
 )
-def depth_signal_propagation(
-    rng: np.random.Generator,
-    *,
-    depth: int = 50,
-    width: int = 256,
-    batch_size: int = 32,
-    batch_sizes: list[int] = [4, 8, 16, 32, 64, 128, 256],  # noqa: B006 - never mutated
-    poor_scale: float = 0.5,
-    skip: int = 5,
-) -> dict:
+def depth_signal_propagation(rng: np.random.Generator, *, depth: int = 50, width: int = 256, batch_size: int = 32,
+                             batch_sizes: list[int] = [4, 8, 16, 32, 64, 128, 256], poor_scale: float = 0.5,
+                             skip: int = 5) -> dict:
     """Activation scale and gradient norm per layer of a deep MLP at initialisation, BN vs none.
 
     Network: digits input (64) -> `depth` hidden layers of `width` units -> 10 logits, loss the
