@@ -151,12 +151,9 @@ _HIDDEN = "hidden-layer batches (32 x 100 pre-activations of a Linear(64, 100) l
     "batchnorm-moments",
     metrics={
         "configs_checked": "number of input batches (batch size x distribution x dtype x repeat) normalised",
-        "mean_error_units": "largest |per-feature output mean| over every feature of every batch, in units "
-                            "of its floating-point rounding bound (< 1: zero up to rounding)",
-        "max_abs_mean_typical": "largest |per-feature output mean| over features with batch variance >= 100 eps "
-                                "and batch mean within 100 batch stds of 0 (float32 and float64)",
-        "max_abs_mean_large_var": "largest |per-feature output mean| over all features with batch variance "
-                                  ">= 100 eps, however far from 0 they sit (float32 and float64)",
+        "mean_error_units": "largest |per-feature output mean| in units of its rounding bound (< 1: 0 up to rounding)",
+        "max_abs_mean_typical": "largest |output mean|, features of batch variance >= 100 eps and mean within 100 stds",
+        "max_abs_mean_large_var": "largest |output mean|, features of batch variance >= 100 eps, however far from 0",
         **axes({"max_abs_mean_{dtype}": "largest |per-feature output mean| over the {dtype} batches"},
                dtype={"float32": "float32 (any variance)", "float64": "float64"}),
         **axes({"std_gap_{v}_var": "largest |output std - 1| over features whose batch variance is {v}"},
@@ -164,10 +161,9 @@ _HIDDEN = "hidden-layer batches (32 x 100 pre-activations of a Linear(64, 100) l
         "std_formula_error": "largest |output std - sqrt(v / (v + eps))| over all features (v: batch variance)",
         "hidden_mean_abs": f"{_HIDDEN}: largest |per-feature output mean| over every feature and batch",
         "hidden_std_gap": f"{_HIDDEN}: largest |per-feature output std - 1| over every feature and batch",
-        "digits_features_off": "fraction of the 64 pixel features of a 32-image digits batch whose output std "
-                               "is not within 1% of 1 (mean over 20 batches)",
-        "digits_constant_features": "fraction of the 64 pixel features that are constant within a 32-image "
-                                    "digits batch (mean over 20 batches)",
+        **axes({"digits_{what}": "fraction of the 64 pixel features of a 32-image digits batch {what} (mean of 20)"},
+               what={"features_off": "whose output std is not within 1% of 1",
+                     "constant_features": "that are constant"}),
     },
     series={"variance_over_eps": "batch variance of a feature divided by eps (sweep)",
             "output_std": "std over the batch (axis 0) of that feature after batch norm"},
@@ -258,8 +254,7 @@ def batchnorm_moments(rng: np.random.Generator, *, batch_sizes: list[int] = [2, 
     metrics={
         "train_mean_gap": "training mode: largest |batch mean of output - beta| / |gamma| over features and batches",
         "train_std_gap": "training mode: largest |batch std of output / |gamma| - 1| over features and batches",
-        "eval_mean_gap": "eval mode (running statistics): mean over features and batches of "
-                         "|batch mean of output - beta| / |gamma| (batches of batch_size)",
+        "eval_mean_gap": "eval mode (running statistics): mean over features and batches of |mean - beta| / |gamma|",
         "eval_std_gap": "eval mode: mean over features and batches of |batch std of output / |gamma| - 1|",
         "thread_std_gap": "largest |std / gamma - 1| of the thread's own example numbers (for reference)",
     },
@@ -336,15 +331,12 @@ def _perturb(rng, p: np.ndarray, delta: float) -> np.ndarray:
 @experiment(
     "bn-mean-set-by-beta",
     metrics={
-        "train_mean_error_units": "training mode: largest |batch mean of the output - beta| over features, "
-                                  "inputs and parameter changes, in units of its float32 rounding bound",
+        "train_mean_error_units": "training mode: largest |batch mean of the output - beta|, in float32 rounding units",
         "train_max_mean_gap": "training mode: largest |batch mean of the output - beta| / |gamma|",
-        "eval_control_gap": "eval mode, nothing changed since the running statistics were taken: largest "
-                            "|mean of the output over the probe set - beta| / |gamma|",
-        "eval_gap_params": "eval mode, every lower-layer parameter changed by 10%: mean over features and "
-                           "changes of |mean output - beta| / |gamma| on the probe set",
-        "eval_gap_inputs": "eval mode, input distribution changed (brighter, more contrast, noisier): mean over "
-                           "features and changes of |mean output - beta| / |gamma|",
+        "eval_control_gap": "eval mode, nothing changed since the statistics: largest |probe mean - beta| / |gamma|",
+        **axes({"eval_gap_{what}": "eval mode, {what}: mean over features, changes of |probe mean - beta| / |gamma|"},
+               what={"params": "every lower-layer parameter changed by `relative_change`",
+                     "inputs": "inputs changed (brighter, more contrast, noisier)"}),
     },
     series={
         "relative_change": "relative size of the change to every lower-layer parameter (sweep)",
@@ -450,8 +442,7 @@ _SCALAR_ARMS = {"vector": "per-feature arm", "scalar": "scalar arm"}
                                   "that nn.batchnorm_backward returns for the trained net's hidden layer",
         "gamma_cv": "per-feature arm after training: std / mean |gamma| of its learned gammas (one per feature)",
         "beta_spread": "per-feature arm after training: std of its learned betas / mean |gamma|",
-        "collapse_acc_drop": "test accuracy of the trained per-feature net minus the same net with its gammas "
-                             "and betas replaced by their means (one pair for the layer)",
+        "collapse_acc_drop": "test accuracy, trained per-feature net minus the same with gamma, beta set to the means",
         **_lr_arm_outputs(_SCALAR_ARMS)[0],
     },
     series=_lr_arm_outputs(_SCALAR_ARMS)[1],
@@ -524,13 +515,11 @@ _FOLD_ARMS = {"affine": "(c) BN with gamma, beta", "none": "(c) BN without gamma
         "fold_linear_error_units": "(a) no ReLU between: largest |unfolded - folded| output difference, in units "
                                    "of its rounding bound, over 100 random layers (float32 and float64)",
         "fold_relu_scale_error_units": "(b1) ReLU between, gamma > 0 and beta = 0: the same error units",
-        "naive_fold_relu_rel_error": "(b) ReLU between, random gamma and beta: relative output error of the "
-                                     "plain fold W' = diag(gamma) W, b' = beta W + b",
+        "naive_fold_relu_rel_error": "(b) ReLU between, random gamma, beta: relative error of the plain fold (a)",
         "refit_relu_residual_random": "(b2) ReLU between, random gamma in [0.5, 2] and beta ~ N(0, 1): relative "
                                       "residual (validation) of the best least-squares next layer fed relu(x_hat)",
         "refit_relu_residual_trained": "(b3) the same for the gamma, beta, weights of the trained per-feature net",
-        "refit_acc_drop_trained": "test accuracy of the trained per-feature net minus that of its refit "
-                                  "without gamma, beta",
+        "refit_acc_drop_trained": "test accuracy of the trained per-feature net minus its refit without gamma, beta",
         **_lr_arm_outputs(_FOLD_ARMS)[0],
     },
     series=_lr_arm_outputs(_FOLD_ARMS)[1],
@@ -609,12 +598,10 @@ def affine_fold_next_layer(rng: np.random.Generator, *, hidden: int = 64, epochs
                                      "and synthetic batches (float32 and float64)",
         "bn_row_mean_abs": "BN output: mean |per-example mean over features| (LN makes it 0)",
         "ln_col_mean_abs": "LN output: mean |per-feature mean over the batch| (BN makes it 0)",
-        "bn_batchmate_change": "BN training mode, batch 32: mean |change| of one example's normalised values "
-                               "when its 31 batch mates are replaced by other images",
-        "ln_batchmate_change_units": "LN: largest |change| of one example's output when its batch mates are "
-                                     "replaced, in units of D u max|out|",
-        "bn_eval_batchmate_change": "BN eval mode (fixed statistics): largest |change| of one example's output "
-                                    "when its batch mates are replaced",
+        "bn_batchmate_change": "BN training mode, batch 32: mean |change| of one example's output when its 31 batch "
+                               "mates are replaced by other images",
+        "ln_batchmate_change_units": "LN: largest such |change| (every batch size), in units of D u max|out|",
+        "bn_eval_batchmate_change": "BN eval mode (fixed statistics): largest such |change| (every batch size)",
     },
     series={
         "batch_size": "batch size (sweep)",
@@ -696,12 +683,10 @@ def bn_vs_layernorm(rng: np.random.Generator, *, batch_size: int = 32, trials: i
         **axes({"train_flip_n{n}_s16": "training mode, batch {n}, one image x16: fraction of the other images whose "
                                        "predicted class changes"}, n=("32", "256", "4")),
         "train_flip_n32_s1e6": "training mode, batch 32, one image x10^6: fraction of the others that change",
-        "xhat_shift_n32_s16": "training mode, batch 32, one image x16: mean |change| of the others' normalised "
-                              "hidden values",
+        "xhat_shift_n32_s16": "training mode, batch 32, one image x16: mean |change| of the others' normalised values",
         "others_acc_n32": "training mode, batch 32, nothing scaled: accuracy on the 31 others",
         "others_acc_n32_s1e6": "training mode, batch 32, one image x10^6: accuracy on the 31 others",
-        "eval_flip_max": "eval mode (running statistics): largest fraction of others whose class changes, over "
-                         "every batch size and scale",
+        "eval_flip_max": "eval mode (running statistics): largest fraction of others that change, any size and scale",
         "test_acc": "eval-mode test accuracy of the trained network",
     },
     series={
