@@ -222,16 +222,12 @@ def noisy_bn_speed(rng: np.random.Generator, *, hidden: list[int] = [64, 64], ba
     sweep = lrs_per_arm(lrs, SPEED_ARMS)
     own = {arm: np.asarray(lr_grid, dtype=np.float64) if sweep else np.array([lrs[i]])
            for i, arm in enumerate(SPEED_ARMS)}
-    common = {} if sweep else {arm: np.array([lrs[0]]) for arm in NORMED_ARMS}
-    # rows of the normalized stack: each arm's own LRs, then each arm at the common LR
-    layout, parts, start = {}, [], 0
-    for arm in NORMED_ARMS:
-        for which, table in (("own", own), ("common", common)):
-            if arm in table:
-                parts.append(speed_arms(table[arm], arm, mean_shift, scale_spread))
-                layout[arm, which] = np.arange(start, start + len(table[arm]))
-                start += len(table[arm])
-    arms_of = {"plain": Arms.make(own["plain"]), "normed": Arms.concat(*parts)}
+    # rows of the normalized stack, arm after arm: its own LRs, then (fixed LRs) the common LR
+    runs = {arm: own[arm] if sweep else np.append(own[arm], lrs[0]) for arm in NORMED_ARMS}
+    start = dict(zip(NORMED_ARMS, np.cumsum([0] + [len(lr) for lr in runs.values()])))
+    own_rows = {arm: start[arm] + np.arange(len(own[arm])) for arm in NORMED_ARMS}
+    arms_of = {"plain": Arms.make(own["plain"]),
+               "normed": Arms.concat(*[speed_arms(runs[arm], arm, mean_shift, scale_spread) for arm in NORMED_ARMS])}
     configs = {"plain": config(sizes, "none"), "normed": config(sizes, "noisy")}
     plan = model.batch_plan(order_rng, len(y), batch_size, steps)
     probes = np.arange(0, steps + 1, probe_every)
@@ -284,7 +280,7 @@ def noisy_bn_speed(rng: np.random.Generator, *, hidden: list[int] = [64, 64], ba
     curve = {k: {name: np.array(v).T for name, v in c.items()} for k, c in curves.items()}  # (A, K)
     variation = {k: np.nanmean(curve[k]["change"], axis=1) for k in configs}
     rows_of = {"plain": ("plain", np.arange(len(own["plain"])))}
-    rows_of.update({arm: ("normed", layout[arm, "own"]) for arm in NORMED_ARMS})
+    rows_of.update({arm: ("normed", own_rows[arm]) for arm in NORMED_ARMS})
     if sweep:
         val_reach = {k: steps_to(curve[k]["val"], probes, val_target) for k in configs}
 
@@ -293,10 +289,10 @@ def noisy_bn_speed(rng: np.random.Generator, *, hidden: list[int] = [64, 64], ba
             return int(rows[np.lexsort((-final, np.where(np.isnan(r), np.inf, r)))[0]])
 
         chosen = {arm: (key, choose(key, rows)) for arm, (key, rows) in rows_of.items()}
-        at_common = {arm: ("normed", int(layout[arm, "own"][chosen["plain"][1]])) for arm in NORMED_ARMS}
+        at_common = {arm: ("normed", int(own_rows[arm][chosen["plain"][1]])) for arm in NORMED_ARMS}
     else:
         chosen = {arm: (key, int(rows[0])) for arm, (key, rows) in rows_of.items()}
-        at_common = {arm: ("normed", int(layout[arm, "common"][0])) for arm in NORMED_ARMS}
+        at_common = {arm: ("normed", int(own_rows[arm][-1] + 1)) for arm in NORMED_ARMS}
     censor = lambda s: float(steps if np.isnan(s) else s)  # noqa: E731
     cost = {"plain": 1.0, "bn": bn_step_cost, "shift": noise_step_cost, "noisy": noise_step_cost}
     out: dict = {"step": probes.astype(float), "change_step": probes[1:].astype(float)}

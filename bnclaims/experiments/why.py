@@ -356,17 +356,13 @@ def _rescaled_changes(rng: np.random.Generator, params: dict, config: model.MLPC
     change of every later layer's input and of every later layer's weight gradient on (x, y)."""
     p64, config = _to64(params), replace(config, dtype="float64")
     record, grads = _view(p64, config, x, y)
-    for _ in range(trials):
-        yield _rescaled_draw(rng, p64, config, x, y, record, grads)
-
-
-def _rescaled_draw(rng, p64, config, x, y, record, grads) -> list[float]:
-    c = np.exp(rng.uniform(np.log(0.1), np.log(10.0), size=(1, 1, p64["W0"].shape[2])))
-    moved = dict(p64, W0=p64["W0"] * c, b0=rng.standard_normal(c.shape) * np.ones_like(c))
-    record_m, grads_m = _view(moved, config, x, y)
     hidden = range(config.n_layers - 1)
-    return ([_relative(record_m[f"act{i}"], record[f"act{i}"]).max() for i in hidden]
-            + [_relative(grads_m[f"W{i + 1}"], grads[f"W{i + 1}"]).max() for i in hidden])
+    for _ in range(trials):
+        c = np.exp(rng.uniform(np.log(0.1), np.log(10.0), size=(1, 1, p64["W0"].shape[2])))
+        moved = dict(p64, W0=p64["W0"] * c, b0=rng.standard_normal(c.shape) * np.ones_like(c))
+        record_m, grads_m = _view(moved, config, x, y)
+        yield ([_relative(record_m[f"act{i}"], record[f"act{i}"]).max() for i in hidden]
+               + [_relative(grads_m[f"W{i + 1}"], grads[f"W{i + 1}"]).max() for i in hidden])
 
 
 def rescale_error(rng: np.random.Generator, params: dict, config: model.MLPConfig, x, y, trials: int) -> float:
