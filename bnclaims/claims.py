@@ -26,6 +26,7 @@ from bnclaims.verdict import VERDICTS
 from bnclaims.yamlpos import MAX_BYTES, Located, YamlProblem, load
 
 ID_PATTERN = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
+RUNG_PATTERN = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 TAG_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
 THREAD_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 ARXIV_PATTERN = re.compile(r"^(\d{4}\.\d{4,5}|[a-z-]+(\.[A-Z]{2})?/\d{7})(v\d+)?$")
@@ -170,6 +171,25 @@ CLAIM_SCHEMA = {
         "explanation": _str("Why the verdict, in plain words, shown on the site", minLength=1),
         "references": {"type": "array", "items": REFERENCE_SCHEMA},
         "plots": {"type": "array", "items": PLOT_SCHEMA},
+        "ladder": {
+            "type": "array",
+            "description": "Other scales: rungs, each the base params with some overridden, judged with the same "
+                           "conditions. The verdict stays the base rung's; `bnclaims run --ladder` runs them",
+            "items": {
+                "type": "object",
+                "required": ["name", "params"],
+                "additionalProperties": False,
+                "properties": {
+                    "name": _str("Rung name: lowercase words joined by '-' (e.g. cnn, deep-residual)",
+                                 pattern=RUNG_PATTERN.pattern, maxLength=40),
+                    "params": {"type": "object", "description": "Parameters that differ from the base params"},
+                    "seeds": {"type": "integer", "minimum": 1, "maximum": MAX_SEEDS,
+                              "description": "Seeds of this rung (default: the claim's seeds)"},
+                    "note": _str("One line: what this rung changes and why it is a fair test at that scale",
+                                 minLength=1, maxLength=300),
+                },
+            },
+        },
     },
 }
 
@@ -227,6 +247,16 @@ class AlsoQuote:
 
 
 @dataclass(frozen=True)
+class Rung:
+    """One rung of a claim's ladder: the base params with ``params`` overridden (type-checked)."""
+
+    name: str
+    params: dict[str, Any]
+    seeds: int | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True)
 class Claim:
     id: str
     path: Path
@@ -250,11 +280,18 @@ class Claim:
     plots: tuple[Plot, ...]
     source_text: str  # the file's text, for the site
     also: tuple[AlsoQuote, ...] = ()  # restatements of the quote elsewhere in the thread (`also:`)
+    ladder: tuple[Rung, ...] = ()  # other scales, judged with the same conditions (run with --ladder)
+    rung: str | None = None  # set on the claim a rung becomes (`at_rung`): the rung's name
 
     @property
     def quote_spans(self) -> tuple[tuple[int, int], ...]:
         """The spans of the quote and of every also-quote in the thread text."""
         return (self.quote_span,) + tuple(a.span for a in self.also)
+
+    def at_rung(self, rung: Rung) -> "Claim":
+        """This claim at one rung of its ladder: id ``<id>@<rung>``, params overridden, the rung's seeds."""
+        return dataclasses.replace(self, id=f"{self.id}@{rung.name}", params={**self.params, **rung.params},
+                                   seeds=rung.seeds or self.seeds, ladder=(), rung=rung.name)
 
     def run_params(self) -> dict[str, Any]:
         """Parameters the experiment is called with: its defaults, overridden by the file."""
@@ -485,21 +522,8 @@ def _load_one(path: Path, threads_dir: Path, thread_cache: dict) -> tuple[Claim 
         exp = known.get(exp_node.value)
         if exp is None:
             checker.add(exp_node, f"unknown experiment (found '{exp_node.value}'{did_you_mean(exp_node.value, known)})")
-    params: dict[str, Any] = {}
-    params_node = _get(root, "params")
-    if exp is not None and params_node is not None and params_node.kind == "map":
-        for name, (key_node, value_node) in params_node.value.items():
-            spec = exp.params.get(name)
-            if spec is None:
-                accepted = ", ".join(exp.params) or "none"
-                checker.add(key_node, f"unknown parameter for experiment '{exp.name}' (found '{name}'"
-                            f"{did_you_mean(name, exp.params)}); it takes: {accepted}")
-                continue
-            ok, converted = registry.check_value(spec.annotation, value_node.plain())
-            if not ok:
-                checker.add(value_node, f"parameter '{name}' must be {spec.type_name} (found {_found(value_node)})")
-            else:
-                params[name] = converted
+    params = _params(_get(root, "params"), exp, checker)
+    base_exp = exp
     if exp is not None:  # metric and series names may follow from the params (train-compare: test_acc_<arm>)
         exp = exp.resolved(params)
 
@@ -549,6 +573,7 @@ def _load_one(path: Path, threads_dir: Path, thread_cache: dict) -> tuple[Claim 
             checker.add(holds_node, f"the same condition appears twice in the rule (found {item.text!r}); "
                         "one question, one condition")
         seen_holds.append(item.text)
+    ladder = _ladder(_get(root, "ladder"), base_exp, params, [item for item, _ in headline + beyond], checker)
 
     # plots: series names
     plots: list[Plot] = []
@@ -621,6 +646,7 @@ def _load_one(path: Path, threads_dir: Path, thread_cache: dict) -> tuple[Claim 
         plots=tuple(plots),
         source_text=text,
         also=also,
+        ladder=ladder,
     )
     return claim, []
 
@@ -659,6 +685,61 @@ def _also_quotes(node: Located | None, thread_name: str, thread_text: str | None
         taken.append((f"also[{i}].quote", span))
         out.append(AlsoQuote(quote_node.value, span, thread_text.count("\n", 0, span[0]) + 1))
     return tuple(out)
+def _params(node: Located | None, exp, checker: _Checker) -> dict[str, Any]:
+    """The type-checked params of a ``params`` mapping (the claim's or a rung's); problems go to ``checker``."""
+    params: dict[str, Any] = {}
+    if exp is None or node is None or node.kind != "map":
+        return params
+    for name, (key_node, value_node) in node.value.items():
+        spec = exp.params.get(name)
+        if spec is None:
+            accepted = ", ".join(exp.params) or "none"
+            checker.add(key_node, f"unknown parameter for experiment '{exp.name}' (found '{name}'"
+                        f"{did_you_mean(name, exp.params)}); it takes: {accepted}")
+            continue
+        ok, converted = registry.check_value(spec.annotation, value_node.plain())
+        if not ok:
+            checker.add(value_node, f"parameter '{name}' must be {spec.type_name} (found {_found(value_node)})")
+        else:
+            params[name] = converted
+    return params
+
+
+def _ladder(node: Located | None, exp, base: dict[str, Any], conditions: list[NamedCondition],
+            checker: _Checker) -> tuple[Rung, ...]:
+    """The rungs of ``ladder``: params checked like the base params, and every metric the rule names
+    still defined at each rung (metric names may follow from the params); problems go to ``checker``."""
+    if node is None or node.kind != "seq" or exp is None:
+        return ()
+    rungs: list[Rung] = []
+    seen: set[str] = set()
+    needed = sorted({m for c in conditions for m in c.condition.metric_names})
+    for item in node.value:
+        name_node = _get(item, "name") if item.kind == "map" else None
+        if name_node is None or not isinstance(name_node.value, str) or not RUNG_PATTERN.match(name_node.value):
+            continue  # the schema check has said what is wrong
+        name = name_node.value
+        if name in seen:
+            checker.add(name_node, f"rung name used twice in ladder (found '{name}')")
+        seen.add(name)
+        before = len(checker.problems)
+        overrides = _params(_get(item, "params"), exp, checker)
+        if len(checker.problems) > before:
+            continue
+        if overrides and all(base.get(k, exp.params[k].default) == v for k, v in overrides.items()):
+            checker.add(_get(item, "params"), f"rung '{name}' changes nothing: its params equal the base params")
+            continue
+        metrics = exp.resolved({**base, **overrides}).metrics
+        missing = [m for m in needed if m not in metrics]
+        if missing:
+            checker.add(_get(item, "params"), f"rung '{name}' leaves the rule's metrics undefined (found no "
+                        f"{', '.join(repr(m) for m in missing)} with these params)")
+            continue
+        seeds = _get(item, "seeds")
+        note = _get(item, "note")
+        rungs.append(Rung(name, overrides, seeds.value if seeds is not None else None,
+                          " ".join(note.value.split()) if note is not None and isinstance(note.value, str) else ""))
+    return tuple(rungs)
 
 
 def _rule_conditions(node: Located | None, key: str, exp, quote: str,

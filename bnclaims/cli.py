@@ -68,6 +68,10 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
                         help="also write results as JSON to FILE ('-': standard output, and the table goes to "
                              "standard error)")
     parser.add_argument("--explain", action="store_true", help="say why each claim is (or is not) re-run")
+    parser.add_argument("--ladder", action="store_true",
+                        help="also run each claim's ladder (the same rule at other scales: its 'ladder:' rungs); "
+                             "a rung that errors makes the exit code 1. Without it, run skips the rungs and "
+                             "build shows those already run")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -326,6 +330,11 @@ def _table(results, quiet: bool, out) -> None:
         when = "cached" if r.cached else f"{r.seconds:.1f}s"
         print(f"{VERDICT_MARK[r.status]} {r.id:<{width}}  {r.status:<12}  {expected:<12}{flag} {len(r.seeds):>5}  {when}",
               file=out)
+        for rung, result in r.ladder:  # the same rule at other scales; the claim's verdict is the line above
+            status = result.status if result is not None else "not run"
+            when = "-" if result is None else "cached" if result.cached else f"{result.seconds:.1f}s"
+            seeds = len(result.seeds) if result is not None else 0
+            print(f"    @{rung.name:<{width - 2}}  {status:<12}  {'':<12}  {seeds:>5}  {when}", file=out)
 
 
 def _failures(results, quiet: bool, out, site: Path) -> None:
@@ -473,8 +482,11 @@ def cmd_run(args, build: bool = False) -> int:
     if args.explain:
         for p in plan(claims, options, cache):
             print(f"{p.claim.id}: " + "; ".join(p.reasons), file=human)
-    results = run_claims(claims, options, executor=executor, progress=not args.quiet, cache=cache)
+    ladder = "run" if args.ladder else "stored" if build else "off"
+    results = run_claims(claims, options, executor=executor, progress=not args.quiet, cache=cache, ladder=ladder)
     code = _exit_code(results, problems)
+    if args.ladder and any(rung is not None and rung.status == "error" for r in results for _, rung in r.ladder):
+        code = max(code, EXIT_FAILED)
     _table(results, args.quiet, human)
     failed = []  # the results are never lost: a failure to write one output does not stop the others
     if json_mode:

@@ -406,6 +406,26 @@ def condition_rows(result: ClaimResult, beyond: bool = False) -> list[dict]:
     return rows
 
 
+def _param_text(value) -> str:
+    return value if isinstance(value, str) else json.dumps(value, separators=(", ", ": "))
+
+
+def ladder_rows(result: ClaimResult) -> list[dict]:
+    """The "At other scales" table: the base rung, then each rung of the ladder (run or not), with the
+    verdict and every headline condition's estimate and interval."""
+    if not result.claim.ladder:
+        return []
+    rows = []
+    for name, note, changes, r in [("base", "the scale the verdict is given at", [], result)] + [
+            (rung.name, rung.note, [(k, _param_text(v)) for k, v in rung.params.items()], rung_result)
+            for rung, rung_result in result.ladder]:
+        judged = r.verdict.conditions if r is not None and r.verdict is not None else ()
+        rows.append({"name": name, "note": note, "changes": changes, "status": r.status if r else "not run",
+                     "seeds": len(r.seeds) if r else 0, "error": r.error if r is not None else None,
+                     "cells": list(judged)})
+    return rows
+
+
 def metric_rows(result: ClaimResult, exp: registry.Experiment | None) -> list[dict]:
     declared = list(exp.metrics) if exp else []
     names = [n for n in declared if n in result.metrics] + sorted(n for n in result.metrics if n not in declared)
@@ -645,7 +665,7 @@ def render_site(results: list[ClaimResult], claims_dir: Path) -> dict[str, bytes
                   for i, a in enumerate(r.claim.also, 1)],
             headline=headline(r), level=f"{100 * r.verdict.level:.4g}%" if r.verdict else "95%",
             metrics=metric_rows(r, exp), plots=plot_views(r, exp), params=param_rows(r.claim, exp),
-            computed_by=_computed_by(r),
+            computed_by=_computed_by(r), ladder=ladder_rows(r),
             **common)
 
     by_id = {r.id: r for r in results}
@@ -707,16 +727,20 @@ def render_site(results: list[ClaimResult], claims_dir: Path) -> dict[str, bytes
     files["claim.schema.json"] = schema_json()
     # what each page was built from: `tests/test_site_current.py` compares it with the claims as they are now;
     # the hashes leave library versions out (the pages say which versions computed the results)
+    rungs = [rung for r in results for _, rung in r.ladder if rung is not None]
     files["manifest.json"] = dumps({
         "bnclaims": bnclaims.__version__,
         "claims": {r.id: {"input_hash": r.site_hash, "verdict": r.status, "seconds": round(r.seconds, 3),
                           "cpu_seconds": round(sum(run.cpu_seconds for run in r.runs), 3)}
                    for r in sorted(results, key=lambda r: r.id)},
+        **({"ladder": {r.id: {"input_hash": r.site_hash, "verdict": r.status, "seconds": round(r.seconds, 3),
+                              "cpu_seconds": round(sum(run.cpu_seconds for run in r.runs), 3)}
+                       for r in sorted(rungs, key=lambda r: r.id)}} if rungs else {}),
     }, indent=1, sort_keys=True) + "\n"
     # the seed runs the site was built from: a fresh clone's `bnclaims build` reuses them (runner.SeedStore)
     from bnclaims.runner import store_key
 
-    for r in results:
+    for r in results + rungs:
         if not all(k in r.components for k in ("experiment", "params", "code")):
             continue  # not from a run (hand-made results): nothing a build could reuse
         files[f"results/{r.id}.json"] = dumps({

@@ -63,6 +63,7 @@ class ClaimResult:
     components: dict
     reasons: tuple[str, ...]  # why it ran (or did not)
     site_hash: str = ""  # input_hash without library versions: what the committed site is keyed by
+    ladder: tuple = ()  # ((Rung, ClaimResult | None), ...): the claim at other scales; None: not run yet
 
     @property
     def id(self) -> str:
@@ -101,12 +102,22 @@ class ClaimResult:
             "error": self.error,
             "input_hash": self.input_hash,
             "site_hash": self.site_hash,
+            **({"ladder": [rung_json(rung, result) for rung, result in self.ladder]} if self.claim.ladder else {}),
         }
 
     def summary_record(self) -> dict:
         """What the cache keeps of the last run (for ``list`` and ``--explain``)."""
         return {"id": self.claim.id, "verdict": self.status, "reason": self.reason,
                 "input_hash": self.input_hash, "components": self.components}
+
+
+def rung_json(rung, result: "ClaimResult | None") -> dict:
+    """One rung of a claim's ladder in the JSON output: its verdict and conditions, or "not run"."""
+    out = {"name": rung.name, "params": rung.params, "note": rung.note}
+    if result is None:
+        return out | {"verdict": "not run", "answer": None, "seeds": [], "conditions": [], "beyond": []}
+    return out | {k: v for k, v in result.to_json().items()
+                  if k in ("verdict", "answer", "reason", "level", "conditions", "beyond", "seeds", "error", "site_hash")}
 
 
 def summarize_metric(values: list[float]) -> MetricSummary:

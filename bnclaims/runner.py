@@ -7,6 +7,7 @@ interrupted run keeps what it finished), aggregates per claim and judges the rul
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -224,10 +225,19 @@ def run_claims(
     progress: bool = True,
     on_claim: Callable[[ClaimResult], None] | None = None,
     cache: Cache | None = None,
+    ladder: str = "off",
 ) -> list[ClaimResult]:
-    """Run every claim (cache first), return one ClaimResult per claim, in the given order."""
+    """Run every claim (cache first), return one ClaimResult per claim, in the given order.
+
+    ``ladder``: "off" ignores the claims' ladders; "stored" attaches the rungs whose every seed is
+    in the cache or the site's results (nothing is run for them); "run" runs the rungs too. A rung
+    is judged like a claim (`Claim.at_rung`) and comes back in its base claim's ``result.ladder``.
+    """
     cache = cache or Cache(options.cache_dir or _default_cache())
-    plans = plan(claims, options, cache)
+    rung_claims = [claim.at_rung(rung) for claim in claims for rung in claim.ladder] if ladder != "off" else []
+    plans = plan(claims + rung_claims, options, cache)
+    if ladder == "stored":  # rungs not run before stay "not run": a plain run or build never starts them
+        plans = [p for p in plans if p.claim.rung is None or len(p.cached) == len(p.seeds)]
     jobs: list[Job] = []
     owners: dict[int, list[Plan]] = {}  # claims with the same experiment, params and seed share one job
     job_of_key: dict[str, Job] = {}
@@ -299,7 +309,14 @@ def run_claims(
                        on_done)
     finally:
         tracker.close()
-    return [results[id(p)] for p in plans]
+    by_id = {p.claim.id: results[id(p)] for p in plans}
+    return [_with_ladder(by_id[claim.id], by_id) if ladder != "off" and claim.ladder else by_id[claim.id]
+            for claim in claims]
+
+
+def _with_ladder(result: ClaimResult, by_id: dict[str, ClaimResult]) -> ClaimResult:
+    return dataclasses.replace(result, ladder=tuple((rung, by_id.get(f"{result.id}@{rung.name}"))
+                                                    for rung in result.claim.ladder))
 
 
 def _printed(output: str) -> str:
