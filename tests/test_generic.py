@@ -191,6 +191,7 @@ def test_new_metrics_train_accuracy_mode_comparison_and_input_noise():
         assert 0.0 <= metrics[f"train_acc_{arm}"] <= 1.0 and 0.0 <= metrics[f"mode_flip_{arm}"] <= 1.0
         # noise of std 1 on standardized pixels costs accuracy
         assert metrics[f"noisy_test_acc_{arm}"] < metrics[f"test_acc_{arm}"]
+        assert metrics[f"noise_acc_drop_{arm}"] == metrics[f"test_acc_{arm}"] - metrics[f"noisy_test_acc_{arm}"]
     # test batches of 32 against eval mode: batch statistics of 32 test images are not the running ones
     assert metrics["mode_flip_bn"] > 0.0
     # without test_noise_std the noise metric is not declared

@@ -71,6 +71,7 @@ PER_ARM_METRICS = {
 NOISE_METRICS = {
     "noisy_test_acc": "test accuracy with Gaussian noise of std test_noise_std added to every (standardized) "
                       "test input, the same noise for every arm, chosen rate (diverged: 0)",
+    "noise_acc_drop": "test accuracy lost to that input noise: test_acc - noisy_test_acc (diverged: 0)",
 }
 AFFINE_METRICS = {
     "gamma_step": "mean |change of gamma| per step, over features, layers and steps (chosen rate)",
@@ -318,6 +319,7 @@ def train_compare(
         })
         if test_noise_std > 0:
             out[f"noisy_test_acc_{name}"] = chosen["noisy_test_acc"]
+            out[f"noise_acc_drop_{name}"] = chosen["test_acc"] - chosen["noisy_test_acc"]
         if _has_affine(s):
             for p in ("gamma", "beta"):
                 layers = [v for key, v in chosen["paths"].items() if key.startswith(p)]
