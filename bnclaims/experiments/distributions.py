@@ -114,8 +114,7 @@ def _ks(a: np.ndarray, b: np.ndarray) -> float:
         **axes({"ks_after_{shape}": "same ({shape}) after batch norm"}, shape=_SHAPED_KEYS),
         **axes({"ks_population_{shape}": "sup |F - Phi| between standardized {shape} and N(0,1) (exact)"},
                shape=_SHAPED_KEYS),
-        "ks_after_nearest_shape": "smallest KS distance after batch norm over the differently shaped batches "
-                                  "(the shape difference BN comes closest to removing)",
+        "ks_after_nearest_shape": "smallest KS distance after batch norm over the differently shaped batches",
     },
     series={
         "pair": "comparison index: 0 same law, 1 moments only, 2 exponential, 3 bimodal, 4 student-t, 5 uniform",
@@ -288,7 +287,8 @@ def padded_sequence_batch_stats(rng: np.random.Generator, *, batch_size: int = 3
 
     late_valid = mask[:, :, late].any(axis=1)                 # (S, T_late) timesteps with data
     return {
-        **{f"{kind}_err_{when}": _window_rms(err[kind], masks[kind], windows[when]) for kind in err for when in windows},
+        **{f"{kind}_err_{when}": _window_rms(err[kind], masks[kind], windows[when])
+           for kind in err for when in windows},
         "naive_std_ratio_late": float(np.mean(np.sqrt(v_naive[:, late][late_valid]) / std)),
         "naive_mean_bias_late": float(np.mean((m_naive[:, late][late_valid] - mean) / std)),
         "valid_count_late": float(count[:, late].mean()),

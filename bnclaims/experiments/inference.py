@@ -75,20 +75,16 @@ def _logits(params, state, X, cfg, train: bool) -> np.ndarray:
         "acc_train_clean": "same examples predicted in training mode, batches of clean digits only",
         **axes({"acc_train_{k}": "training mode, each batch holding one digit `{k}` x brighter"},
                k=("mild", "extreme")),
-        "outlier_cost_mild": "acc_train_clean - acc_train_mild: what the `mild` x brighter digit itself costs "
-                             "(same batches, same mode; only the outlier's brightness differs)",
+        "outlier_cost_mild": "acc_train_clean - acc_train_mild: the cost of the `mild` x brighter digit itself",
         "outlier_cost_extreme": "acc_train_clean - acc_train_extreme: the cost of the `extreme` x brighter digit",
-        "batch_stats_cost": "acc_eval - acc_train_clean: the cost of ordinary training-mode statistics "
-                            "(batches of 32 ordinary digits) against running statistics, no outlier involved",
-        "eval_max_change": "max |change| of a clean example's eval-mode logits when the outlier joins its "
-                           "batch, relative to the largest |logit|",
+        "batch_stats_cost": "acc_eval - acc_train_clean: the cost of ordinary batch statistics (no outlier involved)",
+        "eval_max_change": "max |change| of a clean example's eval-mode logit by the outlier, relative to max |logit|",
     },
     series={
         "magnitude": "brightness factor of the outlier (x axis; 1 = an ordinary digit)",
         "acc_train_by_magnitude": "accuracy on the clean examples in training mode, per outlier magnitude",
         "acc_eval_by_magnitude": "eval-mode accuracy (does not depend on the outlier)",
-        "mean_shift_by_magnitude": "median over first-layer units of |batch-mean shift| caused by the outlier, "
-                                   "in clean-batch standard deviations",
+        "mean_shift_by_magnitude": "median over first-layer units of |batch-mean shift| by the outlier, in clean stds",
     },
 )
 def outlier_in_batch(rng: np.random.Generator, *, lr: float = 0.1, epochs: int = 20, batch_size: int = 32,
@@ -223,14 +219,12 @@ def single_example_batch_stats_logits(params: model.Params, X: np.ndarray, cfg: 
 @experiment(
     "bn-single-example-inference",
     metrics={
-        "acc_single_running": "test accuracy predicting one example at a time with running statistics "
-                              "(momentum `momentum`)",
+        "acc_single_running": "test accuracy one example at a time with running statistics (momentum `momentum`)",
         "acc_single_running_slow": "same with running statistics of momentum `slow_momentum`",
         "acc_population": "test accuracy with exact population statistics of the training set",
         "acc_batch_full": "test accuracy in training mode, the whole test set as one batch",
         "acc_single_batchstats": "test accuracy one example at a time in training mode (batch statistics)",
-        "max_rel_logit_diff": "max |logit difference|, one-at-a-time vs whole-batch eval mode, relative to "
-                              "the largest |logit|",
+        "max_rel_logit_diff": "max |logit difference|, one-at-a-time vs whole-batch eval mode, relative to max |logit|",
         "stat_err_running": "rms distance of the momentum-`momentum` running statistics from the population ones",
         "stat_err_slow": "same for `slow_momentum`",
     },
