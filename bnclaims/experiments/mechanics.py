@@ -172,16 +172,14 @@ def batchnorm_moments(rng: np.random.Generator, *, batch_sizes: list[int] = [2, 
                       features: int = 100, repeats: int = 4, eps: float = _EPS):
     """Per-feature mean and std (over axis 0) of a batch after batch norm, affine off.
 
-    For every batch size in ``batch_sizes``, float32 and float64, the five shapes of
-    ``data.shaped_samples`` and ``repeats`` draws: an (N, ``features``) batch whose features have
-    batch stds spread log-uniformly over 1e-4 .. 1e3 (variances 1e-8 .. 1e6, i.e. from far below
-    to far above eps) and offsets up to 100 stds, plus 5% exactly constant features.
-    ``nn.batchnorm_forward(x, None, None, eps)`` normalises it; the mean and std (ddof=0) of
-    each output column are measured in float64. Features are grouped by their batch variance v:
-    v >= 100 eps ("large") and v <= eps ("tiny"). Also: raw digit images (pixels in [0, 1],
-    64 pixel features) in batches of 32; the thread's setting, (32, ``features``) batches of a
-    hidden layer's pre-activations (random He Linear(64, ``features``) + bias on standardised
-    digits, float32); and a sweep of v / eps for the plot.
+    Per batch size in ``batch_sizes``, dtype (float32, float64), shape of ``data.shaped_samples``
+    and ``repeats`` draws: an (N, ``features``) batch with batch stds log-uniform over 1e-4 .. 1e3
+    (variances from far below to far above eps), offsets up to 100 stds and 5% constant features,
+    normalised by ``nn.batchnorm_forward(x, None, None, eps)``; each output column's mean and std
+    (ddof=0) measured in float64, grouped by batch variance v: >= 100 eps ("large"), <= eps ("tiny").
+    Also raw digit images (pixels in [0, 1]) in batches of 32; the thread's setting, (32,
+    ``features``) pre-activations of a random He Linear(64, ``features``) + bias on standardised
+    digits (float32); and a sweep of v / eps for the plot.
     """
     n_const = max(1, features // 20)
     worst = dict.fromkeys(["mean_error_units", "max_abs_mean_float32", "max_abs_mean_float64", "std_gap_large_var",
@@ -271,13 +269,11 @@ def output_moments_vs_affine(rng: np.random.Generator, *, gamma: list[float] = [
                              eval_batch_sizes: list[int] = [4, 8, 16, 32, 64, 128, 256]):
     """Batch mean and std of a batch-norm layer's output compared with its beta and gamma.
 
-    Layer: standardised digits (64 pixels) -> random He-initialised Linear(64, len(gamma)) with
-    a small random bias -> batch norm with the given gamma, beta (default: the thread's example
-    numbers). Running statistics: PyTorch's rule (momentum 0.1, unbiased variance), updated over
-    ``stat_epochs`` epochs of shuffled training batches of ``batch_size`` with the layer frozen.
-    Probe batches come from the validation split; each is normalised in training mode (its own
-    statistics) and in eval mode (running statistics), and the output's per-feature batch mean
-    and std (ddof=0) are compared with beta and |gamma|.
+    Standardised digits -> random He Linear(64, len(gamma)) + small random bias -> batch norm with
+    the given gamma, beta (default: the thread's numbers). Running statistics: PyTorch's rule
+    (momentum, unbiased variance) over ``stat_epochs`` epochs of training batches of ``batch_size``,
+    the layer frozen. Validation probe batches are normalised in training and in eval mode; the
+    output's per-feature batch mean and std (ddof=0) are compared with beta and |gamma|.
     """
     gamma_arr, beta_arr = np.asarray(gamma, dtype=np.float32), np.asarray(beta, dtype=np.float32)
     if gamma_arr.shape != beta_arr.shape:
@@ -349,17 +345,14 @@ def mean_set_by_beta(rng: np.random.Generator, *, width: int = 100, batch_size: 
                      sweep: list[float] = [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0]):
     """Is the mean of a batch-norm output gamma*H + beta set by beta alone?
 
-    Network below the batch-norm layer under test (float32): standardised digits (64) ->
-    Linear(64, width) + bias -> BN(gamma1, beta1) -> ReLU -> Linear(width, width) + bias ->
-    BN(gamma, beta) under test, all parameters random (gamma of either sign). "Lower-layer
-    parameters" are the two Linear layers and gamma1, beta1; a change of relative size delta
-    adds Gaussian noise of delta times each array's rms. Training mode: batches of
-    ``batch_size`` from the training split, five input distributions (standardised digits,
-    digits x3, digits + 1, exponential and Student-t noise) x ``changes`` parameter changes at
-    each size of ``sweep`` (and a change of gamma under test itself). Eval mode: running
-    statistics set to the exact population statistics of the unchanged network on the
-    probe set (``probe_size`` training images), then parameters or inputs change while they
-    stay fixed, and the output mean over the probe set is compared with beta.
+    Float32, all parameters random (gamma of either sign): standardised digits -> Linear(64, width)
+    + bias -> BN(gamma1, beta1) -> ReLU -> Linear(width, width) + bias -> BN(gamma, beta) under
+    test. A change of relative size delta to the lower-layer parameters (both Linear layers,
+    gamma1, beta1) adds Gaussian noise of delta times each array's rms. Training mode: batches of
+    ``batch_size`` (standardised digits, digits x3, digits + 1, exponential and Student-t noise)
+    x ``changes`` changes at each size of ``sweep`` (gamma under test changed too). Eval mode:
+    running statistics set to the population statistics of the unchanged network on the probe
+    set (``probe_size`` training images); then parameters or inputs change, they stay fixed.
     """
     X = recorders.digits().X_train
     probe = _rows(rng, X, probe_size)
