@@ -291,13 +291,10 @@ def padded_sequence_batch_stats(rng: np.random.Generator, *, batch_size: int = 3
            for kind in err for when in windows},
         "naive_std_ratio_late": float(np.mean(np.sqrt(v_naive[:, late][late_valid]) / std)),
         "naive_mean_bias_late": float(np.mean((m_naive[:, late][late_valid] - mean) / std)),
-        "valid_count_late": float(count[:, late].mean()),
-        "bn_coupling": bn_coupling,
-        "ln_coupling_max": ln_coupling,
+        "valid_count_late": float(count[:, late].mean()), "bn_coupling": bn_coupling, "ln_coupling_max": ln_coupling,
         "timestep": t + 1.0,
         **{f"err_{kind}": per_t(err[kind], masks[kind]) for kind in err},
-        "err_theory": theory,
-        "valid_count": mean_count.astype(float),
+        "err_theory": theory, "valid_count": mean_count.astype(float),
     }
 
 
@@ -407,22 +404,14 @@ def batch_statistics_noise(rng: np.random.Generator, *, lr_ghost: list[float] = 
         return np.array([np.median((r[k] / scale)[live]) for r in rows])
 
     return {
-        "sd_mean_ratio": geomean(sd_m / th_m),
-        "sd_var_ratio": geomean(sd_v / th_v),
+        "sd_mean_ratio": geomean(sd_m / th_m), "sd_var_ratio": geomean(sd_v / th_v),
         "rel_sd_mean": float(np.median((sd_m / sigma)[live])),
         "rel_sd_std": float(np.median((sd_v / (2.0 * sigma2))[live])),
-        **{f"acc_ghost{g}": a for g, a in zip(GHOST_SIZES, acc_ghost)},
-        "acc_full": acc_full,
-        "acc_none": acc_none,
-        "diverged_arms": float(diverged),
-        "stuck_arms": float(stuck),
-        "ghost_size": np.array(GHOST_SIZES, dtype=float),
-        "acc_by_ghost": np.array(acc_ghost),
-        "acc_full_line": np.full(len(GHOST_SIZES), acc_full),
-        "acc_none_line": np.full(len(GHOST_SIZES), acc_none),
+        **{f"acc_ghost{g}": a for g, a in zip(GHOST_SIZES, acc_ghost)}, "acc_full": acc_full, "acc_none": acc_none,
+        "diverged_arms": float(diverged), "stuck_arms": float(stuck),
+        "ghost_size": np.array(GHOST_SIZES, dtype=float), "acc_by_ghost": np.array(acc_ghost),
+        "acc_full_line": np.full(len(GHOST_SIZES), acc_full), "acc_none_line": np.full(len(GHOST_SIZES), acc_none),
         "noise_batch": np.array(GHOST_SIZES, dtype=float),
-        "sd_mean_measured": medians(0, sigma),
-        "sd_mean_theory": medians(1, sigma),
-        "sd_std_measured": medians(2, 2 * sigma2),
-        "sd_std_theory": medians(3, 2 * sigma2),
+        "sd_mean_measured": medians(0, sigma), "sd_mean_theory": medians(1, sigma),
+        "sd_std_measured": medians(2, 2 * sigma2), "sd_std_theory": medians(3, 2 * sigma2),
     }
