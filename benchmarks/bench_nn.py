@@ -18,6 +18,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = "1"
 
 import sys
+import time
 import timeit
 from pathlib import Path
 
@@ -41,15 +42,17 @@ TORCH_GOALS = {(32, 256): 0.8, (256, 256): 0.85, (1024, 1024): 1.3}
 
 
 def time_side_by_side(fns: dict, repeat: int = REPEAT) -> dict:
-    """{name: (min, median) seconds per call}, timeit-style, with the runs interleaved.
+    """{name: (min, median) CPU seconds per call}, timeit-style, with the runs interleaved.
 
     Each function gets its own autoranged loop count; then `repeat` rounds time every function
-    once per round, so a burst of load from elsewhere hits all columns alike.
+    once per round, so a burst of load from elsewhere hits all columns alike. The clock is the
+    process's CPU time: on a shared machine wall time also counts the time other processes hold
+    the core, which swamps differences of 10 % (every column runs on this one thread).
     """
     timers, numbers, runs = {}, {}, {name: [] for name in fns}
     for name, fn in fns.items():
         fn()  # warm up caches and lazy initialisation
-        timers[name] = timeit.Timer(fn)
+        timers[name] = timeit.Timer(fn, timer=time.process_time)
         numbers[name] = timers[name].autorange()[0]
     for _ in range(repeat):
         for name in fns:
@@ -164,7 +167,7 @@ def format_table(rows) -> str:
 
 def main() -> None:
     print(f"numpy {np.__version__}, torch {torch.__version__ if torch else 'not importable (column skipped)'}, "
-          f"1 thread; ratios use the min times (< 1 means bnclaims.nn is faster)")
+          f"1 thread, CPU time; ratios use the min times (< 1 means bnclaims.nn is faster)")
     rows = bench_batchnorm()
     print(format_table(rows))
     if torch is not None:

@@ -26,13 +26,19 @@ Rules every function here keeps:
 Performance notes (these run in the inner loop of every experiment):
 
 * Column sums are BLAS matrix-vector products, ``ones @ x``: about twice as fast as
-  ``x.sum(axis=0)`` and no float64 temporaries.
+  ``x.sum(axis=0)`` and no float64 temporaries. Column sums of a product (the variance, and
+  sum(dy * xc) in the backward) are one ``einsum`` on large arrays: it reads both operands once
+  and writes nothing.
 * Batch norm keeps ``xc = x - mean`` and the per-feature ``inv_std`` in its cache and never
   materialises ``x_hat``: the per-feature factors are folded into (D,) vectors first, so each
   pass over (N, D) is one in-place ufunc with ``out=``; forward and backward each allocate only
-  the arrays they return or cache.
-* Per-feature broadcasts over many rows go through `_per_feature`, which works on wide rows
-  (NumPy's per-row overhead otherwise doubles the cost of ``x * v`` at 256 x 256).
+  the arrays they return or cache: three or four passes over (N, D) forward and four backward
+  besides the column sums (NumPy has no fused multiply-add).
+* Per-feature broadcasts over many rows work on wide rows (`_per_feature`, `_scale_shift`,
+  `_bn_dx`): NumPy's per-row overhead otherwise doubles the cost of ``x * v`` at 256 x 256.
+* Measured and not worth it on the machine here (AMD EPYC, AVX2, 512 KB L2 per core): L2-sized
+  row blocks (no faster than whole-array passes) and 64-byte aligned outputs (large NumPy arrays
+  are already 32-byte aligned, all AVX2 needs).
 """
 
 from __future__ import annotations
@@ -149,8 +155,8 @@ def _ones(n: int, dtype: np.dtype) -> np.ndarray:
 def _rows_per_wide_row(n: int, d: int) -> int:
     """How many rows of an (n, d) array `_per_feature` treats as one wide row (1 = plain broadcast).
 
-    Measured here (NumPy 2.4, AVX-512): a broadcast ``x * v`` runs at the speed of a same-shape
-    product only once its rows reach ~8192 elements, and is ~1.6x slower below. The smallest
+    Measured (NumPy 2.4, on AVX-512 and on AVX2): a broadcast ``x * v`` runs at the speed of a
+    same-shape product only once its rows reach ~8192 elements, and is ~1.5x slower below. The smallest
     divisor k of n with k * d >= 8192 keeps the tiled copy of v small; worth it only with many
     rows, since tiling and reshaping cost 1-2 microseconds.
     """
@@ -162,53 +168,82 @@ def _rows_per_wide_row(n: int, d: int) -> int:
     return n  # no divisor is wide enough: the whole array as one row
 
 
+def _wide_rows(a: np.ndarray) -> int:
+    """k: `_per_feature` and the batch-norm kernels treat k rows of `a` as one wide row (1: plain broadcasting)."""
+    k = _rows_per_wide_row(*a.shape[-2:])
+    return k if k > 1 and a.flags.c_contiguous else 1
+
+
+def _tile(v: np.ndarray, k: int) -> np.ndarray:
+    """A per-feature vector (D,) or (..., 1, D) tiled k times along its feature axis, (k * D,) or
+    (..., 1, k * D): what broadcasts against the wide view (..., N / k, k * D) of an (..., N, D) array."""
+    lead, d = v.shape[:-1], v.shape[-1]
+    return v.reshape(lead + (1, d)).repeat(k, -2).reshape(lead + (k * d,))
+
+
 def _per_feature(op, a: np.ndarray, v: np.ndarray, out=None) -> np.ndarray:
     """op(a, v) for a: (N, D) and a per-feature v: (D,), like broadcasting and bit-identical to it.
 
     For a stack a: (..., N, D) with v: (D,) or (..., 1, D), each arm gets the same wide rows.
 
-    Computed on the C-contiguous view (N / k, k * D) of a against v tiled k times, so that
+    Computed on the C-contiguous view (..., N / k, k * D) of a against v tiled k times, so that
     NumPy's per-row overhead is paid N / k times instead of N times.
     """
-    if a.ndim != 2:                                   # a stack: v is (D,) or (..., 1, D)
-        return _per_feature_stacked(op, a, v, out)
-    n, d = a.shape
-    k = _rows_per_wide_row(n, d)
-    if k == 1 or not a.flags.c_contiguous or (out is not None and not out.flags.c_contiguous):
+    k = _wide_rows(a)
+    if k == 1 or (out is not None and not out.flags.c_contiguous):
         return op(a, v, out=out)
-    tiled = np.empty((k, d), dtype=v.dtype)
-    tiled[...] = v
-    wide_out = None if out is None else out.reshape(n // k, k * d)
-    return op(a.reshape(n // k, k * d), tiled.reshape(k * d), out=wide_out).reshape(n, d)
-
-
-def _per_feature_stacked(op, a: np.ndarray, v: np.ndarray, out=None) -> np.ndarray:
-    """`_per_feature` for a stack a: (..., N, D), v: (D,) or (..., 1, D): the same wide rows per arm."""
     n, d = a.shape[-2:]
-    k = _rows_per_wide_row(n, d)
-    if k == 1 or not a.flags.c_contiguous or (out is not None and not out.flags.c_contiguous):
-        return op(a, v, out=out)
-    lead = a.shape[:-2]
-    tiled = np.empty(v.shape[:-2] + (k, d), dtype=v.dtype)
-    tiled[...] = v
-    tiled = tiled.reshape(v.shape[:-2] + (1, k * d) if v.ndim > 1 else (k * d,))
-    wide = lead + (n // k, k * d)
-    wide_out = None if out is None else out.reshape(wide)
-    return op(a.reshape(wide), tiled, out=wide_out).reshape(a.shape)
+    wide = a.shape[:-2] + (n // k, k * d)
+    tiled = _tile(v, k)
+    if out is None:
+        return op(a.reshape(wide), tiled).reshape(a.shape)
+    op(a.reshape(wide), tiled, out=out.reshape(wide))
+    return out
+
+
+def _scale_shift(xc: np.ndarray, scale: np.ndarray, shift, out: np.ndarray) -> np.ndarray:
+    """out = xc * scale + shift for per-feature scale and shift (shift None: no shift); out is ours,
+    C-contiguous, of xc's shape. Two passes over (N, D), the vectors tiled by one call."""
+    k = _wide_rows(xc)
+    if k > 1:
+        n, d = xc.shape[-2:]
+        wide = xc.shape[:-2] + (n // k, k * d)
+        xc, out_wide = xc.reshape(wide), out.reshape(wide)
+        scale = _tile(scale, k)
+        if shift is not None:
+            shift = _tile(shift, k)
+    else:
+        out_wide = out
+    np.multiply(xc, scale, out=out_wide)
+    if shift is not None:
+        np.add(out_wide, shift, out=out_wide)
+    return out
+
+
+# From this many elements per (N, D) array on, column sums of products are one einsum (it reads both
+# operands once and writes no temporary); below, a product and a BLAS matrix-vector sum cost less
+# (measured here, float32: einsum wins from 256 x 256 in the backward, from 512 x 256 in the forward,
+# where the product array is needed anyway as the output buffer)
+_EINSUM_FORWARD_FROM = 1 << 17
+_EINSUM_BACKWARD_FROM = 1 << 16
 
 
 def _batch_moments(x: np.ndarray):
-    """Column mean, centred x and biased column variance of x: (N, D) -> (D,), (N, D), (D,).
+    """Column mean, centred x and biased column variance of x: (N, D) -> (D,), (N, D), (D,);
+    and an array of x's shape (uninitialised, or scratch) for the caller's output.
 
     For a stack (..., N, D) the statistics are (..., 1, D).
     """
-    n = x.shape[-2]
+    n, d = x.shape[-2:]
     weights = _mean_weights(n, x.dtype)
-    mean = _column(weights @ x, x)           # (D,)
-    xc = _per_feature(np.subtract, x, mean)  # (N, D) x - mean, kept in the cache
-    square = np.multiply(xc, xc)            # (N, D) scratch; becomes `out` in the caller
-    var = _column(weights @ square, x)      # (D,) biased: divides by N, as every BN does in training
-    return mean, xc, var, square
+    mean = _column(weights @ x, x)                       # (D,)
+    xc = _per_feature(np.subtract, x, mean)              # (N, D) x - mean, kept in the cache
+    if n * d >= _EINSUM_FORWARD_FROM:
+        var = _column(np.einsum("...nd,...nd->...d", xc, xc), x)    # (D,) sum of squares, then
+        var *= 1.0 / n                                   # biased: divides by N, as every BN does in training
+        return mean, xc, var, np.empty_like(xc)
+    square = np.multiply(xc, xc)                         # (N, D) scratch; becomes `out` in the caller
+    return mean, xc, _column(weights @ square, x), square
 
 
 def _bn_dx(dy: np.ndarray, xc: np.ndarray, inv_std: np.ndarray, scale):
@@ -218,17 +253,32 @@ def _bn_dx(dy: np.ndarray, xc: np.ndarray, inv_std: np.ndarray, scale):
     Returns dx (N, D), sum_n dy (D,), sum_n dy * xc (D,).  (Stacks: (..., N, D) and (..., 1, D).)
 
     dx = scale * inv_std * (dy - mean_n(dy) - x_hat * mean_n(dy * x_hat)), written with xc:
-    dx = scale * inv_std * (dy - mean_n(dy) - xc * inv_std^2 * mean_n(dy * xc)).
+    dx = scale * inv_std * (dy - mean_n(dy) - xc * inv_std^2 * mean_n(dy * xc)),
+    four passes over (N, D) after the two sums (NumPy has no fused multiply-add).
     """
-    n = dy.shape[-2]
+    n, d = dy.shape[-2:]
     ones = _ones(n, dy.dtype)
-    sum_dy = _column(ones @ dy, dy)                 # (D,)
-    dx = np.multiply(dy, xc)                        # (N, D) scratch for sum dy*xc, then becomes dx
-    sum_dy_xc = _column(ones @ dx, dy)              # (D,)
-    _per_feature(np.multiply, xc, inv_std * inv_std * sum_dy_xc * (-1.0 / n), out=dx)
-    _per_feature(np.add, dx, sum_dy * (-1.0 / n), out=dx)
-    dx += dy
-    _per_feature(np.multiply, dx, inv_std if scale is None else scale * inv_std, out=dx)
+    sum_dy = _column(ones @ dy, dy)                  # (D,)
+    if n * d >= _EINSUM_BACKWARD_FROM:
+        sum_dy_xc = _column(np.einsum("...nd,...nd->...d", dy, xc), dy)
+        dx = np.empty_like(xc)
+    else:
+        dx = np.multiply(dy, xc)                     # (N, D) scratch for sum dy*xc, then becomes dx
+        sum_dy_xc = _column(ones @ dx, dy)           # (D,)
+    along_xc = inv_std * inv_std * sum_dy_xc * (-1.0 / n)     # dx = (xc * along_xc + constant + dy) * factor
+    constant = sum_dy * (-1.0 / n)
+    factor = inv_std if scale is None else scale * inv_std
+    k = _wide_rows(xc) if dy.flags.c_contiguous else 1
+    if k > 1:
+        wide = xc.shape[:-2] + (n // k, k * d)
+        xc, dy, dx_wide = xc.reshape(wide), dy.reshape(wide), dx.reshape(wide)
+        along_xc, constant, factor = _tile(along_xc, k), _tile(constant, k), _tile(factor, k)
+    else:
+        dx_wide = dx
+    np.multiply(xc, along_xc, out=dx_wide)
+    np.add(dx_wide, constant, out=dx_wide)
+    np.add(dx_wide, dy, out=dx_wide)
+    np.multiply(dx_wide, factor, out=dx_wide)
     return dx, sum_dy, sum_dy_xc
 
 
@@ -370,10 +420,9 @@ def batchnorm_forward(x, gamma, beta, eps: float = 1e-5):
     mean, xc, var, out = _batch_moments(x)
     inv_std = 1.0 / np.sqrt(var + eps)
     if gamma is None:
-        _per_feature(np.multiply, xc, inv_std, out=out)
+        _scale_shift(xc, inv_std, None, out)
     else:
-        _per_feature(np.multiply, xc, gamma * inv_std, out=out)   # x_hat never materialised
-        _per_feature(np.add, out, beta, out=out)
+        _scale_shift(xc, gamma * inv_std, beta, out)   # x_hat never materialised
     return out, BatchNormCache(xc, inv_std, gamma, mean, var)
 
 
@@ -609,8 +658,7 @@ def batchrenorm_forward(x, gamma, beta, running_mean, running_var,
     scale, shift = inv_std * r, d                      # x_hat = xc * scale + shift
     if gamma is not None:
         scale, shift = gamma * scale, gamma * d + beta
-    _per_feature(np.multiply, xc, scale, out=out)
-    _per_feature(np.add, out, shift, out=out)
+    _scale_shift(xc, scale, shift, out)
     return out, BatchRenormCache(xc, inv_std, r, d, gamma, mean, var)
 
 
@@ -667,8 +715,7 @@ def running_batchnorm_forward(x, gamma, beta, running_mean, running_var, momentu
     shift = batch_mean - mean
     scale = inv_std if gamma is None else gamma * inv_std
     offset = shift * scale if gamma is None else shift * scale + beta
-    _per_feature(np.multiply, xc, scale, out=out)      # out = (xc + shift) * scale (+ beta)
-    _per_feature(np.add, out, offset, out=out)
+    _scale_shift(xc, scale, offset, out)               # out = (xc + shift) * scale (+ beta)
     cache = RunningBatchNormCache(xc, shift, inv_std, gamma, float(momentum), bool(grad_through_stats),
                                   batch_mean, batch_var, mean, var)
     return out, cache

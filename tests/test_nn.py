@@ -386,6 +386,30 @@ def test_batchnorm_output_has_zero_mean_and_unit_variance(rng, dtype):
     assert worst_mean <= 1 and worst_var <= 1, (worst_mean, worst_var)
 
 
+@pytest.mark.parametrize("shape", [(32, 256), (256, 256), (512, 128), (1024, 130), (64, 3)])
+def test_batchnorm_float32_is_accurate_far_from_zero(rng, shape):
+    """Inputs with mean 1e3 and std 1 in float32: out, dx and dgamma within sqrt(N) float32 roundings
+    of |x| / std of the float64 truth (about 5x what the implementation needs; a one-pass
+    E[x^2] - E[x]^2 variance misses by orders of magnitude). The shapes take both summation paths."""
+    n, d = shape
+    x = (1e3 + rng.standard_normal(shape)).astype(np.float32)
+    gamma, beta = rng.uniform(0.5, 1.5, d).astype(np.float32), rng.standard_normal(d).astype(np.float32)
+    dout = rng.standard_normal(shape).astype(np.float32)
+    out, cache = nn.batchnorm_forward(x, gamma, beta)
+    dx, dgamma, dbeta = nn.batchnorm_backward(dout, cache)
+    x64, dout64, gamma64 = x.astype(np.float64), dout.astype(np.float64), gamma.astype(np.float64)
+    xc = x64 - x64.mean(0)
+    inv_std = 1 / np.sqrt((xc * xc).mean(0) + 1e-5)
+    xhat = xc * inv_std
+    dxhat = dout64 * gamma64
+    true_dx = inv_std * (dxhat - dxhat.mean(0) - xhat * (dxhat * xhat).mean(0))
+    unit = np.sqrt(n) * np.finfo(np.float32).eps * np.max(np.abs(x64)) / x64.std(0).min()  # in x_hat units
+    assert np.max(np.abs(out - (gamma64 * xhat + beta)) / gamma64) <= unit
+    assert np.max(np.abs(dx - true_dx)) <= unit * np.max(np.abs(dxhat * inv_std))
+    assert np.max(np.abs(dgamma - (dout64 * xhat).sum(0))) <= unit * n * np.max(np.abs(dout64))
+    assert np.max(np.abs(dbeta - dout64.sum(0))) <= n * np.finfo(np.float32).eps * np.max(np.abs(dout64)) * n
+
+
 def bn_tolerances(x, gamma, dout) -> dict:
     """How far two correct batch norms of x may differ, per result, from rounding alone.
 
@@ -711,6 +735,23 @@ def test_a_stack_of_arms_equals_separate_calls_exactly(rng, name, dtype):
         if hasattr(cache, "batch_mean"):
             for stat, stat_k in zip(nn.batch_stats(cache), nn.batch_stats(cache_k)):
                 assert np.array_equal(stat[k, 0], stat_k)
+
+
+@pytest.mark.parametrize("shape", [(256, 256), (512, 130), (200, 7)])
+def test_a_large_stack_equals_separate_calls_exactly(rng, shape):
+    """The wide-row and einsum paths of the batch-norm kernels (taken from 128 rows and 2**16
+    elements per arm on) give each arm of a stack what the arm alone gives, bit for bit."""
+    n, d = shape
+    x = (rng.standard_normal((3, n, d)) * 2 + 1).astype(np.float32)
+    gamma, beta = rng.uniform(0.5, 1.5, (3, 1, d)).astype(np.float32), rng.standard_normal((3, 1, d)).astype(np.float32)
+    dout = rng.standard_normal(x.shape).astype(np.float32)
+    out, cache = nn.batchnorm_forward(x, gamma, beta)
+    grads = nn.batchnorm_backward(dout, cache)
+    for k in range(3):
+        out_k, cache_k = nn.batchnorm_forward(x[k], gamma[k, 0], beta[k, 0])
+        assert np.array_equal(out[k], out_k)
+        for grad, grad_k in zip(grads, nn.batchnorm_backward(dout[k], cache_k)):
+            assert np.array_equal(grad[k].reshape(grad_k.shape), grad_k)
 
 
 @pytest.mark.parametrize("name", [n for n in CASE_NAMES if n not in ("relu",)])
