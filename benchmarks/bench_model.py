@@ -13,6 +13,11 @@ Then the stacked step (issue 15's goal): K = 10 arms of a 64-128-128-10 BN MLP a
 each arm with its own batch, as ONE step of `model.train_stack`'s code, against 10 single-network
 steps through the same code (`train_stack` with one arm runs the (N, D) layout). Goals: at most
 0.2 ms per arm-step, and at most 0.8x the 10 single steps. The two are timed interleaved.
+
+Then issue 18's larger nets, the same way with K = 4 arms (printed, no goal): the digits CNN
+(1x8x8 -> conv 3x3 16 -> spatial BN -> ReLU -> conv 3x3 32 -> spatial BN -> ReLU -> average
+pool -> 10) at batch 64, and a 16-layer residual width-64 BN MLP at batch 32 (with the plain
+16-layer MLP beside it for the cost of the skips).
 """
 
 import os
@@ -84,9 +89,12 @@ def torch_step(sizes, norm: str, batch: int):
     return step
 
 
-def loop_step(arms: int, sizes=(64, 128, 128, 10), batch: int = 32, norm: str = "batch"):
-    """One training step of `model.train_stack`'s loop body for `arms` arms (1: the (N, D) layout)."""
-    config = model.MLPConfig(sizes=sizes, norm=norm)
+def loop_step(arms: int, sizes=(64, 128, 128, 10), batch: int = 32, norm: str = "batch", config=None):
+    """One training step of `model.train_stack`'s loop body for `arms` arms (1: the (N, D) layout).
+
+    ``config`` (an MLPConfig or CNNConfig) replaces ``sizes``/``norm``."""
+    config = model.MLPConfig(sizes=sizes, norm=norm) if config is None else config
+    sizes = config.sizes
     rng = np.random.default_rng(0)
     params = model.init_stack([rng] * arms, config)
     state = model.init_stack_state(config, arms)
@@ -110,14 +118,16 @@ def loop_step(arms: int, sizes=(64, 128, 128, 10), batch: int = 32, norm: str = 
     return step
 
 
-def bench_stacked(arms: int = 10, rounds: int = 9):
-    """(ms per single step, ms per stacked step of `arms` arms), interleaved, best of `rounds`."""
-    single, stacked = loop_step(1), loop_step(arms)
+def bench_stacked(arms: int = 10, rounds: int = 9, config=None, batch: int = 32, number: int = 400):
+    """(ms per single step, ms per stacked step of `arms` arms), interleaved, best of `rounds`.
+
+    ``number`` single steps (and number // arms stacked steps) per timing."""
+    single, stacked = loop_step(1, config=config, batch=batch), loop_step(arms, config=config, batch=batch)
     single(), stacked()
     times = {"single": [], "stacked": []}
     for _ in range(rounds):
-        for name, fn, number in (("single", single, 400), ("stacked", stacked, 40)):
-            times[name].append(min(timeit.repeat(fn, number=number, repeat=1, timer=time.process_time)) / number)
+        for name, fn, count in (("single", single, number), ("stacked", stacked, max(1, number // arms))):
+            times[name].append(min(timeit.repeat(fn, number=count, repeat=1, timer=time.process_time)) / count)
     return min(times["single"]) * 1e3, min(times["stacked"]) * 1e3
 
 
@@ -130,6 +140,28 @@ def print_stacked(arms: int = 10) -> None:
     print(f"{single:15.3f} {arms * single:15.3f} {stacked:11.3f} {per_arm:16.3f} {stacked / (arms * single):19.2f}x")
     print(f"goals: per arm-step <= 0.200 ms ({'met' if per_arm <= 0.2 else 'NOT met'}), "
           f"stacked / 10 single <= 0.80x ({'met' if stacked <= 0.8 * arms * single else 'NOT met'})")
+
+
+def print_larger(arms: int = 4) -> None:
+    """Issue 18's nets: one train_stack step per arm, stacked K arms vs K single steps (printed only)."""
+    deep = (64,) + (64,) * 16 + (10,)
+    rows = [("residual MLP 64x16 BN", model.MLPConfig(sizes=deep, norm="batch", residual=True), 32, 200),
+            ("residual MLP 64x16 none", model.MLPConfig(sizes=deep, norm="none", residual=True), 32, 200),
+            ("plain MLP 64x16 BN", model.MLPConfig(sizes=deep, norm="batch"), 32, 200)]
+    if hasattr(nn, "conv2d_forward"):
+        rows += [("CNN 16-32 spatial BN", model.CNNConfig(norm="batch"), 64, 40),
+                 ("CNN 16-32 none", model.CNNConfig(norm="none"), 64, 40),
+                 ("CNN 16-32 stride 2, BN", model.CNNConfig(norm="batch", strides=(1, 2)), 64, 40)]
+    else:
+        print("\n(bnclaims.nn has no conv2d yet: no CNN rows)")
+    print(f"\none training step (forward + loss + backward + momentum SGD), float32, {arms} arms stacked vs "
+          f"{arms} single, best of 9 interleaved rounds")
+    print(f"{'net':26s} {'batch':>5s} {'single ms':>10s} {'stacked ms':>11s} {'per arm-step ms':>16s} "
+          f"{'stacked / single':>17s}")
+    for name, config, batch, number in rows:
+        single, stacked = bench_stacked(arms, config=config, batch=batch, number=number)
+        print(f"{name:26s} {batch:5d} {single:10.3f} {stacked:11.3f} {stacked / arms:16.3f} "
+              f"{stacked / (arms * single):16.2f}x")
 
 
 def main() -> None:
@@ -159,6 +191,7 @@ def main() -> None:
             ratio += f", torch {times['batch', 'torch'] / times['none', 'torch']:.2f}"
         print(ratio)
     print_stacked()
+    print_larger()
 
 
 if __name__ == "__main__":
