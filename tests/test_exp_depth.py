@@ -77,3 +77,43 @@ def test_experiment_returns_declared_names_and_is_deterministic():
 def test_rejects_batch_sizes_below_four():
     with pytest.raises(ValueError):
         depth.depth_signal_propagation(np.random.default_rng(0), **{**TINY, "batch_sizes": [2, 8]})
+
+
+def test_residual_default_is_the_plain_net_and_the_residual_net_runs():
+    exp = experiments.get("depth-signal-propagation")
+    plain = experiments.run_experiment(exp, 7, TINY)
+    assert experiments.run_experiment(exp, 7, {**TINY, "residual": False}) == plain
+    for init in ("depth", "plain"):
+        res = experiments.run_experiment(exp, 7, {**TINY, "residual": True, "residual_init": init})
+        assert set(res["metrics"]) == set(exp.metrics)
+        assert all(math.isfinite(v) for v in res["metrics"].values())
+        assert res["metrics"]["grad_ratio_bn_relu_he"] != plain["metrics"]["grad_ratio_bn_relu_he"]
+    # residual_init only scales the blocks of a residual net
+    assert experiments.run_experiment(exp, 7, {**TINY, "residual_init": "plain"}) == plain
+
+
+def test_residual_gradient_at_the_stream_matches_finite_differences():
+    # the recorded gradient of the first hidden layer is dLoss/d(stream h_0) through skips and branches
+    rng = np.random.default_rng(3)
+    x, y = rng.standard_normal((8, 5)), rng.integers(0, 10, 8)
+    weights = [rng.standard_normal((5, 6)) * 0.5] + [rng.standard_normal((6, 6)) * 0.3 for _ in range(3)]
+    readout = rng.standard_normal((6, 10)) * 0.4
+    _, grad = depth.propagate(x, y, weights, readout, "relu", True, residual=True)
+
+    def loss_of_h0(h0):
+        h = h0
+        for W in weights[1:]:
+            z = (h - h.mean(0)) / np.sqrt(h.var(0) + 1e-5)
+            h = h + np.maximum(z, 0) @ W
+        z = (h - h.mean(0)) / np.sqrt(h.var(0) + 1e-5)
+        logits = np.maximum(z, 0) @ readout
+        logits = logits - logits.max(1, keepdims=True)
+        return float(np.mean(np.log(np.exp(logits).sum(1)) - logits[np.arange(len(y)), y]))
+
+    h0 = x @ weights[0]
+    numeric = np.zeros_like(h0)
+    for idx in np.ndindex(h0.shape):
+        step = np.zeros_like(h0)
+        step[idx] = 1e-6
+        numeric[idx] = (loss_of_h0(h0 + step) - loss_of_h0(h0 - step)) / 2e-6
+    assert grad[0] == pytest.approx(np.linalg.norm(numeric), rel=1e-6)

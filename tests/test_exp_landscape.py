@@ -84,3 +84,12 @@ def test_experiment_returns_declared_names_and_is_deterministic():
     assert first == again
     assert first != other
     assert first["metrics"]["top_eig_bn_init"] > 0
+
+
+def test_dataset_default_is_the_digits_and_augmented_runs():
+    exp = experiments.get("loss-landscape")
+    assert experiments.run_experiment(exp, 5, {**TINY, "dataset": "digits"}) == experiments.run_experiment(exp, 5, TINY)
+    assert ls.digits("augmented").X_train.shape == (4312, 64) and ls.digits().X_train.shape == (1078, 64)
+    augmented = experiments.run_experiment(exp, 5, {**TINY, "dataset": "augmented"})
+    assert all(np.isfinite(v) for v in augmented["metrics"].values())
+    assert augmented != experiments.run_experiment(exp, 5, TINY)

@@ -9,6 +9,7 @@ batches, so every comparison is paired.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import numpy as np
 
@@ -41,7 +42,8 @@ def linear_bn_rate(batch_size: int) -> float:
 
 
 def propagate(x: np.ndarray, y: np.ndarray, weights: list[np.ndarray], readout: np.ndarray,
-              activation: str, batchnorm: bool, eps: float = 1e-5) -> tuple[np.ndarray, np.ndarray]:
+              activation: str, batchnorm: bool, eps: float = 1e-5,
+              residual: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """One forward and backward pass (`model.forward`, its tape replayed); per hidden layer, the rms
     of the pre-activation and the gradient norm.
 
@@ -49,11 +51,14 @@ def propagate(x: np.ndarray, y: np.ndarray, weights: list[np.ndarray], readout: 
     the input); readout: (width, 10). Hidden layer l: h_l = a_{l-1} @ weights[l], z_l = BN(h_l)
     (training mode, no affine) or h_l, a_l = activation(z_l); no biases. Loss: mean softmax
     cross-entropy of a_L @ readout. Returns (act_rms (L,) = rms of h_l, grad_norm (L,) = Frobenius
-    norm of dLoss/dh_l).
+    norm of dLoss/dh_l). With `residual`, h_l is the stream of a pre-activation residual MLP
+    (`model.MLPConfig.residual`: h_l = h_{l-1} + a_{l-1} @ weights[l] for l = 1 .. L-1; the weights
+    are used as given).
     """
     config = model.MLPConfig(sizes=(x.shape[1],) + tuple(W.shape[1] for W in weights) + (readout.shape[1],),
                              activation=activation, norm="batch" if batchnorm else "none", affine=False,
-                             hidden_bias=False, eps=eps, dtype=np.dtype(x.dtype).name)
+                             hidden_bias=False, eps=eps, dtype=np.dtype(x.dtype).name,
+                             residual=residual)
     params = {f"W{i}": W for i, W in enumerate(list(weights) + [readout])}
     record: dict = {}
     logits, tape, _ = model.forward(params, model.init_state(config), x, config, True, record=record)
@@ -112,7 +117,8 @@ _INIT = {"he": "He", "poor": "poor"}
 )
 def depth_signal_propagation(rng: np.random.Generator, *, depth: int = 50, width: int = 256, batch_size: int = 32,
                              batch_sizes: list[int] = [4, 8, 16, 32, 64, 128, 256], poor_scale: float = 0.5,
-                             skip: int = 5) -> dict:
+                             skip: int = 5, residual: bool = False,
+                             residual_init: Literal["depth", "plain"] = "depth") -> dict:
     """Activation scale and gradient norm per layer of a deep MLP at initialisation, BN vs none.
 
     Network: digits input (64) -> `depth` hidden layers of `width` units -> 10 logits, loss the
@@ -124,6 +130,10 @@ def depth_signal_propagation(rng: np.random.Generator, *, depth: int = 50, width
     Measures, per hidden layer, the rms of the pre-activation and the norm of dLoss/d(pre-act),
     the first/last-layer ratios, and the fitted per-layer growth rate of the squared gradient
     norm over a batch-size sweep, beside the mean-field predictions (Yang et al. 2019).
+    `residual`: every arm is a pre-activation residual MLP instead (`model.MLPConfig.residual`; the
+    pre-activation is the stream h_l = h_{l-1} + a_{l-1} W_l), its block weights W_1 .. W_{depth-1}
+    scaled by 1/sqrt(depth - 1) as `residual_init="depth"` does (`residual_init="plain"`: unscaled,
+    as the plain net's), the same for every arm.
     """
     if min(batch_sizes) < 4 or batch_size < 2:
         raise ValueError("the sweep needs batch sizes >= 4 (the linear-BN rate (B-2)/(B-3) is infinite below)")
@@ -138,7 +148,9 @@ def depth_signal_propagation(rng: np.random.Generator, *, depth: int = 50, width
     def run(activation: str, batchnorm: bool, scale: float, b: int):
         gain = 2.0 if activation == "relu" else 1.0
         weights = [np.float32(scale * math.sqrt(gain / f)) * z for f, z in zip(fan_ins, directions)]
-        return propagate(X_all[:b], y_all[:b], weights, readout, activation, batchnorm)
+        if residual and residual_init == "depth":   # the block maps 1 .. depth-1 (`residual_init="depth"`); the first maps the input
+            weights = weights[:1] + [np.float32(1.0 / math.sqrt(depth - 1)) * W for W in weights[1:]]
+        return propagate(X_all[:b], y_all[:b], weights, readout, activation, batchnorm, residual=residual)
 
     relu = {(net, init): run("relu", net == "bn", poor_scale if init == "poor" else 1.0, batch_size)
             for net in _NET for init in _INIT}                 # (act_rms, grad_norm) per (net, init)

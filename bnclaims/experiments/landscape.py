@@ -19,6 +19,7 @@ optimisation (gradients, directions) are flat, in the order of `model.flatten_pa
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import numpy as np
 from scipy.sparse.linalg import LinearOperator, eigsh
@@ -100,8 +101,12 @@ EXTRA = {
 }
 
 
-def digits() -> data.Split:
-    """The shared digits split (test 25 %, validation 20 % of the rest), standardized, float64."""
+def digits(dataset: Literal["digits", "augmented"] = "digits") -> data.Split:
+    """The shared digits split (test 25 %, validation 20 % of the rest), standardized, float64;
+    "augmented": the same split moved, turned and noisy (`data.augmented_digits_split`, 4 copies of
+    each training image: 4,312 rows)."""
+    if dataset == "augmented":
+        return data.augmented_digits_split(4, 0.2, standardize=True, dtype=np.float64)
     return data.digits_split(0.25, 0.2, standardize=True, dtype=np.float64)
 
 
@@ -160,7 +165,7 @@ def train_with_checkpoints(config: model.MLPConfig, start: model.Params, X: np.n
 def loss_landscape(rng: np.random.Generator, *, hidden: list[int] = [64, 64], batch_size: int = 32,
                    lrs: list[float] = [0.1, 0.4], checkpoints: list[int] = [0, 25, 50, 100, 200, 400],
                    probe_size: int = 256, step_multipliers: list[float] = [0.25, 0.5, 1.0, 2.0, 4.0],
-                   lanczos_tol: float = 1e-3) -> dict:
+                   lanczos_tol: float = 1e-3, dataset: Literal["digits", "augmented"] = "digits") -> dict:
     """Is the loss landscape smoother / better conditioned with batch norm?
 
     Network 64-[hidden]-10, ReLU, float64, SGD without momentum, batch `batch_size`, on the digits
@@ -173,9 +178,10 @@ def loss_landscape(rng: np.random.Generator, *, hidden: list[int] = [64, 64], ba
     beta-smoothness of Santurkar et al. 2018 (section 3.1), and the largest Hessian eigenvalue
     (Lanczos, relative tolerance `lanczos_tol`, exact R-operator products). Metrics: geometric
     mean over the checkpoints after initialisation, per arm and LR; and the values at
-    initialisation.
+    initialisation. `dataset` "augmented": the harder moved, turned and noisy digits
+    (`data.augmented_digits_split`, 4,312 training rows) instead of the 1,078 clean ones.
     """
-    split = digits()
+    split = digits(dataset)
     X, y = split.X_train, split.y_train
     nets = configs([X.shape[1], *hidden, 10])
     init_rng, order_rng, probe_rng, lanczos_rng = rng.spawn(4)
