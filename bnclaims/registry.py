@@ -368,11 +368,6 @@ def load_all() -> dict[str, Experiment]:
     return _REGISTRY
 
 
-def env_modules() -> tuple[str, ...]:
-    """Extra experiment modules named in $BNCLAIMS_EXPERIMENTS (comma-separated)."""
-    return tuple(m.strip() for m in os.environ.get("BNCLAIMS_EXPERIMENTS", "").split(",") if m.strip())
-
-
 def get(name: str) -> Experiment:
     return load_all()[name]
 

@@ -28,6 +28,7 @@ judged the same way, each at 95 %, and shown beside the verdict; they never chan
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -164,8 +165,14 @@ def mean_interval(values: np.ndarray, level: float = CONFIDENCE) -> tuple[float,
         if n < 2:
             return est, -math.inf, math.inf, 0.0
         sd = float(values.std(ddof=1))
-    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
+    half = _t_quantile(level, n - 1) * sd / math.sqrt(n)
     return est, est - half, est + half, sd
+
+
+@functools.lru_cache(maxsize=1024)
+def _t_quantile(level: float, dof: int) -> float:
+    """The two-sided ``level`` quantile of Student's t (cached: a series asks it once per point)."""
+    return float(stats.t.ppf(0.5 + level / 2, dof))
 
 
 def _level_text(level: float) -> str:

@@ -7,6 +7,6 @@ modules (built-in or a user's) write ``from bnclaims.experiments import experime
 
 from bnclaims.errors import ExperimentDefinitionError, ExperimentError  # noqa: F401 - re-exported
 from bnclaims.registry import (  # noqa: F401 - re-exported
-    _REGISTRY, NAME_PATTERN, Experiment, Param, Range, axes, check_value, env_modules, experiment, get,
+    _REGISTRY, NAME_PATTERN, Experiment, Param, Range, axes, check_value, experiment, get,
     json_schema, load_all, run_experiment, source_path, spread, type_name,
 )
