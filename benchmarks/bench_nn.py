@@ -6,7 +6,9 @@ Columns: bnclaims.nn, a plain NumPy reference written below (the textbook formul
 expression per step), and PyTorch CPU when it is importable (the optional ``bench`` extra,
 ``pip install torch==2.13.0``, the CPU wheel); then the ratios, and issue 15's goals (ours /
 torch at most 0.8x at 32x256, 0.85x at 256x256, 1.3x at 1024x1024). A second table times batch
-norm on a stack of 10 arms (``(10, 32, 128)``) against 10 single-network calls. Everything runs
+norm on a stack of 10 arms (``(10, 32, 128)``) against 10 single-network calls; a third the image
+layers against torch, with issue 18's goals (conv2d 64x16x8x8, 3x3 -> 32 channels, padding 1, at
+most 3x torch; spatial batch norm at (64, 32, 8, 8) at most 2x torch autograd). Everything runs
 on one thread so the comparison is fair. Rows are added by functions named bench_<what>();
 `main()` prints them all.
 """
@@ -140,6 +142,67 @@ def bench_stacked_batchnorm(arms: int = 10, shape=(32, 128), dtype=np.float32):
     return [(f"batchnorm fwd+bwd {arms}x{n}x{d} stacked", times)]
 
 
+# issue 18's goals for the image layers, float32, one thread: ours / torch at most
+CONV2D_GOAL, SPATIAL_BN_GOAL = 3.0, 2.0
+
+
+def bench_conv2d(n=64, channels=16, filters=32, size=8, kernel=3, padding=1, dtype=np.float32):
+    """Rows for conv2d forward + backward (im2col and one matmul) against torch's F.conv2d + autograd."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, channels, size, size)).astype(dtype)
+    W = (rng.standard_normal((filters, channels, kernel, kernel)) / np.sqrt(channels * kernel * kernel)).astype(dtype)
+    b = rng.standard_normal(filters).astype(dtype)
+    out_size = size + 2 * padding - kernel + 1
+    dout = rng.standard_normal((n, filters, out_size, out_size)).astype(dtype)
+
+    def ours():
+        out, cache = nn.conv2d_forward(x, W, b, stride=1, padding=padding)
+        return nn.conv2d_backward(dout, cache)
+
+    fns = {"bnclaims.nn": ours}
+    if torch is not None:
+        tx, tW, tb = (torch.from_numpy(a).requires_grad_() for a in (x, W, b))
+        tdout = torch.from_numpy(dout)
+
+        def torch_step():
+            out = F.conv2d(tx, tW, tb, stride=1, padding=padding)
+            return torch.autograd.grad(out, (tx, tW, tb), tdout)
+
+        fns["torch"] = torch_step
+    name = f"conv2d fwd+bwd {n}x{channels}x{size}x{size} {kernel}x{kernel}->{filters} pad {padding}"
+    return [(name, time_side_by_side(fns))]
+
+
+def bench_spatial_batchnorm(shape=(64, 32, 8, 8), dtype=np.float32):
+    """Rows for spatial batch norm forward + backward against torch's F.batch_norm + autograd."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape).astype(dtype)
+    dout = rng.standard_normal(shape).astype(dtype)
+    gamma = rng.uniform(0.5, 1.5, shape[1]).astype(dtype)
+    beta = rng.standard_normal(shape[1]).astype(dtype)
+
+    def ours():
+        out, cache = nn.spatial_batchnorm_forward(x, gamma, beta)
+        return nn.spatial_batchnorm_backward(dout, cache)
+
+    fns = {"bnclaims.nn": ours}
+    if torch is not None:
+        tx, tg, tb = (torch.from_numpy(a).requires_grad_() for a in (x, gamma, beta))
+        tdout = torch.from_numpy(dout)
+
+        def torch_step():
+            out = F.batch_norm(tx, None, None, tg, tb, training=True, eps=1e-5)
+            return torch.autograd.grad(out, (tx, tg, tb), tdout)
+
+        fns["torch"] = torch_step
+    return [("spatial batchnorm fwd+bwd " + "x".join(map(str, shape)), time_side_by_side(fns))]
+
+
+def print_goal(name: str, times: dict, goal: float) -> None:
+    ratio = times["bnclaims.nn"][0] / times["torch"][0]
+    print(f"goal {name}: ours/torch {ratio:.2f}x <= {goal:.2f}x: {'met' if ratio <= goal else 'NOT met'}")
+
+
 # ----------------------------------------------------------------------------- printing
 
 def format_table(rows) -> str:
@@ -177,6 +240,12 @@ def main() -> None:
             print(f"goal {n}x{d}: ours/torch {ratio:.2f}x <= {goal:.2f}x: {'met' if ratio <= goal else 'NOT met'}")
     print()
     print(format_table(bench_stacked_batchnorm()))
+    print()
+    image_rows = bench_conv2d() + bench_spatial_batchnorm()
+    print(format_table(image_rows))
+    if torch is not None:
+        for (name, times), goal in zip(image_rows, (CONV2D_GOAL, SPATIAL_BN_GOAL)):
+            print_goal(name.split(" fwd")[0], times, goal)
     print()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import bench_model  # the MLP SGD step rows (64-256x4-10 with BN at batch 32/128/512)

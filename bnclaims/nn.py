@@ -60,6 +60,10 @@ __all__ = [
     "batchrenorm_forward", "batchrenorm_backward",
     "running_batchnorm_forward", "running_batchnorm_backward", "running_stats",
     "noisy_batchnorm_forward", "noisy_batchnorm_backward", "sample_covariate_noise",
+    "spatial_batchnorm_forward", "spatial_batchnorm_backward",
+    "spatial_batchnorm_eval_forward", "spatial_batchnorm_eval_backward",
+    "conv2d_forward", "conv2d_backward",
+    "global_avg_pool_forward", "global_avg_pool_backward",
 ]
 
 
@@ -98,11 +102,11 @@ def _param(p, x: np.ndarray, name: str, d: int | None = None):
     raise ValueError(f"{name} must have shape ({d},) to match x with {d} features; got shape {p.shape}")
 
 
-def _affine(gamma, beta, x: np.ndarray):
+def _affine(gamma, beta, x: np.ndarray, d: int | None = None):
     """Validate (gamma, beta): both per-feature arrays (see `_param`) or both None (affine off)."""
     if (gamma is None) != (beta is None):
         raise ValueError("gamma and beta must both be arrays or both be None (affine off)")
-    return _param(gamma, x, "gamma"), _param(beta, x, "beta")
+    return _param(gamma, x, "gamma", d), _param(beta, x, "beta", d)
 
 
 def _column(v: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -136,11 +140,26 @@ def _check_eps(eps: float) -> None:
 
 
 @lru_cache(maxsize=64)
-def _mean_weights(n: int, dtype: np.dtype) -> np.ndarray:
-    """A read-only (n,) vector of 1/n: `_mean_weights(N, dt) @ x` is the column mean of x."""
-    w = np.full(n, 1.0 / n, dtype=dtype)
+def _mean_weights(n: int, dtype: np.dtype, count: int | None = None) -> np.ndarray:
+    """A read-only (n,) vector of 1/n: `_mean_weights(N, dt) @ x` is the column mean of x.
+
+    With count: 1/count instead (the mean over count = N * L entries of L columns each).
+    """
+    w = np.full(n, 1.0 / (n if count is None else count), dtype=dtype)
     w.flags.writeable = False
     return w
+
+
+def _group_sum(v: np.ndarray, group: int) -> np.ndarray:
+    """(..., C * L) -> (..., C): sums of consecutive groups of L entries (L = 1: v itself)."""
+    if group == 1:
+        return v
+    return v.reshape(v.shape[:-1] + (v.shape[-1] // group, group)) @ _ones(group, v.dtype)
+
+
+def _expand(v: np.ndarray, group: int) -> np.ndarray:
+    """(..., C) -> (..., C * L): each entry repeated L times (a per-channel vector as a per-feature one)."""
+    return v if group == 1 else v.repeat(group, axis=-1)
 
 
 @lru_cache(maxsize=64)
@@ -228,46 +247,52 @@ _EINSUM_FORWARD_FROM = 1 << 17
 _EINSUM_BACKWARD_FROM = 1 << 16
 
 
-def _batch_moments(x: np.ndarray):
+def _batch_moments(x: np.ndarray, group: int = 1):
     """Column mean, centred x and biased column variance of x: (N, D) -> (D,), (N, D), (D,);
     and an array of x's shape (uninitialised, or scratch) for the caller's output.
 
-    For a stack (..., N, D) the statistics are (..., 1, D).
+    For a stack (..., N, D) the statistics are (..., 1, D). With group = L, x is (N, C * L) and
+    the statistics are per group of L consecutive columns (spatial batch norm: C channels of
+    L = H * W pixels): mean and var (C,), xc = x - the mean of each entry's group.
     """
     n, d = x.shape[-2:]
-    weights = _mean_weights(n, x.dtype)
-    mean = _column(weights @ x, x)                       # (D,)
-    xc = _per_feature(np.subtract, x, mean)              # (N, D) x - mean, kept in the cache
+    count = n * group
+    weights = _mean_weights(n, x.dtype) if group == 1 else _mean_weights(n, x.dtype, count)
+    mean = _column(_group_sum(weights @ x, group), x)    # (D,)
+    xc = _per_feature(np.subtract, x, _expand(mean, group))   # (N, D) x - mean, kept in the cache
     if n * d >= _EINSUM_FORWARD_FROM:
-        var = _column(np.einsum("...nd,...nd->...d", xc, xc), x)    # (D,) sum of squares, then
-        var *= 1.0 / n                                   # biased: divides by N, as every BN does in training
+        var = _column(_group_sum(np.einsum("...nd,...nd->...d", xc, xc), group), x)  # (D,) sum of squares, then
+        var *= 1.0 / count                               # biased: divides by N, as every BN does in training
         return mean, xc, var, np.empty_like(xc)
     square = np.multiply(xc, xc)                         # (N, D) scratch; becomes `out` in the caller
-    return mean, xc, _column(weights @ square, x), square
+    return mean, xc, _column(_group_sum(weights @ square, group), x), square
 
 
-def _bn_dx(dy: np.ndarray, xc: np.ndarray, inv_std: np.ndarray, scale):
+def _bn_dx(dy: np.ndarray, xc: np.ndarray, inv_std: np.ndarray, scale, group: int = 1):
     """Backward through x_hat = (x - mean_B) * inv_std with dL/dx_hat = dy * scale.
 
     dy: (N, D); xc = x - mean_B: (N, D); inv_std: (D,); scale: (D,) per-feature factor or None.
     Returns dx (N, D), sum_n dy (D,), sum_n dy * xc (D,).  (Stacks: (..., N, D) and (..., 1, D).)
+    With group = L (see `_batch_moments`): dy, xc (N, C * L); inv_std, scale and the sums (C,).
 
     dx = scale * inv_std * (dy - mean_n(dy) - x_hat * mean_n(dy * x_hat)), written with xc:
     dx = scale * inv_std * (dy - mean_n(dy) - xc * inv_std^2 * mean_n(dy * xc)),
     four passes over (N, D) after the two sums (NumPy has no fused multiply-add).
     """
     n, d = dy.shape[-2:]
+    count = n * group
     ones = _ones(n, dy.dtype)
-    sum_dy = _column(ones @ dy, dy)                  # (D,)
+    sum_dy = _column(_group_sum(ones @ dy, group), dy)           # (D,)
     if n * d >= _EINSUM_BACKWARD_FROM:
-        sum_dy_xc = _column(np.einsum("...nd,...nd->...d", dy, xc), dy)
+        sum_dy_xc = _column(_group_sum(np.einsum("...nd,...nd->...d", dy, xc), group), dy)
         dx = np.empty_like(xc)
     else:
         dx = np.multiply(dy, xc)                     # (N, D) scratch for sum dy*xc, then becomes dx
-        sum_dy_xc = _column(ones @ dx, dy)           # (D,)
-    along_xc = inv_std * inv_std * sum_dy_xc * (-1.0 / n)     # dx = (xc * along_xc + constant + dy) * factor
-    constant = sum_dy * (-1.0 / n)
+        sum_dy_xc = _column(_group_sum(ones @ dx, group), dy)    # (D,)
+    along_xc = inv_std * inv_std * sum_dy_xc * (-1.0 / count)    # dx = (xc * along_xc + constant + dy) * factor
+    constant = sum_dy * (-1.0 / count)
     factor = inv_std if scale is None else scale * inv_std
+    along_xc, constant, factor = _expand(along_xc, group), _expand(constant, group), _expand(factor, group)
     k = _wide_rows(xc) if dy.flags.c_contiguous else 1
     if k > 1:
         wide = xc.shape[:-2] + (n // k, k * d)
@@ -848,3 +873,237 @@ def sample_covariate_noise(rng: np.random.Generator, n: int, d: int, mean_shift:
     noise_shift = rng.normal(m, s, size=(n, d)).astype(dtype, copy=False)
     noise_scale = np.broadcast_to(s.astype(dtype), (n, d)).copy()
     return noise_scale, noise_shift
+
+
+# ----------------------------------------------------------------------------- images: (N, C, H, W)
+#
+# Image layers take x of shape (N, C, H, W) -- N examples, C channels, H x W pixels -- or a stack
+# (..., N, C, H, W). Per-channel parameters are (C,), or per arm (..., 1, C) (the shape of
+# per-feature parameters with the channels as features). Spatial batch norm folds the pixels into
+# the feature axis, x.reshape(..., N, C * H * W) (a view), and runs the batch-norm kernels above
+# with statistics over groups of H * W columns: no transposition, and the same wide-row passes.
+
+def _as_float_images(x, name: str = "x") -> np.ndarray:
+    """`x` as a floating (N, C, H, W) or stacked (..., N, C, H, W) array; integer input becomes float64."""
+    x = np.asarray(x)
+    if x.dtype.kind != "f":
+        x = x.astype(np.float64)
+    if x.ndim < 4:
+        raise ValueError(f"{name} must have shape (N, C, H, W) (or (..., N, C, H, W) for a stack); got shape {x.shape}")
+    return x
+
+
+def _fold_pixels(x: np.ndarray):
+    """(..., N, C, H, W) -> (..., N, C * H * W) (a view when x is C-contiguous), and H * W."""
+    c, h, w = x.shape[-3:]
+    return x.reshape(x.shape[:-3] + (c * h * w,)), h * w
+
+
+class SpatialBatchNormCache(NamedTuple):
+    xc: np.ndarray                # (N, C * H * W): x - its channel's batch mean, pixels folded into the features
+    inv_std: np.ndarray           # (C,) 1 / sqrt(batch_var + eps); stacks (..., 1, C)
+    gamma: np.ndarray | None      # (C,), (..., 1, C) or None (affine off)
+    batch_mean: np.ndarray        # (C,) over the N * H * W entries of each channel
+    batch_var: np.ndarray         # (C,) biased
+    shape: tuple                  # x's shape, (N, C, H, W) or (..., N, C, H, W)
+
+
+def spatial_batchnorm_forward(x, gamma, beta, eps: float = 1e-5):
+    """Batch norm of images in training mode: statistics per channel, over the batch and every pixel.
+
+    x: (N, C, H, W), N * H * W >= 2; gamma, beta: (C,) arrays, or both None (affine off) -> out (N, C, H, W):
+    out[n, c, h, w] = gamma[c] * (x[n, c, h, w] - mean_c) / sqrt(var_c + eps) + beta[c], with mean_c
+    and the biased var_c over the N * H * W entries of channel c.
+    Stacks: x (..., N, C, H, W); gamma, beta (C,) or per arm (..., 1, C); statistics (..., 1, C).
+    With H = W = 1 it is `batchnorm_forward` of x.reshape(N, C), bit for bit. Running statistics:
+    `update_running_stats(*batch_stats(cache), n=N * H * W)`, as for batch norm.
+    """
+    x = _as_float_images(x)
+    flat, pixels = _fold_pixels(x)                       # (N, C * H * W)
+    _need_two(x.shape[-4] * pixels, "spatial_batchnorm_forward (N * H * W)")
+    _check_eps(eps)
+    gamma, beta = _affine(gamma, beta, flat, x.shape[-3])
+    mean, xc, var, out = _batch_moments(flat, pixels)
+    inv_std = 1.0 / np.sqrt(var + eps)
+    if gamma is None:
+        _scale_shift(xc, _expand(inv_std, pixels), None, out)
+    else:
+        _scale_shift(xc, _expand(gamma * inv_std, pixels), _expand(beta, pixels), out)
+    return out.reshape(x.shape), SpatialBatchNormCache(xc, inv_std, gamma, mean, var, x.shape)
+
+
+def spatial_batchnorm_backward(dout, cache: SpatialBatchNormCache):
+    """dout: (N, C, H, W) -> dx (N, C, H, W), dgamma (C,), dbeta (C,); dgamma, dbeta None when affine off."""
+    xc, inv_std, gamma, _, _, shape = cache
+    dout = np.asarray(dout, dtype=xc.dtype)
+    if dout.shape != shape:
+        raise ValueError(f"dout must have the output's shape {shape}; got {dout.shape}")
+    dx, sum_dout, sum_dout_xc = _bn_dx(dout.reshape(xc.shape), xc, inv_std, gamma, shape[-1] * shape[-2])
+    dx = dx.reshape(shape)
+    if gamma is None:
+        return dx, None, None
+    return dx, _grad_like(sum_dout_xc * inv_std, gamma), _grad_like(sum_dout, gamma)
+
+
+class SpatialBatchNormEvalCache(NamedTuple):
+    flat: BatchNormEvalCache      # of batch norm on (N, C * H * W) with every per-channel vector repeated H * W times
+    pixels: int                   # H * W
+    shape: tuple                  # x's shape
+
+
+def spatial_batchnorm_eval_forward(x, running_mean, running_var, gamma, beta, eps: float = 1e-5):
+    """Spatial batch norm in inference mode: a fixed per-channel affine map.
+
+    x: (N, C, H, W); running_mean, running_var: (C,); gamma, beta: (C,) or both None -> out (N, C, H, W):
+    out = gamma * (x - running_mean) / sqrt(running_var + eps) + beta per channel.
+    Stacks: x (..., N, C, H, W); every per-channel argument (C,) or (..., 1, C).
+    """
+    x = _as_float_images(x)
+    flat, pixels = _fold_pixels(x)
+    _check_eps(eps)
+    channels = x.shape[-3]
+    gamma, beta = _affine(gamma, beta, flat, channels)
+    running_mean = _param(running_mean, flat, "running_mean", channels)
+    running_var = _param(running_var, flat, "running_var", channels)
+    gamma, beta = (None, None) if gamma is None else (_expand(gamma, pixels), _expand(beta, pixels))
+    out, cache = batchnorm_eval_forward(flat, _expand(running_mean, pixels), _expand(running_var, pixels),
+                                        gamma, beta, eps)
+    return out.reshape(x.shape), SpatialBatchNormEvalCache(cache, pixels, x.shape)
+
+
+def spatial_batchnorm_eval_backward(dout, cache: SpatialBatchNormEvalCache):
+    """dout: (N, C, H, W) -> dx (N, C, H, W), dgamma (C,), dbeta (C,) (the statistics are constants)."""
+    flat, pixels, shape = cache
+    dout = np.asarray(dout, dtype=flat.inv_std.dtype)
+    dx, dgamma, dbeta = batchnorm_eval_backward(dout.reshape(shape[:-3] + (-1,)), flat)
+    if dgamma is None:
+        return dx.reshape(shape), None, None
+    return dx.reshape(shape), _group_sum(dgamma, pixels), _group_sum(dbeta, pixels)
+
+
+# ----------------------------------------------------------------------------- convolution
+
+class Conv2dCache(NamedTuple):
+    cols: np.ndarray              # (C * KH * KW, N * Ho * Wo): every patch of the padded x, one per column
+    W: np.ndarray                 # (F, C, KH, KW) or per arm (..., F, C, KH, KW)
+    b: np.ndarray | None          # (F,), (..., 1, F) or None: only its shape is used (for db)
+    x_shape: tuple                # (N, C, H, W) or (..., N, C, H, W)
+    stride: int
+    padding: int
+
+
+def conv2d_forward(x, W, b, stride: int = 1, padding: int = 0):
+    """2-D convolution (cross-correlation, as in every deep-learning framework): im2col and one matmul.
+
+    x: (N, C, H, W); W: (F, C, KH, KW); b: (F,) or None; `padding` zeros on each side of H and W;
+    windows `stride` pixels apart -> out: (N, F, Ho, Wo) with Ho = (H + 2 padding - KH) // stride + 1
+    (Wo likewise) and
+        out[n, f, i, j] = b[f] + sum_{c, u, v} W[f, c, u, v] * x_pad[n, c, i * stride + u, j * stride + v].
+    The patches are gathered by one strided view of the padded x and one copy, cols (C*KH*KW, N*Ho*Wo),
+    so that out = W.reshape(F, C*KH*KW) @ cols is one matrix product.
+    Stacks: x (..., N, C, H, W); W (F, C, KH, KW) shared or per arm (..., F, C, KH, KW); b (F,) or
+    per arm (..., 1, F) -> out (..., N, F, Ho, Wo).
+    """
+    x = _as_float_images(x)
+    W = np.asarray(W, dtype=x.dtype)
+    *lead, n, channels, height, width = x.shape
+    if W.ndim < 4 or W.shape[-3] != channels or (W.ndim > 4 and W.shape[:-4] != tuple(lead)):
+        raise ValueError(f"W must have shape (F, {channels}, KH, KW) (or per arm {(*lead, 'F', channels, 'KH', 'KW')}) "
+                         f"for x of shape {x.shape}; got {W.shape}")
+    if not isinstance(stride, (int, np.integer)) or stride < 1 or not isinstance(padding, (int, np.integer)) or padding < 0:
+        raise ValueError(f"stride must be an integer >= 1 and padding an integer >= 0; got {stride}, {padding}")
+    filters, _, kh, kw = W.shape[-4:]
+    ho, wo = (height + 2 * padding - kh) // stride + 1, (width + 2 * padding - kw) // stride + 1
+    if ho < 1 or wo < 1:
+        raise ValueError(f"a {kh}x{kw} kernel does not fit into {height}x{width} pixels with padding {padding}")
+    xp = np.pad(x, [(0, 0)] * (x.ndim - 2) + [(padding, padding)] * 2) if padding else x
+    s = xp.strides
+    # patches as a view (..., C, KH, KW, N, Ho, Wo): the copy made by reshape is the only im2col pass
+    patches = np.lib.stride_tricks.as_strided(
+        xp, (*lead, channels, kh, kw, n, ho, wo),
+        s[:-4] + (s[-3], s[-2], s[-1], s[-4], s[-2] * stride, s[-1] * stride), writeable=False)
+    cols = patches.reshape(*lead, channels * kh * kw, n * ho * wo)
+    out = W.reshape(W.shape[:-3] + (channels * kh * kw,)) @ cols     # (..., F, N * Ho * Wo)
+    if b is not None:
+        b = _param(b, out, "b", filters)                 # (F,) or (..., 1, F)
+        out += _transpose(b) if b.ndim > 1 else b[:, None]
+    out = out.reshape(*lead, filters, n, ho, wo)
+    return np.ascontiguousarray(np.moveaxis(out, -4, -3)), Conv2dCache(cols, W, b, x.shape, stride, padding)
+
+
+def conv2d_backward(dout, cache: Conv2dCache):
+    """dout: (N, F, Ho, Wo) -> dx (N, C, H, W), dW (F, C, KH, KW), db (F,) or None (no bias).
+
+    Stacks: each gradient has its parameter's shape (a shared W or b gets the sum over the arms).
+    dW is one matrix product with the cached patches; dx is col2im, one matrix product and one
+    contiguous add per kernel offset (u, v) (see below).
+    """
+    cols, W, b, x_shape, stride, padding = cache
+    *lead, n, channels, height, width = x_shape
+    filters, _, kh, kw = W.shape[-4:]
+    dout = np.asarray(dout, dtype=cols.dtype)
+    ho, wo = dout.shape[-2:]
+    if dout.shape != (*lead, n, filters, ho, wo):
+        raise ValueError(f"dout must have the output's shape {(*lead, n, filters, ho, wo)}; got {dout.shape}")
+    dout_f = np.moveaxis(dout, -3, -4).reshape(*lead, filters, n * ho * wo)   # (..., F, N * Ho * Wo), a copy
+    dW = (dout_f @ _transpose(cols)).reshape(*lead, *W.shape[-4:])
+    if dW.shape != W.shape:                              # one W shared by a stack of x
+        dW = dW.reshape(-1, *W.shape).sum(axis=0)
+    db = None
+    if b is not None:
+        db = dout_f @ _ones(dout_f.shape[-1], dout_f.dtype)           # (..., F)
+        db = _grad_like(db[..., None, :] if lead else db, b)
+    # col2im by shifted adds: dout placed on the padded pixel grid (zeros between and around,
+    # (..., F, N, Hp, Wp)), the patches' gradient computed at every grid position, so that kernel
+    # offset (u, v) adds it shifted by u * Wp + v in the flattened (C, N, Hp, Wp) image: KH * KW
+    # long contiguous adds instead of strided ones over 8-pixel rows (3x faster at 64x16x8x8).
+    # Entries that spill over a row or an image are zeros (no output there). One product per
+    # offset into one reused buffer: a single (C*KH*KW, N*Hp*Wp) product is a fresh multi-MB
+    # array each call, and its page faults cost more than the product (measured).
+    hp, wp = height + 2 * padding, width + 2 * padding
+    grid = np.zeros((*lead, filters, n, hp, wp), dtype=cols.dtype)
+    grid[..., :stride * (ho - 1) + 1:stride, :stride * (wo - 1) + 1:stride] = np.moveaxis(dout, -3, -4)
+    pixels = n * hp * wp
+    grid = grid.reshape(*lead, filters, pixels)
+    kernel = np.moveaxis(W, -3, -1)                      # (..., F, KH, KW, C)
+    dxp = np.zeros((*lead, channels * pixels + (kh - 1) * wp + kw - 1), dtype=cols.dtype)
+    step = np.empty((*lead, channels, pixels), dtype=cols.dtype)
+    for u in range(kh):
+        for v in range(kw):
+            # the patches' gradient at kernel offset (u, v), one matrix product, added shifted by
+            # u * Wp + v: grid pixel (i, j) fed padded pixel (i + u, j + v)
+            np.matmul(_transpose(kernel[..., u, v, :]), grid, out=step)
+            shift = u * wp + v
+            target = dxp[..., shift:shift + channels * pixels].reshape(*lead, channels, pixels)   # a view
+            target += step
+    dxp = dxp[..., :channels * pixels].reshape(*lead, channels, n, hp, wp)
+    dx = np.moveaxis(dxp, -4, -3)[..., padding:padding + height, padding:padding + width]
+    return np.ascontiguousarray(dx), dW, db
+
+
+# ----------------------------------------------------------------------------- global average pooling
+
+class GlobalAvgPoolCache(NamedTuple):
+    shape: tuple                  # x's shape, (N, C, H, W) or (..., N, C, H, W)
+    dtype: np.dtype
+
+
+def global_avg_pool_forward(x):
+    """The mean over the pixels of each channel: x (N, C, H, W) -> out (N, C).
+
+    Stacks: x (..., N, C, H, W) -> out (..., N, C).
+    """
+    x = _as_float_images(x)
+    height, width = x.shape[-2:]
+    out = x.reshape(x.shape[:-2] + (height * width,)) @ _mean_weights(height * width, x.dtype)
+    return out, GlobalAvgPoolCache(x.shape, x.dtype)
+
+
+def global_avg_pool_backward(dout, cache: GlobalAvgPoolCache):
+    """dout: (N, C) -> dx (N, C, H, W): each pixel gets dout / (H * W)."""
+    shape, dtype = cache
+    pixels = shape[-1] * shape[-2]
+    dout = np.asarray(dout, dtype=dtype)
+    if dout.shape != shape[:-2]:
+        raise ValueError(f"dout must have the output's shape {shape[:-2]}; got {dout.shape}")
+    return (dout * (1.0 / pixels))[..., None].repeat(pixels, axis=-1).reshape(shape)
