@@ -163,10 +163,11 @@ def import_experiments(modules: tuple[str, ...], builtin: bool = True) -> None:
 
 def run_options(settings: Settings, *, seeds: int | None = None, seed_base: int = 0, use_cache: bool = True,
                 timeout: float | None = None, memory_limit_mib: int = MEMORY_LIMIT_MIB, debug: bool = False,
-                seed_store: Path | None = None, sharing: int = 1):
+                seed_store: Path | None = None, sharing: int = 1, times_from: Path | None = Path("site/results")):
     """The ``RunOptions`` of a run. ``timeout`` overrides every claim's own (None: each claim's ``timeout:``);
     ``sharing`` processes run claims at once (pytest-xdist workers): unless the command line set the jobs,
-    the default (the table's jobs, else every core) is divided among them."""
+    the default (the table's jobs, else every core) is divided among them. ``times_from``: a built site's
+    results, read only for the CPU seconds each seed took there, so a cold run starts the longest first."""
     from bnclaims.runner import RunOptions
 
     jobs = settings.jobs
@@ -174,7 +175,8 @@ def run_options(settings: Settings, *, seeds: int | None = None, seed_base: int 
         jobs = max(1, (jobs or os.cpu_count() or 1) // sharing)
     return RunOptions(jobs=jobs or 0, seeds=seeds, seed_base=seed_base, use_cache=use_cache,
                       cache_dir=settings.cache_dir, timeout=timeout, modules=settings.modules,
-                      memory_limit=memory_limit_mib * 1024 * 1024, seed_store=seed_store, debug=debug)
+                      memory_limit=memory_limit_mib * 1024 * 1024, seed_store=seed_store, debug=debug,
+                      times_from=times_from)
 
 
 # --------------------------------------------------------------------------- failure report

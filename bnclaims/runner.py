@@ -35,6 +35,7 @@ class RunOptions:
     modules: tuple[str, ...] = ()  # extra experiment modules to import (workers too)
     memory_limit: int | None = None  # bytes of address space per worker
     seed_store: Path | None = None  # a built site's results/ folder: seeds found there are not run again
+    times_from: Path | None = None  # a built site's results/ folder whose recorded CPU seconds order the jobs
     debug: bool = False  # show what experiments print (always shown, in short, for a seed that fails)
 
     def n_jobs(self) -> int:
@@ -305,8 +306,8 @@ def run_claims(
         if jobs:
             runner = executor or LocalExecutor(min(options.n_jobs(), len(jobs)), options.modules, options.memory_limit)
             # longest first, from the CPU seconds recorded when each job ran before: a shorter tail
-            runner.run(schedule.longest_first(jobs, schedule.recorded_seconds(plans, cache, options.seed_store)),
-                       on_done)
+            recorded = schedule.recorded_seconds(plans, cache, options.seed_store or options.times_from)
+            runner.run(schedule.longest_first(jobs, recorded), on_done)
     finally:
         tracker.close()
     by_id = {p.claim.id: results[id(p)] for p in plans}

@@ -12,7 +12,7 @@ import pytest
 import toy_experiments  # noqa: F401 - registers toy-normal (the local pool's worker imports it too)
 from helpers import add, make_project
 
-from bnclaims import schedule, worker
+from bnclaims import app, config, schedule, worker
 from bnclaims.cache import Cache
 from bnclaims.claims import load_claims
 from bnclaims.executor import Job, LocalExecutor, Outcome
@@ -156,6 +156,24 @@ def test_a_sites_stored_runs_give_times_and_the_cache_wins_over_them(project, tm
     cache.put_run(seed_key(p.components, 1), {"metrics": {}, "series": {}, "seconds": 1.0, "cpu_seconds": 0.5})
     found = schedule.recorded_seconds([p], cache, results)
     assert found == {schedule.job_key("toy-normal", params, 0): 5.0, schedule.job_key("toy-normal", params, 1): 0.5}
+
+
+def test_a_cold_run_takes_its_order_from_the_sites_results_without_reusing_them(project, tmp_path):
+    """`bnclaims run` (no seed store) still reads the site's recorded times, and runs every seed."""
+    claims = [c for c in claims_of(project) if c.id == "toy-down"]
+    cache = Cache(tmp_path / "cache")
+    (p,) = plan(claims, RunOptions(cache_dir=cache.root), cache)
+    results = tmp_path / "site" / "results"
+    results.mkdir(parents=True)
+    runs = [{"key": f"k{s}", "seed": s, "cpu_seconds": float(t)} for s, t in enumerate((1, 9, 2, 8, 3, 7))]
+    (results / "toy-down.json").write_text(json.dumps({"id": "toy-down", "experiment": "toy-normal",
+                                                        "params": p.components["params"],
+                                                        "runs": runs}))
+    started = InProcess()
+    run_claims(claims, RunOptions(cache_dir=cache.root, modules=MODULES, times_from=results), executor=started,
+               progress=False)
+    assert [j.seed for j in started.started] == [1, 3, 5, 4, 2, 0]
+    assert app.run_options(app.settings(config.load(tmp_path))).times_from == Path("site/results")
 
 
 # --------------------------------------------------------------------------- the order changes no result
