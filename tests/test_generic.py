@@ -210,3 +210,22 @@ def test_mode_comparison_of_running_averages_is_small_and_of_a_plain_network_zer
     params = {"arms": {"bn": {"norm": "batch", **base}, "ewa": {"norm": "running", **base}}, "train_per_class": 20}
     metrics = registry.run_experiment(exp, 2, params)["metrics"]
     assert metrics["mode_flip_ewa"] < metrics["mode_flip_bn"]
+
+
+def test_norm_position_after_the_activation_is_a_different_network_from_the_same_start():
+    exp = registry.get("train-compare")
+    base = {"lr": 0.3, "epochs": 2, "width": 16}
+    params = {"arms": {"before": {"norm": "batch", **base}, "after": {"norm": "batch", "norm_position": "after", **base},
+                       "again": {"norm": "batch", "norm_position": "before", **base}}, "train_per_class": 10}
+    metrics = registry.run_experiment(exp, 1, params)["metrics"]
+    # the default is before the ReLU, so naming it changes nothing (same stack, bit for bit)
+    assert metrics["test_acc_before"] == metrics["test_acc_again"]
+    assert metrics["final_loss_before"] == metrics["final_loss_again"]
+    # after the ReLU the same weights compute another function: the training differs
+    assert metrics["final_loss_after"] != metrics["final_loss_before"]
+    assert metrics["test_acc_after"] > 0.3 and metrics["diverged_after"] == 0.0
+
+
+def test_norm_position_after_needs_a_norm():
+    with pytest.raises(ValueError, match="norm_position 'after' needs a norm"):
+        generic.check_arms({"p": {"norm": "none", "norm_position": "after"}}, 1000)

@@ -1,7 +1,7 @@
 """Generic experiments: claims about training written in YAML alone.
 
 ``train-compare`` trains the arms a claim declares in ``params.arms`` (a mapping from arm name
-to settings: normalization, learning rate or a grid of them, batch size and order, depth,
+to settings: normalization and its position, learning rate or a grid of them, batch size and order, depth,
 width, optimizer, epochs, ghost batch size, running-statistics momentum) on the digits data
 and returns the standard metrics of every arm, named after it (``test_acc_<arm>``, ...).
 Every arm is one or more networks of `bnclaims.model.train_stack` (one per learning rate of
@@ -40,12 +40,13 @@ class ArmSettings(TypedDict, total=False):
     running_momentum: Annotated[float, Range(0, 1, low_open=True)]
     affine: bool
     reference: bool
+    norm_position: Literal["before", "after"]
 
 
 ARM_DEFAULTS: dict = {
     "norm": "batch", "lr": [0.01, 0.03, 0.1, 0.3, 1.0], "batch_size": 32, "order": "shuffled", "depth": 2,
     "width": 64, "optimizer": "sgd", "momentum": None, "epochs": 10, "ghost_batch_size": 8, "groups": 8,
-    "running_momentum": 0.1, "affine": True, "reference": False,
+    "running_momentum": 0.1, "affine": True, "reference": False, "norm_position": "before",
 }
 MOMENTUM_DEFAULT = {"sgd": 0.0, "momentum": 0.9, "adam": 0.0}  # when an arm names no momentum
 
@@ -135,6 +136,8 @@ def check_arms(arms: dict, n_train: int) -> None:
             raise ValueError(f"arm '{arm}': optimizer 'momentum' needs momentum > 0")
         if s["reference"] and s["norm"] != "batch":
             raise ValueError(f"arm '{arm}': reference (noise-free statistics) needs norm 'batch'")
+        if s["norm_position"] == "after" and s["norm"] == "none":
+            raise ValueError(f"arm '{arm}': norm_position 'after' needs a norm (norm 'none' has no position)")
 
 
 def _step_size(trajectory: np.ndarray, steps: int) -> float:
@@ -213,7 +216,8 @@ def train_compare(
 ):
     """Train the declared arms (MLPs on 8x8 digits, softmax cross-entropy) and compare them.
 
-    Each arm: an MLP 64 -> width x depth -> 10 with ``norm`` before each ReLU (``model.MLPConfig``),
+    Each arm: an MLP 64 -> width x depth -> 10 with ``norm`` before each ReLU (``model.MLPConfig``;
+    after it with ``norm_position: after``),
     trained for ``epochs`` with ``optimizer`` at every learning rate of its ``lr`` grid; the rate
     with the best final validation accuracy is chosen (`model.select_lr`: ties to the smaller
     rate, a diverged run counts as 0), and every ``<metric>_<arm>`` is measured at that rate,
@@ -243,7 +247,7 @@ def train_compare(
         config = model.MLPConfig(
             sizes=(X.shape[1],) + (s["width"],) * s["depth"] + (10,), norm=s["norm"], affine=s["affine"],
             ghost_batch_size=s["ghost_batch_size"], groups=s["groups"], momentum=s["running_momentum"],
-            reference_rows=len(y) if s["reference"] else 0,
+            reference_rows=len(y) if s["reference"] else 0, norm_position=s["norm_position"],
         )
         for lr in s["lr"]:
             arm = model.Arm(lr=lr, optimizer=s["optimizer"], momentum=s["momentum"], order=s["order"])
