@@ -1,4 +1,5 @@
-"""A multi-layer perceptron built from `bnclaims.nn`, an SGD optimizer and a training loop.
+"""Networks built from `bnclaims.nn` -- an MLP (plain or residual) and a small CNN -- optimizers
+and the one training loop.
 
 The model is data, not an object: parameters are a dict of arrays (``W0, b0, gamma0,
 beta0, ..., W{L}, b{L}``), running statistics another dict (``running_mean{i},
@@ -7,7 +8,12 @@ running_var{i}``), and an `MLPConfig` says how to wire them. Hidden layer ``i`` 
     norm_position="before":  linear -> norm -> activation
     norm_position="after":   linear -> activation -> norm
 
-and the last layer is a plain linear map to the logits (never normalized).
+and the last layer is a plain linear map to the logits (never normalized). ``residual=True``
+adds identity skips around the same layers (pre-activation blocks, see `MLPConfig`).
+
+A `CNNConfig` describes the digits CNN (conv -> norm -> activation per layer, global average
+pooling, linear), with the same parameter names and stacking: `forward`, `backward`, `train`,
+`train_stack`, the recorders and `population_state` take either config.
 
 `forward` records a tape of ``(backward_fn, cache, param_names)``; `backward` replays it
 in reverse -- micrograd's idea at layer granularity.
@@ -179,12 +185,116 @@ class MLPConfig:
         return np.dtype(self.dtype)
 
 
+
+CNN_NORMS = ("none", "batch", "layer", "group")
+
+
+@dataclass(frozen=True)
+class CNNConfig:
+    """A small convolutional net for 8x8 images, built and trained like the MLP (hashable).
+
+    Rows arrive flat, ``(N, C*H*W)`` -- the digits as 64 columns, as everywhere else -- and are
+    reshaped to ``(N, C, H, W)`` = ``image`` inside `forward`. Then, per conv layer i: a
+    ``kernel`` x ``kernel`` convolution to ``channels[i]`` channels (padding kernel // 2,
+    stride ``strides[i]``) -> norm -> activation; then global average pooling over the positions
+    and a linear map to ``classes``. The default: 1x8x8 -> conv 3x3, 16 -> norm -> ReLU ->
+    conv 3x3, 32 -> norm -> ReLU -> average pool -> linear 32 -> 10.
+
+    norm: "none"; "batch": spatial batch norm (`bnclaims.nn`; per channel, statistics over
+    N x H x W in training, running statistics in eval mode, updated with n = N*H*W);
+    "layer": per example over C x H x W; "group": per example over each of ``groups`` groups of
+    channels x H x W. Every norm has per-channel gamma/beta (``affine``).
+
+    Parameters have the MLP's names and stacking, so `train_stack`, its optimizers, recorders,
+    `population_state`, `evaluate` and the stack helpers apply unchanged: conv kernel i is
+    ``W{i}: (C_in*k*k, C_out)`` (the kernel as its im2col matrix, rows ordered (C_in, kh, kw);
+    ``(K, C_in*k*k, C_out)`` stacked), ``b{i}``, ``gamma{i}``, ``beta{i}``: ``(C_out,)``; the
+    classifier ``W{L}: (channels[-1], classes)``, ``b{L}``; running statistics
+    ``running_mean{i}``, ``running_var{i}``: ``(C_out,)``. init: as the MLP's ("he":
+    std = init_scale * sqrt(2 / fan_in), fan_in = C_in*k*k for a conv), one standard-normal block
+    per layer in order, so every norm gets the same weights from the same Generator.
+    eps, momentum: the norm's epsilon and running-statistics momentum (PyTorch convention).
+    """
+
+    image: tuple[int, int, int] = (1, 8, 8)
+    channels: tuple[int, ...] = (16, 32)
+    strides: tuple[int, ...] = (1, 1)
+    kernel: int = 3
+    classes: int = 10
+    activation: Literal["relu", "linear", "tanh"] = "relu"
+    norm: Literal["none", "batch", "layer", "group"] = "batch"
+    affine: bool = True
+    init: Literal["he", "lecun", "scale"] = "he"
+    init_scale: float = 1.0
+    eps: float = 1e-5
+    momentum: float = 0.1
+    groups: int = 4
+    dtype: Literal["float32", "float64"] = "float32"
+
+    # what the training loop and the helpers ask of an MLPConfig, fixed for the CNN
+    reference_rows = 0
+    renorm_warmup = ()
+    affine_shared = False
+    residual = False
+    residual_layers = ()
+    hidden_bias = True
+
+    def __post_init__(self):
+        for name in ("image", "channels", "strides"):
+            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+        for name, value, allowed in (
+            ("activation", self.activation, ACTIVATIONS),
+            ("norm", self.norm, CNN_NORMS),
+            ("init", self.init, INITS),
+            ("dtype", self.dtype, ("float32", "float64")),
+        ):
+            if value not in allowed:
+                raise ValueError(f"CNNConfig.{name} must be one of {', '.join(allowed)}; got {value!r}")
+        if len(self.image) != 3 or min(self.image) < 1:
+            raise ValueError(f"CNNConfig.image must be (channels, height, width); got {self.image}")
+        if not self.channels or min(self.channels) < 1 or len(self.strides) != len(self.channels):
+            raise ValueError(f"CNNConfig needs one stride per conv layer and channels >= 1; "
+                             f"got channels {self.channels}, strides {self.strides}")
+        if min(self.strides) < 1 or self.kernel < 1 or self.kernel % 2 == 0 or self.classes < 2:
+            raise ValueError(f"CNNConfig needs strides >= 1, an odd kernel and >= 2 classes; "
+                             f"got strides {self.strides}, kernel {self.kernel}, classes {self.classes}")
+        if self.norm == "group" and any(c % self.groups for c in self.channels):
+            raise ValueError(f"CNNConfig.groups={self.groups} must divide every conv layer's channels {self.channels}")
+
+    @property
+    def n_layers(self) -> int:
+        """Number of layers with weights (conv layers + the classifier)."""
+        return len(self.channels) + 1
+
+    @property
+    def hidden_sizes(self) -> tuple[int, ...]:
+        """Channels of each normalized layer (the conv layers)."""
+        return self.channels
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        """(input columns, channels of each conv layer, classes), the MLP's ``sizes`` read the same way."""
+        return (math.prod(self.image),) + self.channels + (self.classes,)
+
+    @property
+    def weight_shapes(self) -> tuple[tuple[int, int], ...]:
+        """(fan_in, fan_out) of each ``W{i}``: conv kernels as im2col matrices, then the classifier."""
+        fan_in = (self.image[0],) + self.channels[:-1]
+        convs = tuple((c_in * self.kernel ** 2, c_out) for c_in, c_out in zip(fan_in, self.channels))
+        return convs + ((self.channels[-1], self.classes),)
+
+    @property
+    def np_dtype(self) -> np.dtype:
+        return np.dtype(self.dtype)
+
+
 # ----------------------------------------------------------------------------- parameters
 
 
-def init_params(rng: np.random.Generator, config: MLPConfig) -> Params:
+def init_params(rng: np.random.Generator, config: MLPConfig | CNNConfig) -> Params:
     """Fresh parameters: ``W{i}: (sizes[i], sizes[i+1])``, ``b{i}`` zeros, and for each hidden
-    layer with an affine norm ``gamma{i}`` ones, ``beta{i}`` zeros.
+    layer with an affine norm ``gamma{i}`` ones, ``beta{i}`` zeros (a `CNNConfig`: its
+    ``weight_shapes``, the conv layers as hidden layers).
 
     Only the weights draw from ``rng`` (one standard-normal block per layer, in order, scaled
     afterwards), so the same ``rng`` state gives the same weights for every norm, placement,
@@ -193,8 +303,10 @@ def init_params(rng: np.random.Generator, config: MLPConfig) -> Params:
     """
     dtype = config.np_dtype
     params: Params = {}
-    blocks = config.residual_layers if config.residual_init == "depth" else ()
-    for i, (fan_in, fan_out) in enumerate(zip(config.sizes[:-1], config.sizes[1:])):
+    cnn = isinstance(config, CNNConfig)
+    blocks = config.residual_layers if not cnn and config.residual_init == "depth" else ()
+    shapes = config.weight_shapes if cnn else zip(config.sizes[:-1], config.sizes[1:])
+    for i, (fan_in, fan_out) in enumerate(shapes):
         z = rng.standard_normal((fan_in, fan_out))
         gain = {"he": math.sqrt(2.0 / fan_in), "lecun": math.sqrt(1.0 / fan_in), "scale": 1.0}[config.init]
         if i in blocks:
@@ -208,7 +320,7 @@ def init_params(rng: np.random.Generator, config: MLPConfig) -> Params:
     return params
 
 
-def init_state(config: MLPConfig) -> State:
+def init_state(config: MLPConfig | CNNConfig) -> State:
     """Running statistics (mean 0, variance 1) for each hidden layer whose norm keeps them."""
     state: State = {}
     if config.norm in RUNNING_NORMS:
@@ -424,11 +536,15 @@ def forward(
 
     Returns ``(logits (N, sizes[-1]), caches, new_state)``; ``caches`` is the tape for `backward`.
 
+    A `CNNConfig` runs the CNN (x flat rows (N, C*H*W); its records are described there).
+
     Stacks (see `init_stack`): parameters ``W{i}: (K, fan_in, fan_out)``, ``b{i}``, ``gamma{i}``,
     ``beta{i}`` and running statistics ``(K, 1, width)``, x ``(K, N, sizes[0])`` (or ``(N, sizes[0])``,
     shared by the arms), ``rng`` a sequence of K Generators (noisy norm): the same code computes K
     independent networks, arm k bit for bit as it would alone; logits are ``(K, N, classes)``.
     """
+    if isinstance(config, CNNConfig):
+        return _cnn_forward(params, state, x, config, train, record)
     h = np.asarray(x, dtype=config.np_dtype)
     stack = params["W0"].shape[:-2]
     if stack and h.shape[:-2] != stack:
@@ -499,6 +615,120 @@ def loss_and_grads(
     logits, tape, new_state = forward(params, state, x, config, True, rng, record)
     loss, dlogits = nn.softmax_cross_entropy(logits, y)
     return loss, backward(dlogits, tape), new_state, logits
+
+
+# ----------------------------------------------------------------------------- the CNN's wiring (layers from nn)
+
+
+def _channel_rows(h: np.ndarray) -> np.ndarray:
+    """(..., N, C, H, W) -> channels-last rows (..., N*H*W, C) (a copy): per-channel moments over
+    examples x positions are then the per-feature moments of the MLP's records."""
+    n, c, height, width = h.shape[-4:]
+    return np.moveaxis(h, -3, -1).reshape(h.shape[:-4] + (n * height * width, c))
+
+
+def _reshape_backward(dout, shape):
+    return dout.reshape(shape)
+
+
+def _conv_kernel(W: np.ndarray, c_in: int, k: int) -> np.ndarray:
+    """A conv kernel stored as its im2col matrix (..., C_in*k*k, C_out) in nn's (..., C_out, C_in, k, k)."""
+    return np.swapaxes(W, -1, -2).reshape(W.shape[:-2] + (W.shape[-1], c_in, k, k))
+
+
+def _conv_backward(dout, cache):
+    """nn.conv2d_backward with the kernel's gradient back in the stored (..., C_in*k*k, C_out) layout."""
+    dx, dW, db = nn.conv2d_backward(dout, cache)
+    return dx, np.swapaxes(dW.reshape(dW.shape[:-3] + (-1,)), -1, -2), db
+
+
+def _per_position(p: np.ndarray | None, positions: int) -> np.ndarray | None:
+    """A per-channel parameter (C,) / (..., 1, C) as the per-feature one of the flattened
+    (C*H*W) image: each channel's entry repeated over its positions."""
+    return None if p is None else np.repeat(p, positions, axis=-1)
+
+
+def _per_channel_affine(backward_fn: Callable, shape: tuple, positions: int) -> Callable:
+    """The backward of a norm applied to flattened images (..., N, C*H*W) with `_per_position`
+    gamma/beta: dx back to (..., N, C, H, W) and each channel's gradient summed over its positions."""
+    def tied(dout, cache):
+        dx, dgamma, dbeta = backward_fn(dout.reshape(shape[:-3] + (-1,)), cache)
+        if dgamma is None:
+            return dx.reshape(shape), None, None
+        fold = lambda g: g.reshape(g.shape[:-1] + (-1, positions)).sum(axis=-1)  # noqa: E731
+        return dx.reshape(shape), fold(dgamma), fold(dbeta)
+    return tied
+
+
+def _cnn_norm(h, i, params, state, new_state, config: CNNConfig, train, tape):
+    """Normalize conv layer i's output h (..., N, C, H, W); append to the tape; running stats into new_state."""
+    kind = config.norm
+    if kind == "none":
+        return h
+    gamma, beta = params.get(f"gamma{i}"), params.get(f"beta{i}")
+    names = (f"gamma{i}", f"beta{i}") if config.affine else (None, None)
+    if kind == "batch":
+        mean_key, var_key = f"running_mean{i}", f"running_var{i}"
+        if not train:
+            out, cache = nn.spatial_batchnorm_eval_forward(h, state[mean_key], state[var_key], gamma, beta, config.eps)
+            tape.append((nn.spatial_batchnorm_eval_backward, cache, names))
+            return out
+        out, cache = nn.spatial_batchnorm_forward(h, gamma, beta, config.eps)
+        tape.append((nn.spatial_batchnorm_backward, cache, names))
+        batch_mean, batch_var = nn.batch_stats(cache)
+        n = h.shape[-4] * h.shape[-2] * h.shape[-1]          # the variance was estimated from N*H*W values
+        new_state[mean_key], new_state[var_key] = nn.update_running_stats(
+            state[mean_key], state[var_key], batch_mean, batch_var, n, config.momentum)
+        return out
+    # layer / group norm: nn's per-example kernels on the flattened images (C*H*W features, grouped
+    # channel by channel), with per-channel gamma/beta repeated over the positions
+    positions = h.shape[-2] * h.shape[-1]
+    flat = h.reshape(h.shape[:-3] + (-1,))
+    g, b = _per_position(gamma, positions), _per_position(beta, positions)
+    if kind == "layer":
+        out, cache = nn.layernorm_forward(flat, g, b, config.eps)
+        backward_fn = nn.layernorm_backward
+    else:
+        out, cache = nn.groupnorm_forward(flat, g, b, config.groups, config.eps)
+        backward_fn = nn.groupnorm_backward
+    tape.append((_per_channel_affine(backward_fn, h.shape, positions), cache, names))
+    return out.reshape(h.shape)
+
+
+def _cnn_forward(params, state, x, config: CNNConfig, train, record):
+    """`forward` for a `CNNConfig` (same contract; x flat rows (..., N, C*H*W))."""
+    h = np.asarray(x, dtype=config.np_dtype)
+    if h.ndim < 2 or h.shape[-1] != math.prod(config.image):
+        raise ValueError(f"the CNN takes flat rows (N, {math.prod(config.image)}) of {config.image} images; "
+                         f"got shape {h.shape}")
+    stack = params["W0"].shape[:-2]
+    if stack and h.shape[:-2] != stack:
+        h = np.broadcast_to(h, stack + h.shape[-2:])  # one input batch for every arm
+    tape: Tape = [(_reshape_backward, h.shape, ())]
+    h = h.reshape(h.shape[:-1] + config.image)        # (..., N, C, H, W)
+    new_state = dict(state)
+    c_in = config.image[0]
+    for i, (c_out, stride) in enumerate(zip(config.channels, config.strides)):
+        h, cache = nn.conv2d_forward(h, _conv_kernel(params[f"W{i}"], c_in, config.kernel), params.get(f"b{i}"),
+                                     stride, config.kernel // 2)
+        tape.append((_conv_backward, cache, (f"W{i}", f"b{i}")))
+        pre = h
+        h = normed = _cnn_norm(h, i, params, state, new_state, config, train, tape)
+        h = _activation(h, config, tape)
+        if record is not None:
+            record[f"pre{i}"], record[f"act{i}"] = _channel_rows(pre), _channel_rows(h)
+            record[f"norm{i}"] = record[f"pre{i}"] if normed is pre else _channel_rows(normed)
+        c_in = c_out
+    h, cache = nn.global_avg_pool_forward(h)         # (..., N, C)
+    tape.append((nn.global_avg_pool_backward, cache, ()))
+    if record is not None:
+        record["pool"] = h
+    last = config.n_layers - 1
+    h, cache = nn.linear_forward(h, params[f"W{last}"], params[f"b{last}"])
+    tape.append((nn.linear_backward, cache, (f"W{last}", f"b{last}")))
+    if record is not None:
+        record["logits"] = h
+    return h, tape, new_state
 
 
 # ----------------------------------------------------------------------------- Hessian-vector products
@@ -598,6 +828,8 @@ def hessian_vector_product(params: Params, x: np.ndarray, y: np.ndarray, config:
     Supports a single (unstacked) network with norm "none" or "batch" (before or after the
     activation, affine or not) and relu or linear activations; use float64.
     """
+    if isinstance(config, CNNConfig):
+        raise ValueError("hessian_vector_product supports the MLP (MLPConfig), not the CNN")
     if (config.norm not in ("none", "batch") or config.activation == "tanh" or config.reference_rows
             or config.affine_shared or config.residual):
         raise ValueError("hessian_vector_product supports norm 'none' or 'batch' with relu or linear activations "
@@ -704,11 +936,14 @@ def population_state(params: Params, X: np.ndarray, config: MLPConfig) -> State:
     by layer in training mode with plain batch statistics of X (each layer normalized with them):
     eval mode (`forward` with ``train=False``) with this state computes what training-mode batch
     norm computes on the whole of X. Stacked params give stacked state ``(K, 1, width)``. Empty
-    for norms without running statistics.
+    for norms without running statistics. A CNN: per channel, over the examples and positions.
     """
     if config.norm not in RUNNING_NORMS:
         return {}
-    stats_config = replace(config, norm="batch", reference_rows=0, renorm_warmup=())
+    if isinstance(config, CNNConfig):
+        stats_config = replace(config, norm="batch")
+    else:
+        stats_config = replace(config, norm="batch", reference_rows=0, renorm_warmup=())
     stack = params["W0"].ndim == 3
     start = init_stack_state(stats_config, len(params["W0"])) if stack else init_state(stats_config)
     record: dict[str, np.ndarray] = {}
