@@ -22,6 +22,28 @@ def digits(validation_fraction: float = 0.2) -> data.Split:
     return data.digits_split(0.25, validation_fraction, standardize=True, dtype=np.float32)
 
 
+DATASETS = ("digits", "augmented")   # the `dataset` param of the experiments that take one
+
+
+def dataset_split(dataset: str = "digits") -> data.Split:
+    """The split an experiment's `dataset` param names, in the same roles (train / validation /
+    test, standardized, float32): "digits" is `digits()`; "augmented" is
+    `data.augmented_digits_split()` -- the same images moved, turned, resized and noisy, 4 copies
+    of each training image (X_train (4312, 64)), one of each validation and test image (269, 450)."""
+    if dataset == "digits":
+        return digits()
+    if dataset == "augmented":
+        return data.augmented_digits_split(4, 0.2, standardize=True, dtype=np.float32)
+    raise ValueError(f"dataset must be one of {', '.join(DATASETS)}; got {dataset!r}")
+
+
+def mlp_options(residual: bool = False) -> dict:
+    """`model.MLPConfig` options of an experiment's architecture switch: {} for the plain MLP (so a
+    default config is the one it always was), pre-activation residual blocks with `residual`
+    (`MLPConfig.residual`, block weights scaled by 1/sqrt(blocks), the same for every norm)."""
+    return {"residual": True, "residual_init": "depth"} if residual else {}
+
+
 def sample_rows(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
     """`size` of `n` rows (all of them if fewer), drawn without replacement and sorted: a fixed probe set."""
     return np.sort(rng.choice(n, size=min(size, n), replace=False))

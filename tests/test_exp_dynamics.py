@@ -217,3 +217,28 @@ def test_dead_fraction_counts_units_that_never_fire():
     result = SimpleNamespace(params=params, state=model.init_stack_state(config, 2), config=config)
     x = rng.standard_normal((50, 64)).astype(np.float32)
     assert dyn.dead_fraction(result, x, 1).tolist() == [1.0, 0.0]
+
+
+# ----------------------------------------------------------------------------- scale params (a claim's ladder)
+
+SCALED = {"bn-need-shallow-deep": dict(epochs=1, width=16, deep=3), "bn-lr-stability": dict(epochs=1, width=16)}
+
+
+@pytest.mark.parametrize("name", sorted(SCALED))
+def test_scale_params_default_to_the_unscaled_experiment(name):
+    exp = registry.get(name)
+    default = registry.run_experiment(exp, 5, SCALED[name])
+    assert registry.run_experiment(exp, 5, dict(SCALED[name], dataset="digits", residual=False)) == default
+
+
+@pytest.mark.parametrize("name", sorted(SCALED))
+@pytest.mark.parametrize("scale", [dict(dataset="augmented"), dict(residual=True)])
+def test_augmented_and_residual_runs_give_finite_metrics(name, scale):
+    exp = registry.get(name)
+    out = registry.run_experiment(exp, 5, dict(SCALED[name], **scale))   # raises on a NaN/inf metric
+    assert set(out["metrics"]) == set(exp.metrics)
+    assert out != registry.run_experiment(exp, 5, SCALED[name])
+
+
+def test_residual_arms_are_residual_mlps():
+    assert dyn.mlp(3, 16, True, residual=True).residual and not dyn.mlp(3, 16, True).residual

@@ -146,3 +146,22 @@ def test_running_average_reports_per_batch_size_failures_and_weight_growth():
         assert m[f"failed_{arm}"] == m[f"failed_{arm}_large"] + m[f"failed_{arm}_small"]
         for size in nz.SIZES:
             assert m[f"weight_growth_{arm}_{size}"] > 0
+
+
+# ----------------------------------------------------------------------------- scale params (a claim's ladder)
+
+SCALED = dict(TINY["running-average-bn"], hidden=[8, 8])
+
+
+def test_running_average_scale_params_default_to_the_unscaled_experiment():
+    default, _ = _run("running-average-bn", 5, **SCALED)
+    again, _ = _run("running-average-bn", 5, **SCALED, dataset="digits", residual=False)
+    assert again == default
+
+
+@pytest.mark.parametrize("scale", [dict(dataset="augmented"), dict(residual=True),
+                                   dict(dataset="augmented", hidden=[8] * 6)])
+def test_running_average_augmented_deep_and_residual_runs_give_finite_metrics(scale):
+    out, exp = _run("running-average-bn", 5, **dict(SCALED, **scale))   # raises on a NaN/inf metric
+    assert set(out["metrics"]) == set(exp.metrics)
+    assert out != _run("running-average-bn", 5, **SCALED)[0]

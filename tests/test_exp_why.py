@@ -209,3 +209,26 @@ def test_plot_axes_have_matching_lengths(name):
     series = experiments.run_experiment(experiments.get(name), 0, TINY[name])["series"]
     for x, y in PLOT_PAIRS[name]:
         assert len(series[x]) == len(series[y]) > 1, (x, y)
+
+
+# ----------------------------------------------------------------------------- scale params (a claim's ladder)
+
+SCALED = {"training-speed": dict(TINY["training-speed"], target=0.3),
+          "ghost-batch-jitter": dict(TINY["ghost-batch-jitter"], hidden=[8, 8])}
+
+
+@pytest.mark.parametrize("name", sorted(SCALED))
+def test_scale_params_default_to_the_unscaled_experiment(name):
+    exp = experiments.get(name)
+    default = experiments.run_experiment(exp, 5, SCALED[name])
+    assert experiments.run_experiment(exp, 5, dict(SCALED[name], dataset="digits", residual=False)) == default
+
+
+@pytest.mark.parametrize("name", sorted(SCALED))
+@pytest.mark.parametrize("scale", [dict(dataset="augmented"), dict(residual=True),
+                                   dict(dataset="augmented", hidden=[8] * 6)])
+def test_augmented_deep_and_residual_runs_give_finite_metrics(name, scale):
+    exp = experiments.get(name)
+    out = experiments.run_experiment(exp, 5, dict(SCALED[name], **scale))   # raises on a NaN/inf metric
+    assert set(out["metrics"]) == set(exp.metrics)
+    assert out != experiments.run_experiment(exp, 5, SCALED[name])

@@ -61,3 +61,22 @@ def test_train_on_plan_pairs_arms_and_checkpoints_pad_with_dead():
     alone = recorders.train_on_plan(config, split.X_train, split.y_train, [0.1], plan, params)
     np.testing.assert_array_equal(alone.params["W0"][0], result.params["W0"][0])
     assert recorders.eval_accuracy(result, split.X_val, split.y_val)[1] == 0.0
+
+
+def test_dataset_split_digits_is_the_shared_split_and_augmented_keeps_the_roles():
+    plain, digits = recorders.dataset_split("digits"), recorders.digits()
+    for name in ("X_train", "y_train", "X_val", "y_val", "X_test", "y_test"):
+        assert np.array_equal(getattr(plain, name), getattr(digits, name))
+    augmented = recorders.dataset_split("augmented")
+    assert augmented.X_train.shape == (4 * len(digits.y_train), 64) and augmented.X_train.dtype == np.float32
+    assert np.array_equal(augmented.y_val, digits.y_val) and np.array_equal(augmented.y_test, digits.y_test)
+    assert not np.array_equal(augmented.X_test, digits.X_test)   # the same test images, moved and noisy
+    with pytest.raises(ValueError, match="dataset must be one of digits, augmented"):
+        recorders.dataset_split("cifar")
+
+
+def test_mlp_options_leave_the_default_config_and_switch_on_residual_blocks():
+    sizes = (64, 16, 16, 10)
+    assert model.MLPConfig(sizes, **recorders.mlp_options(False)) == model.MLPConfig(sizes)
+    residual = model.MLPConfig(sizes, **recorders.mlp_options(True))
+    assert residual.residual and residual.residual_layers == (1,)

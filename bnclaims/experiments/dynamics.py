@@ -16,21 +16,24 @@ every hidden layer on a FIXED probe set at every step, and validation accuracy e
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Literal
 
 import numpy as np
 
 from bnclaims import model
 from bnclaims.experiments import axes, experiment, spread
-from bnclaims.recorders import (BlockAverages, digits, eval_accuracy, nan_after_divergence, sample_rows, steps_to,
-                                train_on_plan)
+from bnclaims.recorders import (BlockAverages, dataset_split, digits, eval_accuracy, mlp_options,
+                                nan_after_divergence, sample_rows, steps_to, train_on_plan)
 
 N_CLASSES = 10
 NETS = {"bn": "BN", "plain": "no-norm"}
 
 
-def mlp(depth: int, width: int, norm: bool, d_in: int = 64) -> model.MLPConfig:
-    """The MLP d_in-width x depth-10 with batch norm before each ReLU (or none), float32."""
-    return model.MLPConfig(sizes=(d_in,) + (width,) * depth + (N_CLASSES,), norm="batch" if norm else "none")
+def mlp(depth: int, width: int, norm: bool, d_in: int = 64, residual: bool = False) -> model.MLPConfig:
+    """The MLP d_in-width x depth-10 with batch norm before each ReLU (or none), float32; `residual`:
+    pre-activation residual blocks (`recorders.mlp_options`)."""
+    return model.MLPConfig(sizes=(d_in,) + (width,) * depth + (N_CLASSES,), norm="batch" if norm else "none",
+                           **mlp_options(residual))
 
 
 # ----------------------------------------------------------------------------- training (model.train_stack)
@@ -582,7 +585,8 @@ DEPTHS = ("shallow", "deep")
 )
 def need_shallow_deep(rng: np.random.Generator, *, shallow: int = 2, deep: int = 8, width: int = 64,
                       lr_common: float = 0.1, target: float = 0.9, epochs: int = 20, batch_size: int = 32,
-                      eval_every: int = 11) -> dict:
+                      eval_every: int = 11, dataset: Literal["digits", "augmented"] = "digits",
+                      residual: bool = False) -> dict:
     """Is BN needed when batches are well shuffled and the learning rate is moderate?
 
     Arms (paired: one initial W per depth shared by BN and no-norm, one shuffled batch stream):
@@ -591,9 +595,11 @@ def need_shallow_deep(rng: np.random.Generator, *, shallow: int = 2, deep: int =
     beyond an edge when the best lr sits there). Measured: test accuracy at each net's own best
     lr (chosen on the validation split), and the steps needed to reach `target` validation
     accuracy at the common moderate lr `lr_common` (validation checked every `eval_every` steps).
-    Scale: digits, 20 epochs (660 steps), batch 32.
+    Scale: digits, 20 epochs (660 steps), batch 32; `dataset` "augmented" (`recorders.dataset_split`:
+    4 training rows per image, so an epoch is 4 times the steps) and `residual` (pre-activation
+    residual blocks for both depths) scale it.
     """
-    data = digits()
+    data = dataset_split(dataset)
     init_seed, order_seed, _ = _seeds(rng)
     plan = shuffled_plan(order_seed, data, epochs, batch_size)
     lrs = tuple(sorted(set(NEED_LRS) | {lr_common}))
@@ -602,7 +608,8 @@ def need_shallow_deep(rng: np.random.Generator, *, shallow: int = 2, deep: int =
     edges = 0
     for dname, depth in zip(DEPTHS, (shallow, deep)):
         for net in NETS:
-            choice = choose_lr(init_seed + depth, data, plan, mlp(depth, width, net == "bn"), lrs, eval_every)
+            choice = choose_lr(init_seed + depth, data, plan, mlp(depth, width, net == "bn", residual=residual), lrs,
+                               eval_every)
             rec = choice.grid
             curve = rec.curve[:, common]
             out[f"test_acc_{net}_{dname}"] = choice.best_test
@@ -659,7 +666,8 @@ def _max_trained_lr(rec: Run, lrs: tuple) -> float:
 )
 def lr_stability(rng: np.random.Generator, *, depth: int = 4, width: int = 64, lr_high: float = 10.0,
                  lr_moderate: float = 0.1, target: float = 0.9, epochs: int = 20, batch_size: int = 32,
-                 eval_every: int = 11) -> dict:
+                 eval_every: int = 11, dataset: Literal["digits", "augmented"] = "digits",
+                 residual: bool = False) -> dict:
     """The range of learning rates that train, with BN and without (cf. Bjorck et al. 2018).
 
     Arms (paired: same initial W, same shuffled batches): MLP with `depth` hidden layers of
@@ -667,14 +675,16 @@ def lr_stability(rng: np.random.Generator, *, depth: int = 4, width: int = 64, l
     10, 30. Per lr: diverged (non-finite loss), stuck (finite, validation accuracy < 0.5) or
     trains; final validation/test accuracy; validation accuracy every `eval_every` steps (steps
     to `target`); the fraction of dead units in the BN net's last hidden layer (why it gets stuck).
-    Scale: digits, 20 epochs (660 steps), batch 32.
+    Scale: digits, 20 epochs (660 steps), batch 32; `dataset` "augmented" (`recorders.dataset_split`:
+    4 training rows per image, so an epoch is 4 times the steps) and `residual` (pre-activation
+    residual blocks) scale it.
     """
-    data = digits()
+    data = dataset_split(dataset)
     init_seed, order_seed, _ = _seeds(rng)
     plan = shuffled_plan(order_seed, data, epochs, batch_size)
     lrs = tuple(sorted(set(STABILITY_LRS) | {lr_high, lr_moderate}))
-    bn = train(init_seed, data, mlp(depth, width, True), lrs, plan=plan, eval_every=eval_every)
-    plain = train(init_seed, data, mlp(depth, width, False), lrs, plan=plan, eval_every=eval_every)
+    bn = train(init_seed, data, mlp(depth, width, True, residual=residual), lrs, plan=plan, eval_every=eval_every)
+    plain = train(init_seed, data, mlp(depth, width, False, residual=residual), lrs, plan=plan, eval_every=eval_every)
     never = len(plan) + eval_every
     hi, mod = lrs.index(lr_high), lrs.index(lr_moderate)
     best_bn = model.select_lr(lrs, bn.val_acc, bn.diverged)

@@ -20,14 +20,15 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, replace
+from typing import Literal
 
 import numpy as np
 
 from bnclaims import model
 from bnclaims.experiments import axes, experiment, spread
 from bnclaims.model import MLPConfig
-from bnclaims.recorders import (digits, lrs_per_arm, masked_accuracy, per_class_subset, sample_rows, steps_to,
-                                train_on_plan)
+from bnclaims.recorders import (dataset_split, digits, lrs_per_arm, masked_accuracy, mlp_options, per_class_subset,
+                                sample_rows, steps_to, train_on_plan)
 
 DTYPE = np.float32
 EMA_MOMENTUM = 0.1          # running statistics for inference (PyTorch convention, weight of the new batch)
@@ -466,7 +467,8 @@ def running_average_bn(rng: np.random.Generator, *, hidden: list[int] = [64, 64]
                        small_batch: int = 4, epochs: int = 4, momentum: float = 0.1, slow_momentum: float = 0.01,
                        lr_grid: list[float] = [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4], r_max: float = 3.0,
                        d_max: float = 5.0, renorm_schedule: list[float] = [0.05, 0.25, 0.4],
-                       fail_below: float = 0.5) -> dict:
+                       fail_below: float = 0.5, dataset: Literal["digits", "augmented"] = "digits",
+                       residual: bool = False) -> dict:
     """Normalize by exponential running averages during training instead of by batch statistics?
 
     Network 64-[hidden]-10, ReLU, normalization before every ReLU, SGD, float32, `epochs` epochs
@@ -488,14 +490,16 @@ def running_average_bn(rng: np.random.Generator, *, hidden: list[int] = [64, 64]
     large batch and of `lr_grid` x small_batch / large_batch at the small batch (linear scaling);
     the LR with the best final validation accuracy is kept. Inference uses each arm's running
     statistics (BN and renorm keep an EMA with momentum 0.1). An LR "fails" when the weights go
-    NaN/inf or the final validation accuracy is below `fail_below`.
+    NaN/inf or the final validation accuracy is below `fail_below`. `dataset` "augmented"
+    (`recorders.dataset_split`: 4 training rows per image, so an epoch is 4 times the steps) and
+    `residual` (pre-activation residual blocks, equal hidden widths) scale it.
     """
-    split = digits()
+    split = dataset_split(dataset)
     X, y = split.X_train, split.y_train
     sizes = [X.shape[1], *hidden, N_CLASSES]
     init_rng, order_rng = rng.spawn(2)
-    configs = {kind: running_config(sizes, kind, momentum, slow_momentum, r_max, d_max, renorm_schedule)
-               for kind in RUNNING_ARMS}
+    configs = {kind: replace(running_config(sizes, kind, momentum, slow_momentum, r_max, d_max, renorm_schedule),
+                             **mlp_options(residual)) for kind in RUNNING_ARMS}
     base = model.init_params(init_rng, configs["bn"])          # the same weights for every kind
     hidden_weights = [f"W{i}" for i in range(len(hidden))]
     norms0 = {name: np.sqrt(np.sum(np.square(base[name], dtype=np.float64))) for name in hidden_weights}

@@ -28,13 +28,14 @@ from __future__ import annotations
 import copy
 import re
 from dataclasses import replace
+from typing import Literal
 
 import numpy as np
 
 from bnclaims import model, nn
 from bnclaims.experiments import axes, experiment, spread
-from bnclaims.recorders import (Checkpoints, digits, lrs_per_arm, per_class_subset, sample_rows, steps_to,
-                                train_on_plan)
+from bnclaims.recorders import (Checkpoints, dataset_split, digits, lrs_per_arm, mlp_options, per_class_subset,
+                                sample_rows, steps_to, train_on_plan)
 
 DTYPE = np.float32
 NETS = {"bn": "BN", "plain": "plain"}
@@ -48,10 +49,10 @@ def mlp(hidden, norm: str = "none", **options) -> model.MLPConfig:
     return model.MLPConfig(sizes=(64, *hidden, 10), norm=norm, **options)
 
 
-def paired_init(rng: np.random.Generator, hidden) -> dict:
+def paired_init(rng: np.random.Generator, hidden, **options) -> dict:
     """{"none": plain, "batch": BN} initial parameters (one network each) with the same weights:
     same seed => same initialisation (ghost and noise-free BN take the "batch" ones)."""
-    return {norm: model.init_params(copy.deepcopy(rng), mlp(hidden, norm)) for norm in ("none", "batch")}
+    return {norm: model.init_params(copy.deepcopy(rng), mlp(hidden, norm, **options)) for norm in ("none", "batch")}
 
 
 def eval_logits(params: dict, config: model.MLPConfig, X: np.ndarray, X_stats: np.ndarray, alive=None) -> np.ndarray:
@@ -127,7 +128,8 @@ def _to64(params: dict) -> dict:
 def training_speed(rng: np.random.Generator, *, hidden: list[int] = [64, 64, 64], batch_size: int = 64,
                    lrs: list[float] = [0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4], target: float = 0.95,
                    tune_steps: int = 150, eval_steps: int = 150, tune_check_every: int = 10,
-                   check_every: int = 2, bn_step_cost: float = 1.7) -> dict:
+                   check_every: int = 2, bn_step_cost: float = 1.7,
+                   dataset: Literal["digits", "augmented"] = "digits", residual: bool = False) -> dict:
     """Steps (and a wall-clock model) to a target accuracy on digits: BN MLP vs plain MLP.
 
     Network 64-[hidden]-10, ReLU, SGD without momentum, batch `batch_size`, float32; BN before
@@ -139,13 +141,16 @@ def training_speed(rng: np.random.Generator, *, hidden: list[int] = [64, 64, 64]
     test accuracy, checked every `check_every` steps (censored at eval_steps when never reached).
     BN is evaluated with the population statistics of a fixed 256-example training subset
     ("precise BN"). Wall-clock model: steps x `bn_step_cost`, the cost of a BN step in plain
-    steps (a constant measured once, not per run).
+    steps (a constant measured once, not per run). `dataset` ("digits" or "augmented",
+    `recorders.dataset_split`) and `residual` (pre-activation residual blocks, equal hidden widths)
+    scale the task and the network.
     """
-    split = digits()
+    split = dataset_split(dataset)
     X, y = split.X_train, split.y_train
     tune_rng, eval_rng = rng.spawn(2)
     lr_grid = np.asarray(lrs, dtype=np.float64)
-    nets = {"plain": mlp(hidden), "bn": mlp(hidden, "batch")}
+    arch = mlp_options(residual)
+    nets = {"plain": mlp(hidden, **arch), "bn": mlp(hidden, "batch", **arch)}
 
     def run(config, lr, x_eval, y_eval, check_every):
         """(accuracy curve (A, checks + 1) in inference mode, diverged (A,))."""
@@ -158,7 +163,7 @@ def training_speed(rng: np.random.Generator, *, hidden: list[int] = [64, 64, 64]
     # --- tuning on the validation split: every LR of the grid, both networks from the same init and batches
     init_rng, order_rng, stats_rng = tune_rng.spawn(3)
     stats_index = sample_rows(stats_rng, len(y), 256)
-    init = paired_init(init_rng, hidden)
+    init = paired_init(init_rng, hidden, **arch)
     plan = model.batch_plan(order_rng, len(y), batch_size, tune_steps)
     check_steps = np.arange(0, tune_steps + 1, tune_check_every)
     chosen, val_steps, diverged, stuck = {}, {}, {}, {}
@@ -178,7 +183,7 @@ def training_speed(rng: np.random.Generator, *, hidden: list[int] = [64, 64, 64]
     # --- evaluation on the test split: fresh init and batch order, shared by both networks
     init_rng, order_rng, stats_rng = eval_rng.spawn(3)
     stats_index = sample_rows(stats_rng, len(y), 256)
-    init = paired_init(init_rng, hidden)
+    init = paired_init(init_rng, hidden, **arch)
     plan = model.batch_plan(order_rng, len(y), batch_size, eval_steps)
     lr_p, lr_b = lr_grid[chosen["plain"]], lr_grid[chosen["bn"]]
     eval_checks = np.arange(0, eval_steps + 1, check_every)
@@ -497,7 +502,8 @@ JITTER_ARMS = tuple(JITTER_TEXT)
 )
 def ghost_batch_jitter(rng: np.random.Generator, *, hidden: list[int] = [64, 64], n_per_class: int = 20,
                        batch_size: int = 64, steps: int = 300, lrs: list[float] = [], low_lr: float = 0.2,
-                       lr_grid: list[float] = [0.2, 0.4, 0.8, 1.6, 3.2, 6.4]) -> dict:
+                       lr_grid: list[float] = [0.2, 0.4, 0.8, 1.6, 3.2, 6.4],
+                       dataset: Literal["digits", "augmented"] = "digits", residual: bool = False) -> dict:
     """Is the jitter of batch statistics a regularizer? Ghost BN (noisy) vs noise-free BN on a small
     digits training set.
 
@@ -512,9 +518,12 @@ def ghost_batch_jitter(rng: np.random.Generator, *, hidden: list[int] = [64, 64]
     runs at the small common LR `low_lr`. With `lrs` empty, every arm runs every LR of `lr_grid`
     (which must contain low_lr) and keeps the one with the best validation accuracy (the sweep
     mode). Reported on the test split. Inference for every arm: the population statistics of the
-    training set under the final weights (precise BN), the same for all arms.
+    training set under the final weights (precise BN), the same for all arms. `dataset` ("digits"
+    or "augmented": the subset drawn from its training rows, `recorders.dataset_split`) and
+    `residual` (pre-activation residual blocks, equal hidden widths) scale the task and the network.
     """
-    split = digits()
+    split = dataset_split(dataset)
+    arch = mlp_options(residual)
     ghost_sizes = [g for g in GHOSTS if batch_size % g == 0]
     if len(ghost_sizes) < len(GHOSTS):
         raise ValueError(f"batch_size must be a multiple of every ghost batch size {GHOSTS}; got {batch_size}")
@@ -523,14 +532,14 @@ def ghost_batch_jitter(rng: np.random.Generator, *, hidden: list[int] = [64, 64]
     X, y = split.X_train[index], split.y_train[index]
     n = len(y)
     arms = [f"g{g}" for g in ghost_sizes] + ["free"]
-    configs = {f"g{g}": mlp(hidden, "batch") if g == batch_size else mlp(hidden, "ghost", ghost_batch_size=g)
-               for g in ghost_sizes}
-    configs["free"] = mlp(hidden, "batch", reference_rows=n)
+    configs = {f"g{g}": mlp(hidden, "batch", **arch) if g == batch_size else
+               mlp(hidden, "ghost", ghost_batch_size=g, **arch) for g in ghost_sizes}
+    configs["free"] = mlp(hidden, "batch", reference_rows=n, **arch)
     sweep = lrs_per_arm(lrs, arms)
     grid = {arm: sorted(set(lr_grid)) if sweep else sorted({lrs[i], lrs[-1], low_lr}) for i, arm in enumerate(arms)}
     if low_lr not in grid["free"]:
         raise ValueError(f"low_lr={low_lr} must be in lr_grid {lr_grid}")
-    base = paired_init(init_rng, hidden)["batch"]
+    base = paired_init(init_rng, hidden, **arch)["batch"]
     plan = model.batch_plan(order_rng, n, batch_size, steps)
     results = {}
     for arm in arms:   # same initial weights, same batches; the noise-free arm forwards all of X with each batch
