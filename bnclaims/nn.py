@@ -19,8 +19,8 @@ Rules every function here keeps:
   ``(N, D)`` x and ``(..., 1, D)`` for a stack; a parameter's gradient has the parameter's shape
   (a shared ``(D,)`` parameter gets the sum over the arms). One implementation serves both: arm
   k of a stack gives bit for bit what the same call on arm k alone gives (tests check this).
-  Room for a channel axis: spatial batch norm will move channels last and fold (N, H, W) into
-  the batch axis, ``(..., N*H*W, C)``, so these kernels apply unchanged.
+* Images: x is ``(N, C, H, W)`` or a stack ``(..., N, C, H, W)``; per-channel parameters are
+  ``(C,)`` or per arm ``(..., 1, C)`` (see the section "images" below).
 * A training-mode layer that needs batch statistics refuses a batch of one example.
 
 Performance notes (these run in the inner loop of every experiment):
