@@ -185,8 +185,7 @@ class MLPConfig:
         return np.dtype(self.dtype)
 
 
-
-CNN_NORMS = ("none", "batch", "layer", "group")
+CNN_NORMS = ("none", "batch", "layer", "group")   # the MLP's ghost/renorm/running/noisy variants: not for the CNN yet
 
 
 @dataclass(frozen=True)
