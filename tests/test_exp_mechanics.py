@@ -184,3 +184,13 @@ def test_hidden_layer_batches_are_normalised_and_the_metric_can_fail():
     z[:, 1] *= 1e-3                                     # batch variance ~ 1e-6 < eps
     out_std = nn.batchnorm_forward(z, None, None)[0].astype(np.float64).std(axis=0)
     assert abs(out_std[1] - 1.0) > 0.5 and abs(out_std[0] - 1.0) < 1e-3
+
+
+def test_scalar_vs_per_feature_dataset_default_is_the_digits_and_augmented_runs():
+    name = "bn-scalar-vs-per-feature-affine"
+    exp = experiments.get(name)
+    assert experiments.run_experiment(exp, 0, {**TINY[name], "dataset": "digits"}) == _run(name)
+    augmented = experiments.run_experiment(exp, 0, {**TINY[name], "dataset": "augmented", "lrs": [0.1]})
+    assert all(np.isfinite(v) for v in augmented["metrics"].values())
+    assert augmented["metrics"]["affine_pairs_per_layer"] == 8
+    assert augmented["metrics"]["test_acc_vector"] != _run(name)["metrics"]["test_acc_vector"]
