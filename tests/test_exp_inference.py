@@ -117,3 +117,16 @@ def test_shift_strength_validation_uses_the_validation_split():
     assert out["strength"] == [0.0, 1.0] and len(out["plain"]) == len(out["bn"]) == 2
     n_val = len(recorders.digits().y_val)
     assert all(abs(a * n_val - round(a * n_val)) < 1e-6 for a in out["plain"] + out["bn"])
+
+
+def test_covariate_shift_arch_default_is_the_mlp_and_the_cnn_runs():
+    exp = experiments.get("bn-covariate-shift-adabn")
+    params = dict(epochs=1, severities=[0.0, 1.0])
+    assert experiments.run_experiment(exp, 11, {**params, "arch": "mlp"}) == experiments.run_experiment(exp, 11, params)
+    assert isinstance(inf.config("batch", arch="cnn"), model.CNNConfig)
+    cnn = experiments.run_experiment(exp, 11, {**params, "arch": "cnn"})
+    assert all(np.isfinite(v) for v in cnn["metrics"].values())
+    assert cnn["metrics"]["acc_bn_clean"] > 0.15 and cnn["metrics"]["acc_plain_clean"] > 0.15  # above chance (0.1)
+    assert cnn != experiments.run_experiment(exp, 11, params)
+    with pytest.raises(ValueError):
+        inf.config("batch", arch="resnet")
