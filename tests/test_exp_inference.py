@@ -130,3 +130,20 @@ def test_covariate_shift_arch_default_is_the_mlp_and_the_cnn_runs():
     assert cnn != experiments.run_experiment(exp, 11, params)
     with pytest.raises(ValueError):
         inf.config("batch", arch="resnet")
+
+
+def test_input_scaling_default_is_per_pixel_and_global_moves_with_the_image():
+    assert np.array_equal(inf.digits_split("pixel").X_train, recorders.digits().X_train)
+    split = inf.digits_split("global")
+    assert abs(float(split.X_train.mean())) < 1e-5 and abs(float(split.X_train.std()) - 1.0) < 1e-5
+    # one scale for every pixel: a translated image standardizes to the translated standardized image
+    moved = inf._standardize(split, inf.shift_images(inf._raw(split, split.X_test), "translate")).reshape(-1, 8, 8)
+    np.testing.assert_allclose(moved[:, :, 1:], split.X_test.reshape(-1, 8, 8)[:, :, :-1], atol=1e-6)
+    exp = experiments.get("bn-covariate-shift-adabn")
+    params = dict(epochs=1, severities=[0.0, 1.0])
+    base = experiments.run_experiment(exp, 11, params)
+    assert experiments.run_experiment(exp, 11, {**params, "input_scaling": "pixel"}) == base
+    scaled = experiments.run_experiment(exp, 11, {**params, "input_scaling": "global"})
+    assert all(np.isfinite(v) for v in scaled["metrics"].values()) and scaled != base
+    with pytest.raises(ValueError):
+        inf.digits_split("none")
