@@ -37,6 +37,25 @@ def dataset_split(dataset: str = "digits") -> data.Split:
     raise ValueError(f"dataset must be one of {', '.join(DATASETS)}; got {dataset!r}")
 
 
+ARCHS = ("mlp", "cnn")   # the `arch` param of the experiments that take one
+
+
+def net_config(arch: str, hidden, norm: str = "none", *, residual: bool = False,
+               **options) -> model.MLPConfig | model.CNNConfig:
+    """The network of an experiment's architecture switch, for the 8x8 digits (64 columns, 10 classes):
+    "mlp" -- 64-[hidden]-10, norm before every ReLU (`mlp_options(residual)`); "cnn" --
+    `model.CNNConfig` with one 3x3 conv layer per entry of `hidden` (its channels, stride 1), norm
+    ("none" or "batch": spatial batch norm) before every ReLU, global average pooling, linear.
+    ``options`` go to the config (an MLP's only, for the CNN ValueError)."""
+    if arch == "mlp":
+        return model.MLPConfig(sizes=(64, *hidden, 10), norm=norm, **mlp_options(residual), **options)
+    if arch == "cnn":
+        if residual or options:
+            raise ValueError(f"arch 'cnn' takes no residual or MLP options; got residual={residual}, {options}")
+        return model.CNNConfig(channels=tuple(hidden), strides=(1,) * len(hidden), norm=norm)
+    raise ValueError(f"arch must be one of {', '.join(ARCHS)}; got {arch!r}")
+
+
 def mlp_options(residual: bool = False) -> dict:
     """`model.MLPConfig` options of an experiment's architecture switch: {} for the plain MLP (so a
     default config is the one it always was), pre-activation residual blocks with `residual`

@@ -232,3 +232,11 @@ def test_augmented_deep_and_residual_runs_give_finite_metrics(name, scale):
     out = experiments.run_experiment(exp, 5, dict(SCALED[name], **scale))   # raises on a NaN/inf metric
     assert set(out["metrics"]) == set(exp.metrics)
     assert out != experiments.run_experiment(exp, 5, SCALED[name])
+
+
+def test_training_speed_runs_the_digits_cnn_with_spatial_batch_norm():
+    exp = experiments.get("training-speed")
+    params = dict(SCALED["training-speed"], arch="cnn", hidden=[4, 8])
+    out = experiments.run_experiment(exp, 5, params)   # raises on a NaN/inf metric
+    assert out == experiments.run_experiment(exp, 5, params)
+    assert out != experiments.run_experiment(exp, 5, dict(params, arch="mlp"))

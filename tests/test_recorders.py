@@ -80,3 +80,15 @@ def test_mlp_options_leave_the_default_config_and_switch_on_residual_blocks():
     assert model.MLPConfig(sizes, **recorders.mlp_options(False)) == model.MLPConfig(sizes)
     residual = model.MLPConfig(sizes, **recorders.mlp_options(True))
     assert residual.residual and residual.residual_layers == (1,)
+
+
+def test_net_config_builds_the_mlp_as_before_or_the_digits_cnn():
+    assert recorders.net_config("mlp", [16, 16], "batch") == model.MLPConfig((64, 16, 16, 10), norm="batch")
+    assert recorders.net_config("mlp", [16, 16], residual=True).residual
+    cnn = recorders.net_config("cnn", [4, 8], "batch")
+    assert isinstance(cnn, model.CNNConfig) and cnn.channels == (4, 8) and cnn.strides == (1, 1)
+    assert cnn.sizes == (64, 4, 8, 10) and cnn.norm == "batch"
+    with pytest.raises(ValueError, match="arch must be one of mlp, cnn"):
+        recorders.net_config("rnn", [4])
+    with pytest.raises(ValueError, match="arch 'cnn' takes no residual"):
+        recorders.net_config("cnn", [4, 4], residual=True)

@@ -34,8 +34,8 @@ import numpy as np
 
 from bnclaims import model, nn
 from bnclaims.experiments import axes, experiment, spread
-from bnclaims.recorders import (Checkpoints, dataset_split, digits, lrs_per_arm, mlp_options, per_class_subset,
-                                sample_rows, steps_to, train_on_plan)
+from bnclaims.recorders import (Checkpoints, dataset_split, digits, lrs_per_arm, mlp_options, net_config,
+                                per_class_subset, sample_rows, steps_to, train_on_plan)
 
 DTYPE = np.float32
 NETS = {"bn": "BN", "plain": "plain"}
@@ -129,7 +129,8 @@ def training_speed(rng: np.random.Generator, *, hidden: list[int] = [64, 64, 64]
                    lrs: list[float] = [0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4], target: float = 0.95,
                    tune_steps: int = 150, eval_steps: int = 150, tune_check_every: int = 10,
                    check_every: int = 2, bn_step_cost: float = 1.7,
-                   dataset: Literal["digits", "augmented"] = "digits", residual: bool = False) -> dict:
+                   dataset: Literal["digits", "augmented"] = "digits", residual: bool = False,
+                   arch: Literal["mlp", "cnn"] = "mlp") -> dict:
     """Steps (and a wall-clock model) to a target accuracy on digits: BN MLP vs plain MLP.
 
     Network 64-[hidden]-10, ReLU, SGD without momentum, batch `batch_size`, float32; BN before
@@ -142,15 +143,16 @@ def training_speed(rng: np.random.Generator, *, hidden: list[int] = [64, 64, 64]
     BN is evaluated with the population statistics of a fixed 256-example training subset
     ("precise BN"). Wall-clock model: steps x `bn_step_cost`, the cost of a BN step in plain
     steps (a constant measured once, not per run). `dataset` ("digits" or "augmented",
-    `recorders.dataset_split`) and `residual` (pre-activation residual blocks, equal hidden widths)
-    scale the task and the network.
+    `recorders.dataset_split`), `residual` (pre-activation residual blocks, equal hidden widths)
+    and `arch` ("cnn": `hidden` gives the channels of 3x3 conv layers, spatial BN, global average
+    pooling; `recorders.net_config`) scale the task and the network.
     """
     split = dataset_split(dataset)
     X, y = split.X_train, split.y_train
     tune_rng, eval_rng = rng.spawn(2)
     lr_grid = np.asarray(lrs, dtype=np.float64)
-    arch = mlp_options(residual)
-    nets = {"plain": mlp(hidden, **arch), "bn": mlp(hidden, "batch", **arch)}
+    nets = {"plain": net_config(arch, hidden, residual=residual),
+            "bn": net_config(arch, hidden, "batch", residual=residual)}
 
     def run(config, lr, x_eval, y_eval, check_every):
         """(accuracy curve (A, checks + 1) in inference mode, diverged (A,))."""
@@ -163,7 +165,8 @@ def training_speed(rng: np.random.Generator, *, hidden: list[int] = [64, 64, 64]
     # --- tuning on the validation split: every LR of the grid, both networks from the same init and batches
     init_rng, order_rng, stats_rng = tune_rng.spawn(3)
     stats_index = sample_rows(stats_rng, len(y), 256)
-    init = paired_init(init_rng, hidden, **arch)
+    init = {norm: model.init_params(copy.deepcopy(init_rng), net) for norm, net in
+            (("none", nets["plain"]), ("batch", nets["bn"]))}
     plan = model.batch_plan(order_rng, len(y), batch_size, tune_steps)
     check_steps = np.arange(0, tune_steps + 1, tune_check_every)
     chosen, val_steps, diverged, stuck = {}, {}, {}, {}
@@ -183,7 +186,8 @@ def training_speed(rng: np.random.Generator, *, hidden: list[int] = [64, 64, 64]
     # --- evaluation on the test split: fresh init and batch order, shared by both networks
     init_rng, order_rng, stats_rng = eval_rng.spawn(3)
     stats_index = sample_rows(stats_rng, len(y), 256)
-    init = paired_init(init_rng, hidden, **arch)
+    init = {norm: model.init_params(copy.deepcopy(init_rng), net) for norm, net in
+            (("none", nets["plain"]), ("batch", nets["bn"]))}
     plan = model.batch_plan(order_rng, len(y), batch_size, eval_steps)
     lr_p, lr_b = lr_grid[chosen["plain"]], lr_grid[chosen["bn"]]
     eval_checks = np.arange(0, eval_steps + 1, check_every)
