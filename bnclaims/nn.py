@@ -1001,12 +1001,16 @@ def conv2d_forward(x, W, b, stride: int = 1, padding: int = 0):
     The patches are gathered by one strided view of the padded x and one copy, cols (C*KH*KW, N*Ho*Wo),
     so that out = W.reshape(F, C*KH*KW) @ cols is one matrix product.
     Stacks: x (..., N, C, H, W); W (F, C, KH, KW) shared or per arm (..., F, C, KH, KW); b (F,) or
-    per arm (..., 1, F) -> out (..., N, F, Ho, Wo).
+    per arm (..., 1, F) -> out (..., N, F, Ho, Wo). A stack runs arm by arm through the same steps
+    (bit for bit the per-arm calls) with scratch buffers of one arm's size reused across the arms:
+    whole-stack temporaries are fresh multi-MB arrays whose page faults cost more than the products
+    (measured: a 4-arm stack took 1.7x four single calls).
     """
     x = _as_float_images(x)
     W = np.asarray(W, dtype=x.dtype)
     *lead, n, channels, height, width = x.shape
-    if W.ndim < 4 or W.shape[-3] != channels or (W.ndim > 4 and W.shape[:-4] != tuple(lead)):
+    lead = tuple(lead)
+    if W.ndim < 4 or W.shape[-3] != channels or (W.ndim > 4 and W.shape[:-4] != lead):
         raise ValueError(f"W must have shape (F, {channels}, KH, KW) (or per arm {(*lead, 'F', channels, 'KH', 'KW')}) "
                          f"for x of shape {x.shape}; got {W.shape}")
     if not isinstance(stride, (int, np.integer)) or stride < 1 or not isinstance(padding, (int, np.integer)) or padding < 0:
@@ -1015,69 +1019,94 @@ def conv2d_forward(x, W, b, stride: int = 1, padding: int = 0):
     ho, wo = (height + 2 * padding - kh) // stride + 1, (width + 2 * padding - kw) // stride + 1
     if ho < 1 or wo < 1:
         raise ValueError(f"a {kh}x{kw} kernel does not fit into {height}x{width} pixels with padding {padding}")
-    xp = np.pad(x, [(0, 0)] * (x.ndim - 2) + [(padding, padding)] * 2) if padding else x
-    s = xp.strides
-    # patches as a view (..., C, KH, KW, N, Ho, Wo): the copy made by reshape is the only im2col pass
-    patches = np.lib.stride_tricks.as_strided(
-        xp, (*lead, channels, kh, kw, n, ho, wo),
-        s[:-4] + (s[-3], s[-2], s[-1], s[-4], s[-2] * stride, s[-1] * stride), writeable=False)
-    cols = patches.reshape(*lead, channels * kh * kw, n * ho * wo)
-    out = W.reshape(W.shape[:-3] + (channels * kh * kw,)) @ cols     # (..., F, N * Ho * Wo)
     if b is not None:
-        b = _param(b, out, "b", filters)                 # (F,) or (..., 1, F)
-        out += _transpose(b) if b.ndim > 1 else b[:, None]
-    out = out.reshape(*lead, filters, n, ho, wo)
-    return np.ascontiguousarray(np.moveaxis(out, -4, -3)), Conv2dCache(cols, W, b, x.shape, stride, padding)
+        b = _param(b, np.broadcast_to(np.empty((), x.dtype), (*lead, 1, filters)), "b", filters)   # (F,) or (..., 1, F)
+        bias = np.broadcast_to(_transpose(b), (*lead, filters, 1)) if b.ndim > 1 else b[:, None]
+    kernels = W.reshape(W.shape[:-3] + (channels * kh * kw,))                    # (..., F, C*KH*KW)
+    cols = np.empty((*lead, channels * kh * kw, n * ho * wo), dtype=x.dtype)
+    out = np.empty((*lead, n, filters, ho, wo), dtype=x.dtype)
+    product = np.empty((filters, n * ho * wo), dtype=x.dtype)                     # one arm's W @ cols
+    if padding:
+        xp = np.zeros((n, channels, height + 2 * padding, width + 2 * padding), dtype=x.dtype)
+        interior = xp[..., padding:padding + height, padding:padding + width]     # the border stays zero
+    for arm in np.ndindex(*lead):                                                 # () once for one network
+        if padding:
+            interior[...] = x[arm]
+        else:
+            xp = x[arm]
+        s = xp.strides
+        # patches as a view (C, KH, KW, N, Ho, Wo): the copy into cols is the only im2col pass
+        patches = np.lib.stride_tricks.as_strided(
+            xp, (channels, kh, kw, n, ho, wo), (s[1], s[2], s[3], s[0], s[2] * stride, s[3] * stride), writeable=False)
+        cols[arm].reshape(channels, kh, kw, n, ho, wo)[...] = patches
+        np.matmul(kernels[arm] if kernels.ndim > 2 else kernels, cols[arm], out=product)   # (F, N * Ho * Wo)
+        if b is not None:
+            product += bias[arm] if bias.ndim > 2 else bias
+        out[arm] = np.moveaxis(product.reshape(filters, n, ho, wo), 0, 1)
+    return out, Conv2dCache(cols, W, b, x.shape, stride, padding)
 
 
 def conv2d_backward(dout, cache: Conv2dCache):
     """dout: (N, F, Ho, Wo) -> dx (N, C, H, W), dW (F, C, KH, KW), db (F,) or None (no bias).
 
-    Stacks: each gradient has its parameter's shape (a shared W or b gets the sum over the arms).
-    dW is one matrix product with the cached patches; dx is col2im, one matrix product and one
-    contiguous add per kernel offset (u, v) (see below).
+    Stacks: each gradient has its parameter's shape (a shared W or b gets the sum over the arms);
+    arm by arm as in the forward. dW is one matrix product with the cached patches; dx is col2im,
+    one matrix product and one contiguous add per kernel offset (u, v) (see below).
     """
     cols, W, b, x_shape, stride, padding = cache
     *lead, n, channels, height, width = x_shape
+    lead = tuple(lead)
     filters, _, kh, kw = W.shape[-4:]
     dout = np.asarray(dout, dtype=cols.dtype)
     ho, wo = dout.shape[-2:]
     if dout.shape != (*lead, n, filters, ho, wo):
         raise ValueError(f"dout must have the output's shape {(*lead, n, filters, ho, wo)}; got {dout.shape}")
-    dout_f = np.moveaxis(dout, -3, -4).reshape(*lead, filters, n * ho * wo)   # (..., F, N * Ho * Wo), a copy
-    dW = (dout_f @ _transpose(cols)).reshape(*lead, *W.shape[-4:])
-    if dW.shape != W.shape:                              # one W shared by a stack of x
-        dW = dW.reshape(-1, *W.shape).sum(axis=0)
-    db = None
-    if b is not None:
-        db = dout_f @ _ones(dout_f.shape[-1], dout_f.dtype)           # (..., F)
-        db = _grad_like(db[..., None, :] if lead else db, b)
+    dtype = cols.dtype
+    dW = np.empty((*lead, *W.shape[-4:]), dtype=dtype)
+    dW_rows = dW.reshape(*lead, filters, channels * kh * kw)                     # a view
+    db = None if b is None else np.empty((*lead, filters), dtype=dtype)
+    dx = np.empty(x_shape, dtype=dtype)
+    dout_f = np.empty((filters, n * ho * wo), dtype=dtype)                       # one arm's dout, (F, N * Ho * Wo)
+    ones = _ones(n * ho * wo, dtype) if b is not None else None
     # col2im by shifted adds: dout placed on the padded pixel grid (zeros between and around,
-    # (..., F, N, Hp, Wp)), the patches' gradient computed at every grid position, so that kernel
+    # (F, N, Hp, Wp)), the patches' gradient computed at every grid position, so that kernel
     # offset (u, v) adds it shifted by u * Wp + v in the flattened (C, N, Hp, Wp) image: KH * KW
     # long contiguous adds instead of strided ones over 8-pixel rows (3x faster at 64x16x8x8).
     # Entries that spill over a row or an image are zeros (no output there). One product per
     # offset into one reused buffer: a single (C*KH*KW, N*Hp*Wp) product is a fresh multi-MB
     # array each call, and its page faults cost more than the product (measured).
     hp, wp = height + 2 * padding, width + 2 * padding
-    grid = np.zeros((*lead, filters, n, hp, wp), dtype=cols.dtype)
-    grid[..., :stride * (ho - 1) + 1:stride, :stride * (wo - 1) + 1:stride] = np.moveaxis(dout, -3, -4)
     pixels = n * hp * wp
-    grid = grid.reshape(*lead, filters, pixels)
+    grid = np.zeros((filters, n, hp, wp), dtype=dtype)   # every arm writes the same positions: the zeros stay
+    on_grid = grid[..., :stride * (ho - 1) + 1:stride, :stride * (wo - 1) + 1:stride]
+    grid = grid.reshape(filters, pixels)
     kernel = np.moveaxis(W, -3, -1)                      # (..., F, KH, KW, C)
-    dxp = np.zeros((*lead, channels * pixels + (kh - 1) * wp + kw - 1), dtype=cols.dtype)
-    step = np.empty((*lead, channels, pixels), dtype=cols.dtype)
-    for u in range(kh):
-        for v in range(kw):
-            # the patches' gradient at kernel offset (u, v), one matrix product, added shifted by
-            # u * Wp + v: grid pixel (i, j) fed padded pixel (i + u, j + v)
-            np.matmul(_transpose(kernel[..., u, v, :]), grid, out=step)
-            shift = u * wp + v
-            target = dxp[..., shift:shift + channels * pixels].reshape(*lead, channels, pixels)   # a view
-            target += step
-    dxp = dxp[..., :channels * pixels].reshape(*lead, channels, n, hp, wp)
-    dx = np.moveaxis(dxp, -4, -3)[..., padding:padding + height, padding:padding + width]
-    return np.ascontiguousarray(dx), dW, db
+    dxp = np.empty(channels * pixels + (kh - 1) * wp + kw - 1, dtype=dtype)
+    step = np.empty((channels, pixels), dtype=dtype)
+    for arm in np.ndindex(*lead):                        # () once for one network
+        d = np.moveaxis(dout[arm], 0, 1)                 # (F, N, Ho, Wo), a view
+        dout_f.reshape(filters, n, ho, wo)[...] = d
+        np.matmul(dout_f, _transpose(cols[arm]), out=dW_rows[arm])
+        if b is not None:
+            np.matmul(dout_f, ones, out=db[arm])
+        on_grid[...] = d
+        arm_kernel = kernel[arm] if kernel.ndim > 4 else kernel
+        dxp.fill(0)
+        for u in range(kh):
+            for v in range(kw):
+                # the patches' gradient at kernel offset (u, v), one matrix product, added shifted by
+                # u * Wp + v: grid pixel (i, j) fed padded pixel (i + u, j + v)
+                np.matmul(_transpose(arm_kernel[..., u, v, :]), grid, out=step)
+                shift = u * wp + v
+                target = dxp[shift:shift + channels * pixels].reshape(channels, pixels)   # a view
+                target += step
+        image = dxp[:channels * pixels].reshape(channels, n, hp, wp)
+        dx[arm] = np.moveaxis(image, 0, 1)[..., padding:padding + height, padding:padding + width]
+    if dW.shape != W.shape:                              # one W shared by a stack of x
+        dW = dW.reshape(-1, *W.shape).sum(axis=0)
+    if b is not None:
+        db = _grad_like(db[..., None, :] if lead else db, b)
+    return dx, dW, db
 
 
 # ----------------------------------------------------------------------------- global average pooling
