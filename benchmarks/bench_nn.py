@@ -8,7 +8,9 @@ expression per step), and PyTorch CPU when it is importable (the optional ``benc
 torch at most 0.8x at 32x256, 0.85x at 256x256, 1.3x at 1024x1024). A second table times batch
 norm on a stack of 10 arms (``(10, 32, 128)``) against 10 single-network calls; a third the image
 layers against torch, with issue 18's goals (conv2d 64x16x8x8, 3x3 -> 32 channels, padding 1, at
-most 3x torch; spatial batch norm at (64, 32, 8, 8) at most 2x torch autograd). Everything runs
+most 3x torch; spatial batch norm at (64, 32, 8, 8) at most 2x torch autograd); a fourth conv2d
+on a stack of 4 arms with per-arm kernels against 4 single calls (stride 1 and 2; the stack
+should cost at most the singles). Everything runs
 on one thread so the comparison is fair. Rows are added by functions named bench_<what>();
 `main()` prints them all.
 """
@@ -173,6 +175,33 @@ def bench_conv2d(n=64, channels=16, filters=32, size=8, kernel=3, padding=1, dty
     return [(name, time_side_by_side(fns))]
 
 
+def bench_stacked_conv2d(arms: int = 4, n=64, channels=16, filters=32, size=8, kernel=3, padding=1,
+                         strides=(1, 2), dtype=np.float32):
+    """Rows for conv2d forward + backward on a stack of `arms` arms with per-arm kernels and biases,
+    (K, N, C, H, W), against `arms` single calls (the goal: the stack costs at most the singles)."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((arms, n, channels, size, size)).astype(dtype)
+    W = (rng.standard_normal((arms, filters, channels, kernel, kernel)) / np.sqrt(channels * kernel * kernel)).astype(dtype)
+    b = rng.standard_normal((arms, 1, filters)).astype(dtype)
+    rows = []
+    for stride in strides:
+        out_size = (size + 2 * padding - kernel) // stride + 1
+        dout = rng.standard_normal((arms, n, filters, out_size, out_size)).astype(dtype)
+
+        def stacked():
+            out, cache = nn.conv2d_forward(x, W, b, stride=stride, padding=padding)
+            return nn.conv2d_backward(dout, cache)
+
+        def singles():
+            for k in range(arms):
+                out, cache = nn.conv2d_forward(x[k], W[k], b[k, 0], stride=stride, padding=padding)
+                nn.conv2d_backward(dout[k], cache)
+
+        name = f"conv2d fwd+bwd {arms}x{n}x{channels}x{size}x{size} s{stride} stack"
+        rows.append((name, time_side_by_side({"bnclaims.nn": stacked, f"{arms} single calls": singles})))
+    return rows
+
+
 def bench_spatial_batchnorm(shape=(64, 32, 8, 8), dtype=np.float32):
     """Rows for spatial batch norm forward + backward against torch's F.batch_norm + autograd."""
     rng = np.random.default_rng(0)
@@ -246,6 +275,8 @@ def main() -> None:
     if torch is not None:
         for (name, times), goal in zip(image_rows, (CONV2D_GOAL, SPATIAL_BN_GOAL)):
             print_goal(name.split(" fwd")[0], times, goal)
+    print()
+    print(format_table(bench_stacked_conv2d()))
     print()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import bench_model  # the MLP SGD step rows (64-256x4-10 with BN at batch 32/128/512)
