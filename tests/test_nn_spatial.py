@@ -147,6 +147,26 @@ def test_shared_parameters_get_the_sum_of_the_arms_gradients(rng):
     check_grads(nn.conv2d_forward, nn.conv2d_backward, inputs, [SKIP, "W", "b"], rng)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_conv2d_on_a_two_axis_stack_equals_separate_calls_exactly(rng, dtype):
+    """A (2, 3) stack of arms with per-arm kernels, a bias per row of arms broadcast over the
+    columns, and an input shared by the rows (a stride-0 view, as the model passes its batch)."""
+    x = np.broadcast_to(images(rng, (1, 3, 4, 2, 6, 5), dtype), (2, 3, 4, 2, 6, 5))
+    W = rng.standard_normal((2, 3, 3, 2, 3, 3)).astype(dtype)
+    b = rng.standard_normal((2, 1, 1, 3)).astype(dtype)
+    out, cache = nn.conv2d_forward(x, W, b, stride=2, padding=1)
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    dx, dW, db = nn.conv2d_backward(dout, cache)
+    assert db.shape == b.shape
+    for i, j in np.ndindex(2, 3):
+        out_k, cache_k = nn.conv2d_forward(x[i, j], W[i, j], b[i, 0, 0], stride=2, padding=1)
+        dx_k, dW_k, db_k = nn.conv2d_backward(dout[i, j], cache_k)
+        assert np.array_equal(out[i, j], out_k) and np.array_equal(dx[i, j], dx_k) and np.array_equal(dW[i, j], dW_k)
+    per_arm_db = [nn.conv2d_backward(dout[i, j], nn.conv2d_forward(x[i, j], W[i, j], b[i, 0, 0], 2, 1)[1])[2]
+                  for i, j in np.ndindex(2, 3)]
+    np.testing.assert_allclose(db[:, 0, 0], np.reshape(per_arm_db, (2, 3, 3)).sum(axis=1), rtol=1e-5)
+
+
 # ----------------------------------------------------------------------------- exact identities
 
 @pytest.mark.parametrize("dtype", DTYPES)
