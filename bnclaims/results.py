@@ -117,7 +117,8 @@ def rung_json(rung, result: "ClaimResult | None") -> dict:
     if result is None:
         return out | {"verdict": "not run", "answer": None, "seeds": [], "conditions": [], "beyond": []}
     return out | {k: v for k, v in result.to_json().items()
-                  if k in ("verdict", "answer", "reason", "level", "conditions", "beyond", "seeds", "error", "site_hash")}
+                  if k in ("verdict", "answer", "reason", "level", "conditions", "beyond", "seeds", "error", "site_hash",
+                           "seconds", "cpu_seconds", "cached")}
 
 
 def summarize_metric(values: list[float]) -> MetricSummary:

@@ -43,6 +43,7 @@ def test_plain_run_skips_the_rungs_and_ladder_runs_them(project):
     assert rungs["shifted"]["verdict"] == "refuted" and rungs["shifted"]["seeds"] == [0, 1, 2, 3]
     assert rungs["shifted"]["params"] == {"mu": -1.0} and rungs["shifted"]["note"] == "the mean moved below zero"
     assert rungs["wide"]["seeds"] == list(range(6))
+    assert rungs["wide"]["cpu_seconds"] >= 0 and rungs["wide"]["cached"] is False
     assert rungs["shifted"]["conditions"][0]["estimate"] < 0 < claim["conditions"][0]["estimate"]
 
 
