@@ -288,9 +288,13 @@ class Claim:
         """The spans of the quote and of every also-quote in the thread text."""
         return (self.quote_span,) + tuple(a.span for a in self.also)
 
+    def rung_id(self, rung: Rung) -> str:
+        """The id of this claim at ``rung``: ``<id>@<rung>`` (its results file, cache entry and JSON key)."""
+        return f"{self.id}@{rung.name}"
+
     def at_rung(self, rung: Rung) -> "Claim":
-        """This claim at one rung of its ladder: id ``<id>@<rung>``, params overridden, the rung's seeds."""
-        return dataclasses.replace(self, id=f"{self.id}@{rung.name}", params={**self.params, **rung.params},
+        """This claim at one rung of its ladder: id `rung_id`, params overridden, the rung's seeds."""
+        return dataclasses.replace(self, id=self.rung_id(rung), params={**self.params, **rung.params},
                                    seeds=rung.seeds or self.seeds, ladder=(), rung=rung.name)
 
     def run_params(self) -> dict[str, Any]:

@@ -319,7 +319,7 @@ def _executor(args, options):
     return DaskExecutor(args.scheduler, options.n_jobs(), options.modules, options.memory_limit)
 
 
-def _table(results, quiet: bool, out) -> None:
+def _table(results, quiet: bool, out, rungs: bool = False) -> None:
     if quiet or not results:
         return
     width = max(len(r.id) for r in results)
@@ -330,7 +330,7 @@ def _table(results, quiet: bool, out) -> None:
         when = "cached" if r.cached else f"{r.seconds:.1f}s"
         print(f"{VERDICT_MARK[r.status]} {r.id:<{width}}  {r.status:<12}  {expected:<12}{flag} {len(r.seeds):>5}  {when}",
               file=out)
-        for rung, result in r.ladder:  # the same rule at other scales; the claim's verdict is the line above
+        for rung, result in r.ladder if rungs else ():  # the same rule at other scales, under its claim
             status = result.status if result is not None else "not run"
             when = "-" if result is None else "cached" if result.cached else f"{result.seconds:.1f}s"
             seeds = len(result.seeds) if result is not None else 0
@@ -487,7 +487,7 @@ def cmd_run(args, build: bool = False) -> int:
     code = _exit_code(results, problems)
     if args.ladder and any(rung is not None and rung.status == "error" for r in results for _, rung in r.ladder):
         code = max(code, EXIT_FAILED)
-    _table(results, args.quiet, human)
+    _table(results, args.quiet, human, rungs=ladder != "off")
     failed = []  # the results are never lost: a failure to write one output does not stop the others
     if json_mode:
         data = {"bnclaims": bnclaims.__version__, "claims": [r.to_json() for r in results],

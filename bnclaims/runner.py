@@ -230,9 +230,10 @@ def run_claims(
 ) -> list[ClaimResult]:
     """Run every claim (cache first), return one ClaimResult per claim, in the given order.
 
-    ``ladder``: "off" ignores the claims' ladders; "stored" attaches the rungs whose every seed is
-    in the cache or the site's results (nothing is run for them); "run" runs the rungs too. A rung
-    is judged like a claim (`Claim.at_rung`) and comes back in its base claim's ``result.ladder``.
+    ``ladder``: "off" runs no rung; "stored" judges the rungs whose every seed is in the cache or the
+    site's results (nothing is run for them); "run" runs the rungs too. A rung is judged like a claim
+    (`Claim.at_rung`) and comes back in its base claim's ``result.ladder`` as (rung, result), with
+    None for a rung not judged ("not run").
     """
     cache = cache or Cache(options.cache_dir or _default_cache())
     rung_claims = [claim.at_rung(rung) for claim in claims for rung in claim.ladder] if ladder != "off" else []
@@ -311,12 +312,11 @@ def run_claims(
     finally:
         tracker.close()
     by_id = {p.claim.id: results[id(p)] for p in plans}
-    return [_with_ladder(by_id[claim.id], by_id) if ladder != "off" and claim.ladder else by_id[claim.id]
-            for claim in claims]
+    return [_with_ladder(by_id[claim.id], by_id) if claim.ladder else by_id[claim.id] for claim in claims]
 
 
 def _with_ladder(result: ClaimResult, by_id: dict[str, ClaimResult]) -> ClaimResult:
-    return dataclasses.replace(result, ladder=tuple((rung, by_id.get(f"{result.id}@{rung.name}"))
+    return dataclasses.replace(result, ladder=tuple((rung, by_id.get(result.claim.rung_id(rung)))
                                                     for rung in result.claim.ladder))
 
 

@@ -32,7 +32,8 @@ def test_plain_run_skips_the_rungs_and_ladder_runs_them(project):
     assert plain.returncode == 0, plain.stderr
     assert "@shifted" not in plain.stdout
     assert "not run" not in plain.stdout
-    assert all(r["verdict"] == "not run" for r in read_json(project / "plain.json")["claims"][0]["ladder"])
+    plain_rungs = read_json(project / "plain.json")["claims"][0]["ladder"]
+    assert [(r["name"], r["verdict"]) for r in plain_rungs] == [("shifted", "not run"), ("wide", "not run")]
 
     laddered = bnclaims(project, "run", "--jobs", "1", "--ladder", "--json", "l.json", "--cache-dir", "c")
     assert laddered.returncode == 0, laddered.stderr
