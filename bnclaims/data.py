@@ -101,6 +101,16 @@ def stratified_split_indices(
     return [np.sort(np.concatenate(p)).astype(np.int64) for p in parts]
 
 
+def _pixel_scale(X_train: np.ndarray, standardize: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel (mean, std) of the training rows, for (X - mean) / std; (0, 1) when not standardizing.
+    Pixels constant in train (always 0 in the digits' border) get std 1, so they stay 0."""
+    d = X_train.shape[1]
+    if not standardize:
+        return np.zeros(d), np.ones(d)
+    std = X_train.std(axis=0)
+    return X_train.mean(axis=0), np.where(std > 0, std, 1.0)
+
+
 @functools.lru_cache(maxsize=32)
 def _digits_split(
     test_fraction: float, validation_fraction: float, standardize: bool, dtype: np.dtype
@@ -112,12 +122,7 @@ def _digits_split(
     val_local, train_local = stratified_split_indices(rng, y[rest], (validation_fraction,))
     val_index, train_index = rest[val_local], rest[train_local]
 
-    d = X.shape[1]
-    mean, std = np.zeros(d), np.ones(d)
-    if standardize:
-        mean = X[train_index].mean(axis=0)
-        std = X[train_index].std(axis=0)
-        std = np.where(std > 0, std, 1.0)  # pixels that are constant (always 0) in train stay 0
+    mean, std = _pixel_scale(X[train_index], standardize)
 
     def take(index: np.ndarray) -> np.ndarray:
         return _read_only(((X[index] - mean) / std).astype(dtype, copy=False))
@@ -196,10 +201,7 @@ def _augmented_split(copies: int, validation_fraction: float, standardize: bool,
     train_index = np.repeat(base.train_index, copies)
     X_train = augment_images(train_rng, np.repeat(base.X_train, copies, axis=0))
     X_val, X_test = augment_images(val_rng, base.X_val), augment_images(test_rng, base.X_test)
-    mean, std = np.zeros(64), np.ones(64)
-    if standardize:
-        mean, std = X_train.mean(axis=0), X_train.std(axis=0)
-        std = np.where(std > 0, std, 1.0)
+    mean, std = _pixel_scale(X_train, standardize)
 
     def take(X: np.ndarray) -> np.ndarray:
         return _read_only(((X - mean) / std).astype(dtype, copy=False))

@@ -350,8 +350,17 @@ def _tanh_backward(dout, out):
     return dout * (1.0 - out * out)
 
 
+class _NoTape(list):
+    """The tape of a forward pass no backward will follow (``forward(..., tape=False)``): keeps nothing."""
+
+    def append(self, entry) -> None:
+        pass
+
+
 def _activation(h: np.ndarray, config: MLPConfig, tape: Tape) -> np.ndarray:
-    if config.activation == "relu":
+    if config.activation == "relu" and isinstance(tape, _NoTape):
+        h = np.maximum(h, 0)                        # nn.relu_forward's output, without its mask
+    elif config.activation == "relu":
         h, cache = nn.relu_forward(h)
         tape.append((nn.relu_backward, cache, ()))
     elif config.activation == "tanh":
@@ -395,7 +404,8 @@ def _norm(h, i, params, state, new_state, config, train, rng, tape):
         return out
     running_mean, running_var = state[mean_key], state[var_key]
     if not train:
-        out, cache = nn.batchnorm_eval_forward(h, running_mean, running_var, gamma, beta, eps)
+        out, cache = nn.batchnorm_eval_forward(h, running_mean, running_var, gamma, beta, eps,
+                                               cache=not isinstance(tape, _NoTape))
         tape.append((nn.batchnorm_eval_backward, cache, names))
         return out
     n = h.shape[-2]
@@ -519,7 +529,8 @@ def forward(
     train: bool = True,
     rng: np.random.Generator | None = None,
     record: dict | None = None,
-) -> tuple[np.ndarray, Tape, State]:
+    tape: bool = True,
+) -> tuple[np.ndarray, Tape | None, State]:
     """Logits of the MLP for a batch.
 
     x: (N, sizes[0]), cast to ``config.dtype``. ``train=True`` normalizes with batch
@@ -534,6 +545,8 @@ def forward(
     The arrays are the forward's own (no copies): do not modify them.
 
     Returns ``(logits (N, sizes[-1]), caches, new_state)``; ``caches`` is the tape for `backward`.
+    ``tape=False`` (evaluation: no backward follows): caches is None, and nothing is kept for it
+    (the same logits, fewer temporaries).
 
     A `CNNConfig` runs the CNN (x flat rows (N, C*H*W); its records are described there).
 
@@ -543,12 +556,14 @@ def forward(
     independent networks, arm k bit for bit as it would alone; logits are ``(K, N, classes)``.
     """
     if isinstance(config, CNNConfig):
-        return _cnn_forward(params, state, x, config, train, record)
+        logits, caches, new_state = _cnn_forward(params, state, x, config, train, record)
+        return logits, caches if tape else None, new_state
     h = np.asarray(x, dtype=config.np_dtype)
     stack = params["W0"].shape[:-2]
     if stack and h.shape[:-2] != stack:
         h = np.broadcast_to(h, stack + h.shape[-2:])  # one input batch for every arm (no copy)
-    tape: Tape = []
+    keep = tape
+    tape: Tape = [] if keep else _NoTape()
     new_state = dict(state)
     last = config.n_layers - 1
     blocks = config.residual_layers
@@ -576,7 +591,7 @@ def forward(
             record[f"pre{i}"], record[f"norm{i}"], record[f"act{i}"] = pre, normed, act
     if record is not None:
         record["logits"] = h
-    return h, tape, new_state
+    return h, tape if keep else None, new_state
 
 
 def backward(dlogits: np.ndarray, caches: Tape, config: MLPConfig | None = None) -> Params:
@@ -587,11 +602,15 @@ def backward(dlogits: np.ndarray, caches: Tape, config: MLPConfig | None = None)
     """
     grads: Params = {}
     dout = dlogits
-    for backward_fn, cache, names in reversed(caches):
+    for position in range(len(caches) - 1, -1, -1):
+        backward_fn, cache, names = caches[position]
         if not names:
             dout = backward_fn(dout, cache)
             continue
-        dout, *param_grads = backward_fn(dout, cache)
+        if position == 0 and backward_fn is nn.linear_backward:   # the input's gradient is never used
+            dout, *param_grads = nn.linear_backward(dout, cache, input_grad=False)
+        else:
+            dout, *param_grads = backward_fn(dout, cache)
         for name, grad in zip(names, param_grads):
             if name is not None:
                 grads[name] = grad
@@ -1039,6 +1058,20 @@ def _sgd_update(p, grad, lr, momentum, weight_decay, nesterov, velocity: dict, k
 # ----------------------------------------------------------------------------- training
 
 
+def _moments64(value: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, biased variance) over ``axis`` in float64: bit for bit ``v.mean(axis), v.var(axis)`` of
+    ``v = value.astype(np.float64)``, with the column sums taken once (the recorders' hot path)."""
+    v = value.astype(np.float64)
+    n = v.shape[axis]
+    mean = np.add.reduce(v, axis=axis, keepdims=True)
+    mean /= n
+    v -= mean                                       # our own copy: centred in place
+    np.multiply(v, v, out=v)
+    var = np.add.reduce(v, axis=axis)
+    var /= n
+    return np.squeeze(mean, axis), var
+
+
 class StepInfo:
     """What a ``record(step, info)`` hook sees after one SGD step.
 
@@ -1070,8 +1103,7 @@ class StepInfo:
         out = {}
         for name, value in self.activations.items():
             if name != "logits":
-                v = value.astype(np.float64)
-                out[name] = (v.mean(axis=0), v.var(axis=0))
+                out[name] = _moments64(value, 0)
         return out
 
     @cached_property
@@ -1393,8 +1425,7 @@ class StackStepInfo:
         out = {}
         for name, value in self.activations.items():
             if name != "logits":
-                v = value.astype(np.float64)
-                out[name] = (v.mean(axis=-2), v.var(axis=-2))
+                out[name] = _moments64(value, -2)
         return out
 
     @cached_property
@@ -1602,7 +1633,7 @@ def train_stack(
     alive = np.ones(k_arms, dtype=bool)
 
     def run_eval(step: int) -> None:
-        logits, _, _ = forward(run_params, run_state, X_eval, config, False)
+        logits, _, _ = forward(run_params, run_state, X_eval, config, False, tape=False)
         loss, _ = nn.softmax_cross_entropy(logits, y_eval)
         accuracy = logits_accuracy(logits, y_eval)
         eval_steps.append(step)
@@ -1785,12 +1816,11 @@ class ProbeMoments:
 
     def _record(self, step: int, params: Params, state: State, config: MLPConfig) -> None:
         record: dict[str, np.ndarray] = {}
-        forward(params, state, self.X_probe, config, self.train, record=record)
+        forward(params, state, self.X_probe, config, self.train, record=record, tape=False)
         self.steps.append(step)
         for name, value in record.items():
             if name != "logits":
-                v = value.astype(np.float64)
-                self.values.setdefault(name, []).append((v.mean(axis=-2), v.var(axis=-2)))
+                self.values.setdefault(name, []).append(_moments64(value, -2))
 
     def moments(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         return {name: (np.stack([m for m, _ in v]), np.stack([s for _, s in v])) for name, v in self.values.items()}

@@ -43,6 +43,7 @@ Performance notes (these run in the inner loop of every experiment):
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -91,6 +92,8 @@ def _param(p, x: np.ndarray, name: str, d: int | None = None):
     if p.shape == (d,):
         return p
     if x.ndim > 2 and p.ndim == x.ndim and p.shape[-2:] == (1, d):
+        if p.shape[:-2] == x.shape[:-2]:         # one entry per arm: the common case, no broadcast check
+            return p
         try:
             if np.broadcast_shapes(p.shape[:-2], x.shape[:-2]) == x.shape[:-2]:
                 return p
@@ -357,14 +360,15 @@ def _transpose(a: np.ndarray) -> np.ndarray:
     return a.T if a.ndim == 2 else a.swapaxes(-1, -2)
 
 
-def linear_backward(dout, cache: LinearCache):
+def linear_backward(dout, cache: LinearCache, input_grad: bool = True):
     """dout: (N, M) -> dx (N, D), dW (D, M), db (M,) or None when the layer has no bias.
 
     Stacks: each gradient has its parameter's shape (a shared W or b gets the sum over arms).
+    ``input_grad=False``: dx is None, not computed (a network's first layer: nothing is below it).
     """
     x, W, b = cache
     dout = np.asarray(dout, dtype=x.dtype)
-    dx = dout @ _transpose(W)
+    dx = dout @ _transpose(W) if input_grad else None
     dW = _transpose(x) @ dout
     if dW.shape != W.shape:                          # one W shared by a stack of x
         dW = dW.reshape(-1, *W.shape).sum(axis=0)
@@ -409,15 +413,26 @@ def softmax_cross_entropy(logits, y):
         exp *= (1.0 / n) / sum_exp[:, None]                    # softmax / N, in place on our temporary
         exp[rows, y] -= 1.0 / n
         return loss, exp
-    index = np.broadcast_to(y, logits.shape[:-1])[..., None]  # (..., N, 1)
+    lead = logits.shape[:-1]
+    # each row's label entry as a flat index into the (fresh, C-contiguous) arrays below
+    starts = _row_starts(math.prod(lead), c)
+    flat = (starts.reshape(-1, n) + y).reshape(-1) if y.ndim == 1 else starts + y.reshape(-1)
     shifted = logits - logits.max(axis=-1, keepdims=True)
     exp = np.exp(shifted)
     sum_exp = exp @ _ones(c, exp.dtype)                        # (..., N)
-    picked = np.take_along_axis(shifted, index, axis=-1)[..., 0]
+    picked = shifted.reshape(-1)[flat].reshape(lead)
     loss = np.mean(np.log(sum_exp) - picked, axis=-1).astype(np.float64)
     exp *= (1.0 / n) / sum_exp[..., None]
-    np.put_along_axis(exp, index, np.take_along_axis(exp, index, axis=-1) - 1.0 / n, axis=-1)
+    exp.reshape(-1)[flat] -= 1.0 / n                           # one entry per row: no repeated index
     return loss, exp
+
+
+@lru_cache(maxsize=64)
+def _row_starts(rows: int, c: int) -> np.ndarray:
+    """A read-only (rows,) vector of r * c: where row r of a C-contiguous (rows, c) array starts."""
+    w = np.arange(rows, dtype=np.intp) * c
+    w.flags.writeable = False
+    return w
 
 
 # ----------------------------------------------------------------------------- batch norm (training)
@@ -514,12 +529,14 @@ class BatchNormEvalCache(NamedTuple):
     gamma: np.ndarray | None
 
 
-def batchnorm_eval_forward(x, running_mean, running_var, gamma, beta, eps: float = 1e-5):
+def batchnorm_eval_forward(x, running_mean, running_var, gamma, beta, eps: float = 1e-5, cache: bool = True):
     """Batch norm in inference mode: a fixed per-feature affine map.
 
     x: (N, D); running_mean, running_var: (D,); gamma, beta: (D,) or both None.
     out = gamma * (x - running_mean) / sqrt(running_var + eps) + beta.
     Stacks: x (..., N, D); every per-feature argument (D,) or (..., 1, D).
+    ``cache=False``: the cache is None (no backward will follow) and out is computed in place,
+    the same numbers with fewer temporaries.
     """
     x = _as_float_2d(x)
     _check_eps(eps)
@@ -530,7 +547,11 @@ def batchnorm_eval_forward(x, running_mean, running_var, gamma, beta, eps: float
     xhat = x - running_mean
     xhat *= inv_std
     if gamma is None:
-        return xhat, BatchNormEvalCache(None, inv_std, None)
+        return xhat, BatchNormEvalCache(None, inv_std, None) if cache else None
+    if not cache:
+        xhat *= gamma                               # our own array: (x_hat * gamma) + beta, as below
+        xhat += beta
+        return xhat, None
     return xhat * gamma + beta, BatchNormEvalCache(xhat, inv_std, gamma)
 
 

@@ -551,6 +551,36 @@ def test_recorders_give_trajectories_probe_moments_and_gradient_norms():
     assert norms.arrays()["W0"].shape == (4, 2) and np.all(norms.arrays()["W0"] > 0)
 
 
+@pytest.mark.parametrize("norm", model.NORMS)
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_forward_without_tape_gives_the_same_logits_and_records(norm, activation):
+    config = small_config(norm=norm, activation=activation, dtype="float32")
+    rng = np.random.default_rng(3)
+    stack = model.stack_params([model.init_params(np.random.default_rng(k), config) for k in range(3)])
+    state = model.stack_params([perturbed_state(config, np.random.default_rng(k)) for k in range(3)])
+    x = rng.standard_normal((8, 5))
+    for train in (False, True):
+        record, fast_record = {}, {}
+        kept, caches, kept_state = model.forward(stack, state, x, config, train,
+                                                 [np.random.default_rng(9) for _ in range(3)], record)
+        fast, none, fast_state = model.forward(stack, state, x, config, train,
+                                               [np.random.default_rng(9) for _ in range(3)], fast_record, tape=False)
+        assert none is None and caches and np.array_equal(fast, kept)
+        assert record.keys() == fast_record.keys() and all(np.array_equal(record[k], fast_record[k]) for k in record)
+        assert kept_state.keys() == fast_state.keys()
+        assert all(np.array_equal(kept_state[k], fast_state[k]) for k in kept_state)
+
+
+def test_step_moments_are_numpys_mean_and_variance_bit_for_bit():
+    rng = np.random.default_rng(0)
+    for shape, axis in [((5, 32, 64), -2), ((32, 64), 0), ((3, 1000, 17), -2)]:
+        for dtype in (np.float32, np.float64):
+            value = (rng.standard_normal(shape) * 3 + 100).astype(dtype)
+            mean, var = model._moments64(value, axis)
+            v = value.astype(np.float64)
+            assert np.array_equal(mean, v.mean(axis=axis)) and np.array_equal(var, v.var(axis=axis))
+
+
 def test_stuck_is_finite_at_chance_and_not_diverged():
     config = MLPConfig(sizes=STACK_SIZES, norm="none")
     stack = model.train_stack(np.random.default_rng(0), config, DIGITS.X_train, DIGITS.y_train,

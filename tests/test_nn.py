@@ -812,6 +812,30 @@ def test_stacked_softmax_cross_entropy_is_per_arm(rng):
     assert rel_error(nn.softmax_cross_entropy(x, y)[1], num) < TOL
 
 
+def test_linear_backward_without_input_grad_skips_only_dx(rng):
+    x, W, b = rng.standard_normal((3, 6, 4)), rng.standard_normal((3, 4, 5)), rng.standard_normal((3, 1, 5))
+    _, cache = nn.linear_forward(x, W, b)
+    dout = rng.standard_normal((3, 6, 5))
+    dx, dW, db = nn.linear_backward(dout, cache)
+    none, dW2, db2 = nn.linear_backward(dout, cache, input_grad=False)
+    assert none is None and np.array_equal(dW, dW2) and np.array_equal(db, db2)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("shape", [(7, 5), (3, 7, 5)])
+def test_batchnorm_eval_forward_without_cache_gives_the_same_output(rng, shape, affine):
+    x = (rng.standard_normal(shape) * 3 + 1).astype(np.float32)
+    stat = (1, 5) if len(shape) == 2 else (3, 1, 5)
+    mean, var = rng.standard_normal(stat[-1:]), rng.uniform(0.5, 2, stat[-1:])
+    gamma, beta = (rng.standard_normal(stat), rng.standard_normal(stat)) if affine else (None, None)
+    if affine and len(shape) == 2:
+        gamma, beta = gamma[0], beta[0]
+    out, cache = nn.batchnorm_eval_forward(x, mean, var, gamma, beta)
+    fast, none = nn.batchnorm_eval_forward(x, mean, var, gamma, beta, cache=False)
+    assert none is None and cache is not None and fast.dtype == out.dtype
+    assert np.array_equal(fast, out)                  # bit for bit: the same operations, in place
+
+
 def test_stacked_parameters_must_broadcast_against_the_arms():
     x = np.ones((3, 4, 5))
     with pytest.raises(ValueError, match=r"gamma must have shape \(5,\) or per arm \(\.\.\., 1, 5\)"):

@@ -270,7 +270,7 @@ def train_compare(
             for key, (X_eval, y_eval) in {"test": (split.X_test, split.y_test), "train": (X, y),
                                           "noisy": (X_noisy, split.y_test)}.items():
                 if X_eval is not None:
-                    logits, _, _ = model.forward(result.params, result.state, X_eval, config, False)
+                    logits, _, _ = model.forward(result.params, result.state, X_eval, config, False, tape=False)
                     accuracy[key] = model.logits_accuracy(logits, y_eval)
         flip, gap = _mode_comparison(result, config, split.X_test, split.y_test, batch_size, test_order,
                                      X if config.reference_rows else None,
