@@ -8,7 +8,8 @@ own code and its own claims (`python -m bnclaims run` there, PYTHONPATH pointing
 nothing is installed): `--jobs 2`, `--no-cache` and a fresh cache directory, so every seed runs.
 HEAD means the last commit, not uncommitted edits. Prints, for each commit and HEAD/base:
 
-  * CPU s in seeds: the CPU seconds each seed's worker recorded, summed (the suite's work);
+  * CPU s in seeds: the CPU seconds each seed's worker recorded, summed over the seed runs (the
+    suite's work; claims with the same experiment and params share their runs, counted once);
   * CPU s of the command: user + system time of the whole `bnclaims run` process tree (workers,
     their start-up and imports, planning and judging);
   * wall s of the command, and the claims and seeds it ran;
@@ -65,8 +66,8 @@ def git(*args: str, cwd: Path = ROOT) -> str:
     return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
 
 
-def claim_tags(tree: Path) -> dict[str, list[str]]:
-    """{claim id: tags} of the claim files in a tree's claims/ folder (a drafts/ folder is not the suite)."""
+def claim_files(tree: Path) -> dict[str, dict]:
+    """{claim id: its parsed file} of the claim files in a tree's claims/ folder (a drafts/ folder is not the suite)."""
     found = {}
     for path in sorted((tree / "claims").glob("*.yaml")):
         try:
@@ -74,8 +75,20 @@ def claim_tags(tree: Path) -> dict[str, list[str]]:
         except (OSError, yaml.YAMLError):
             continue  # an invalid file: bnclaims reports it, the benchmark does not choose it by name
         if isinstance(data, dict) and isinstance(data.get("id"), str):
-            found[data["id"]] = [str(t) for t in data.get("tags") or []]
+            found[data["id"]] = data
     return found
+
+
+def claim_tags(tree: Path) -> dict[str, list[str]]:
+    """{claim id: tags} of the claim files in a tree."""
+    return {cid: [str(t) for t in data.get("tags") or []] for cid, data in claim_files(tree).items()}
+
+
+def shared_runs(tree: Path) -> dict[str, str]:
+    """{claim id: what its seed runs are}: claims with the same experiment and params share their runs
+    (the runner runs each seed once for all of them), so the suite's work counts each group once."""
+    return {cid: json.dumps([data.get("experiment"), data.get("params")], sort_keys=True, default=str)
+            for cid, data in claim_files(tree).items()}
 
 
 def targets(tree: Path, wanted: list[str] | None, skip_slow: bool) -> tuple[list[str], list[str]]:
@@ -123,7 +136,13 @@ def measure(rev: str, work: Path, jobs: int, wanted: list[str] | None, skip_slow
         result.verdicts[claim["id"]] = claim["verdict"]
         result.seeds += len(claim.get("seeds", []))
     result.claims = len(data["claims"])
-    result.seed_cpu = sum(result.per_claim.values())
+    # the suite's work: each shared run once (the claim with the most seeds of a group covers the others' seeds)
+    runs = shared_runs(tree)
+    groups: dict[str, float] = {}
+    for cid, cpu in result.per_claim.items():
+        group = runs.get(cid, cid)
+        groups[group] = max(groups.get(group, 0.0), cpu)
+    result.seed_cpu = sum(groups.values())
     return result
 
 
@@ -147,7 +166,7 @@ def report(head: Measure, base: Measure, jobs: int) -> None:
           "<= 1.3x with the new claims (issue 16, --base before it)")
     shared = sorted(set(head.per_claim) & set(base.per_claim), key=lambda c: -head.per_claim[c])
     if shared:
-        print(f"\n{'per claim, CPU s in seeds':<52} {'HEAD':>8} {'base':>8} {'HEAD/base':>10}  verdicts")
+        print(f"\n{'per claim, CPU s in its seeds (shared runs in each)':<52} {'HEAD':>8} {'base':>8} {'HEAD/base':>10}  verdicts")
         for c in shared:
             same = head.verdicts[c] if head.verdicts[c] == base.verdicts[c] else \
                 f"{head.verdicts[c]} (base {base.verdicts[c]})"
