@@ -136,14 +136,19 @@ def measure(rev: str, work: Path, jobs: int, wanted: list[str] | None, skip_slow
         result.verdicts[claim["id"]] = claim["verdict"]
         result.seeds += len(claim.get("seeds", []))
     result.claims = len(data["claims"])
-    # the suite's work: each shared run once (the claim with the most seeds of a group covers the others' seeds)
-    runs = shared_runs(tree)
+    result.seed_cpu = suite_cpu(result.per_claim, shared_runs(tree))
+    return result
+
+
+def suite_cpu(per_claim: dict[str, float], runs: dict[str, str]) -> float:
+    """The suite's work from each claim's CPU seconds in its seeds, a run shared by several claims
+    counted once: per group of claims with the same runs, the largest (the claim with the most
+    seeds covers the others' seeds 0..n-1)."""
     groups: dict[str, float] = {}
-    for cid, cpu in result.per_claim.items():
+    for cid, cpu in per_claim.items():
         group = runs.get(cid, cid)
         groups[group] = max(groups.get(group, 0.0), cpu)
-    result.seed_cpu = sum(groups.values())
-    return result
+    return sum(groups.values())
 
 
 def ratio(a: float, b: float) -> str:
