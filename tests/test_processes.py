@@ -129,7 +129,9 @@ def wait_for_cached(project: Path, process: subprocess.Popen, count: int = 1, ti
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_sigterm_ends_the_run_like_ctrl_c_and_leaves_no_process(project):
-    add(project, "slow-a", experiment="proc-slow", params="{sleep: 0.5}", seeds=40, expected=None)
+    # 200 seeds of 0.5 s: 50 s at 2 jobs, far longer than the wait for the first cached seed even when
+    # the workers start slowly (with 40 seeds one slow start let the run finish before the signal)
+    add(project, "slow-a", experiment="proc-slow", params="{sleep: 0.5}", seeds=200, expected=None)
     token = uuid.uuid4().hex
     process = start(project, "run", "--jobs", "2", "--cache-dir", "cache", token=token)
     wait_for_cached(project, process)
@@ -145,7 +147,9 @@ def test_sigterm_ends_the_run_like_ctrl_c_and_leaves_no_process(project):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_ctrl_c_to_the_process_group_prints_one_line(project):
-    add(project, "slow-a", experiment="proc-slow", params="{sleep: 0.5}", seeds=40, expected=None)
+    # 200 seeds of 0.5 s: 50 s at 2 jobs, far longer than the wait for the first cached seed even when
+    # the workers start slowly (with 40 seeds one slow start let the run finish before the signal)
+    add(project, "slow-a", experiment="proc-slow", params="{sleep: 0.5}", seeds=200, expected=None)
     token = uuid.uuid4().hex
     process = start(project, "run", "--jobs", "2", "--cache-dir", "cache", token=token, start_new_session=True)
     wait_for_cached(project, process)
