@@ -242,3 +242,37 @@ def test_augmented_and_residual_runs_give_finite_metrics(name, scale):
 
 def test_residual_arms_are_residual_mlps():
     assert dyn.mlp(3, 16, True, residual=True).residual and not dyn.mlp(3, 16, True).residual
+
+
+def test_unit_settling_treats_each_gamma_beta_pair_as_its_own_parameter():
+    """Per unit, `unit_settling` is `settle_fraction` of that unit's (gamma, beta) pair alone."""
+    rng = np.random.default_rng(3)
+    k, arms, d = 40, 2, 5
+    blocks = {"gamma0": 1 + np.cumsum(rng.normal(0.02, 0.01, (k, arms, d)), axis=0),
+              "beta0": np.cumsum(rng.normal(-0.01, 0.01, (k, arms, d)), axis=0)}
+    init = {"gamma0": np.ones((arms, d)), "beta0": np.zeros((arms, d))}
+    settle, way, wobble = dyn.unit_settling(blocks, init, 1, [0])
+    for j in range(d):
+        pair = np.stack([blocks["gamma0"][:, 1, j], blocks["beta0"][:, 1, j]], axis=-1)[:, None, :]
+        assert settle[j] == dyn.settle_fraction(pair, np.array([[1.0, 0.0]]))[0]
+        final = pair[-10:, 0].mean(axis=0)        # the last quarter of 40 blocks
+        assert way[j] == pytest.approx(np.linalg.norm(final - [1.0, 0.0]))
+    assert np.all(wobble >= 0)
+
+
+def test_unit_outputs_rank_way_against_settling_and_fall_back_when_few_units_move():
+    way = np.linspace(0.1, 1.6, 32)
+    later = dyn.unit_outputs(np.linspace(0.2, 0.9, 32), way, np.zeros(32))    # farther = later
+    assert later["unit_settle_rho_lr0p1"] == pytest.approx(1.0)
+    assert later["unit_settle_far_lr0p1"] == pytest.approx(np.linspace(0.2, 0.9, 32)[-8:].mean())
+    assert later["unit_settle_near_lr0p1"] == pytest.approx(np.linspace(0.2, 0.9, 32)[:8].mean())
+    assert later["unit_way_far_over_near_lr0p1"] == pytest.approx(way[-8:].mean() / way[:8].mean())
+    assert later["unit_count_lr0p1"] == 32 and len(later["unit_settle_by_way"]) == dyn.UNIT_BINS
+    sooner = dyn.unit_outputs(np.linspace(0.9, 0.2, 32), way, np.zeros(32))
+    assert sooner["unit_settle_rho_lr0p1"] == pytest.approx(-1.0)
+    # units whose way is under 10x their wobble are left out; too few left: finite "no relation" values
+    wobble = np.where(np.arange(32) < 20, 1.0, 0.0)
+    few = dyn.unit_outputs(np.linspace(0.2, 0.9, 32), way, wobble)
+    assert few["unit_count_lr0p1"] == 12 and few["unit_settle_rho_lr0p1"] == 0.0
+    assert few["unit_settle_far_lr0p1"] == few["unit_settle_near_lr0p1"] == 1.0
+    assert np.isnan(few["unit_settle_by_way"]).all()

@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
+from scipy import stats
 
 from bnclaims import model
 from bnclaims.experiments import axes, experiment, spread
@@ -433,11 +434,56 @@ def lr_order_grid(rng: np.random.Generator, *, epochs: int = 20, batch_size: int
 
 SETTLE_LRS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 SETTLE_TOLERANCE = 0.2
+UNIT_MIN_WAY = 10.0   # a unit's way must be >= 10x its late wobble: then the band is mostly 0.2 x its way
+UNIT_BINS = 8
+
+
+def unit_outputs(settle: np.ndarray, way: np.ndarray, wobble: np.ndarray) -> dict:
+    """The per-unit metrics and series of `settling` from `unit_settling`'s arrays.
+
+    Only units whose way is at least UNIT_MIN_WAY times their wobble are compared. When fewer than
+    2 x UNIT_BINS are (a diverged arm, a run too short to move), the metrics are the finite "no
+    relation" values -- rho 0, both quarters never settled (1), ways equal (1) -- so that the run's
+    other outputs still count; ``unit_count_lr0p1`` says how many units were compared.
+    """
+    keep = way >= UNIT_MIN_WAY * wobble             # NaN is never kept
+    if keep.sum() < 2 * UNIT_BINS:
+        return {"unit_settle_rho_lr0p1": 0.0, "unit_settle_far_lr0p1": 1.0, "unit_settle_near_lr0p1": 1.0,
+                "unit_way_far_over_near_lr0p1": 1.0, "unit_count_lr0p1": float(keep.sum()),
+                "unit_way_octile": np.full(UNIT_BINS, np.nan), "unit_settle_by_way": np.full(UNIT_BINS, np.nan)}
+    settle, way = settle[keep], way[keep]
+    order = np.argsort(way, kind="stable")
+    quarter = len(order) // 4
+    near, far = order[:quarter], order[-quarter:]
+    groups = np.array_split(order, UNIT_BINS)
+    return {
+        "unit_settle_rho_lr0p1": float(stats.spearmanr(way, settle).statistic),
+        "unit_settle_far_lr0p1": float(settle[far].mean()),
+        "unit_settle_near_lr0p1": float(settle[near].mean()),
+        "unit_way_far_over_near_lr0p1": float(way[far].mean() / way[near].mean()),
+        "unit_count_lr0p1": float(keep.sum()),
+        "unit_way_octile": np.array([way[g].mean() for g in groups]),
+        "unit_settle_by_way": np.array([settle[g].mean() for g in groups]),
+    }
+
+
+def unit_settling(blocks: dict, init: dict, arm: int, layers) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per unit j of every BN layer, the pair (gamma_j, beta_j) at arm `arm` as its own parameter: (settling
+    fraction by `settle_fraction`, way = ||start - final||, late wobble), each (units,)."""
+    settle, way, wobble = [], [], []
+    for i in layers:
+        traj = np.stack([blocks[f"gamma{i}"][:, arm], blocks[f"beta{i}"][:, arm]], axis=-1).astype(np.float64)
+        start = np.stack([init[f"gamma{i}"][arm], init[f"beta{i}"][arm]], axis=-1).astype(np.float64)  # (D, 2)
+        window = max(int(round(SETTLE_FINAL_FRACTION * traj.shape[0])), 3)
+        settle.append(settle_fraction(traj, start))           # traj (K, D, 2): the D units as D "arms"
+        way.append(np.linalg.norm(start - traj[-window:].mean(axis=0), axis=-1))
+        wobble.append(late_wobble(traj, window))
+    return np.concatenate(settle), np.concatenate(way), np.concatenate(wobble)
 
 
 @experiment(
     "gamma-beta-settling",
-    metrics=axes({
+    metrics={**axes({
         "settle_gb[lr]": f"{{lr}}: fraction of training after which gamma and beta stay within {SETTLE_TOLERANCE:g} "
                          f"of their initial distance to the final value (mean of the last quarter), widened by "
                          f"twice their late detrended wobble (mean over gamma, beta of both BN layers; 1 = never)",
@@ -447,6 +493,15 @@ SETTLE_TOLERANCE = 0.2
         "val_acc[lr]": "{lr}: final validation accuracy (0 if diverged)",
         "diverged[lr]": "{lr}: 1 if the loss became non-finite",
     }, lr=lr_axis(SETTLE_LRS)),
+        "unit_settle_rho_lr0p1": "lr 0.1, per unit (one gamma, beta pair) of both BN layers: Spearman correlation "
+                                 "between how far the pair travels (distance from its start (1, 0) to its final "
+                                 "value) and when it settles (the same criterion, per unit); units whose way is "
+                                 f"under {UNIT_MIN_WAY:g}x their late wobble are left out",
+        "unit_settle_far_lr0p1": "lr 0.1: mean settling fraction of the quarter of those units with the longest way",
+        "unit_settle_near_lr0p1": "lr 0.1: mean settling fraction of the quarter with the shortest way",
+        "unit_way_far_over_near_lr0p1": "lr 0.1: mean way of the longest-way quarter / that of the shortest-way quarter",
+        "unit_count_lr0p1": "lr 0.1: number of units compared (of 2 x width)",
+    },
     series={
         "lr": "learning rate (x axis)",
         "settle_gb": "fraction of training until gamma, beta settle (1 = never)",
@@ -460,6 +515,9 @@ SETTLE_TOLERANCE = 0.2
         "progress": "fraction of training (x axis of the distance curves)",
         "dist_gb_lr0p1": "lr 0.1: distance of gamma, beta (block averages) to their final value / initial distance",
         "dist_wdir_lr0p1": "lr 0.1: the same for the unit directions of W",
+        "unit_way_octile": f"lr 0.1: units sorted by how far their gamma, beta travel, in {UNIT_BINS} equal groups: "
+                           "each group's mean way (x axis)",
+        "unit_settle_by_way": "lr 0.1: each group's mean settling fraction",
     },
 )
 def settling(rng: np.random.Generator, *, epochs: int = 20, batch_size: int = 32, width: int = 64,
@@ -505,7 +563,9 @@ def settling(rng: np.random.Generator, *, epochs: int = 20, batch_size: int = 32
                      axis=0)
     k_blocks = blocks["gamma0"].shape[0]
     lr = lr_axis(SETTLE_LRS)
+    units = unit_outputs(*unit_settling(blocks, init, mid, layers))
     return {
+        **units,
         **spread("settle_gb[lr]", s_gb, lr=lr), **spread("settle_wdir[lr]", s_wdir, lr=lr),
         **spread("fluct[lr]", np.where(rec.diverged, DIVERGED_FLUCT, fl), lr=lr),
         **spread("val_acc[lr]", np.where(rec.diverged, 0.0, rec.val_acc), lr=lr),
