@@ -532,7 +532,10 @@ def settling(rng: np.random.Generator, *, epochs: int = 20, batch_size: int = 32
     within sqrt((0.2 d_0)^2 + (2 nu)^2), d_0 its initial distance and nu its late wobble (the
     detrended block-to-block jitter over the last quarter): it has covered 80 % of its way, or is as
     close as its constant-lr jitter lets it be, and does not leave again (`settle_fraction`). Also
-    the late-training detrended fluctuation of gamma, beta. Scale: digits, 20 epochs (660 steps), batch 32.
+    the late-training detrended fluctuation of gamma, beta. Per unit at lr 0.1 (`unit_settling`): each
+    pair (gamma_j, beta_j) settled by the same rule, against its way from (1, 0) to its final value
+    (rank correlation, longest- against shortest-way quarter, 8 distance groups; units whose way is
+    under 10x their late wobble left out). Scale: digits, 20 epochs (660 steps), batch 32.
     """
     data = digits()
     init_seed, order_seed, _ = _seeds(rng)
