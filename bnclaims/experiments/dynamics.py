@@ -160,6 +160,11 @@ SETTLE_FINAL_FRACTION = 0.25   # the final value: mean over the last quarter of 
 SETTLE_WOBBLE_MULT = 2.0       # a block within 2x the late wobble of the final value counts as arrived
 
 
+def final_window(k_blocks: int, fraction: float = SETTLE_FINAL_FRACTION) -> int:
+    """How many of `k_blocks` block averages make up the final value: the last `fraction`, at least 3."""
+    return max(int(round(fraction * k_blocks)), 3)
+
+
 def late_wobble(flat: np.ndarray, window: int) -> np.ndarray:
     """Size of the late fluctuation of a block-averaged trajectory flat (K, A, P) -> (A,): over the last
     `window` blocks each coordinate's straight-line trend is removed; the wobble is the root-mean-square
@@ -184,7 +189,7 @@ def settle_fraction(blocks: np.ndarray, init: np.ndarray, tolerance: float = 0.2
     """
     k_blocks, a = blocks.shape[:2]
     flat = blocks.reshape(k_blocks, a, -1).astype(np.float64)
-    window = max(int(round(final_fraction * k_blocks)), 3)
+    window = final_window(k_blocks, final_fraction)
     final = flat[-window:].mean(axis=0)
     d = np.linalg.norm(flat - final, axis=2)                         # (K, A)
     d0 = np.linalg.norm(init.reshape(a, -1).astype(np.float64) - final, axis=1)
@@ -474,7 +479,7 @@ def unit_settling(blocks: dict, init: dict, arm: int, layers) -> tuple[np.ndarra
     for i in layers:
         traj = np.stack([blocks[f"gamma{i}"][:, arm], blocks[f"beta{i}"][:, arm]], axis=-1).astype(np.float64)
         start = np.stack([init[f"gamma{i}"][arm], init[f"beta{i}"][arm]], axis=-1).astype(np.float64)  # (D, 2)
-        window = max(int(round(SETTLE_FINAL_FRACTION * traj.shape[0])), 3)
+        window = final_window(traj.shape[0])
         settle.append(settle_fraction(traj, start))           # traj (K, D, 2): the D units as D "arms"
         way.append(np.linalg.norm(start - traj[-window:].mean(axis=0), axis=-1))
         wobble.append(late_wobble(traj, window))
@@ -557,7 +562,7 @@ def settling(rng: np.random.Generator, *, epochs: int = 20, batch_size: int = 32
     def rel_dist(blocks, init):
         """Distance curve at lr 0.1, relative to the initial distance (the settling criterion's scale)."""
         flat = blocks[:, mid].reshape(blocks.shape[0], -1).astype(np.float64)
-        final = flat[-max(int(round(SETTLE_FINAL_FRACTION * flat.shape[0])), 3):].mean(axis=0)
+        final = flat[-final_window(flat.shape[0]):].mean(axis=0)
         return np.linalg.norm(flat - final, axis=1) / np.linalg.norm(init[mid].ravel() - final)
 
     dist_gb = np.mean([rel_dist(blocks[f"gamma{i}"], init[f"gamma{i}"]) for i in layers]
