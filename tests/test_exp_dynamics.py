@@ -202,26 +202,16 @@ def test_experiment_returns_declared_finite_names_deterministically(name):
     assert other["metrics"] != first["metrics"]
 
 
-def test_all_seven_experiments_are_registered():
+def test_all_six_experiments_are_registered():
     assert sorted(EXPERIMENTS) == sorted([
         "bn-vs-plain-probe-drift", "gamma-beta-step-vs-lr", "gamma-beta-lr-order-grid", "gamma-beta-settling",
-        "bn-need-shallow-deep", "bn-lr-stability", "bn-cancel-check",
+        "bn-need-shallow-deep", "bn-cancel-check",
     ])
-
-
-def test_dead_fraction_counts_units_that_never_fire():
-    rng = np.random.default_rng(6)
-    config = dyn.mlp(2, 8, True)
-    params = model.init_stack([np.random.default_rng(2)] * 2, config)
-    params["beta1"][0] = -1e3                       # arm 0: every unit of layer 2 is pushed below zero
-    result = SimpleNamespace(params=params, state=model.init_stack_state(config, 2), config=config)
-    x = rng.standard_normal((50, 64)).astype(np.float32)
-    assert dyn.dead_fraction(result, x, 1).tolist() == [1.0, 0.0]
 
 
 # ----------------------------------------------------------------------------- scale params (a claim's ladder)
 
-SCALED = {"bn-need-shallow-deep": dict(epochs=1, width=16, deep=3), "bn-lr-stability": dict(epochs=1, width=16)}
+SCALED = {"bn-need-shallow-deep": dict(epochs=1, width=16, deep=3)}
 
 
 @pytest.mark.parametrize("name", sorted(SCALED))

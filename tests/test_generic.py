@@ -229,3 +229,57 @@ def test_norm_position_after_the_activation_is_a_different_network_from_the_same
 def test_norm_position_after_needs_a_norm():
     with pytest.raises(ValueError, match="norm_position 'after' needs a norm"):
         generic.check_arms({"p": {"norm": "none", "norm_position": "after"}}, 1000)
+
+
+def test_grid_flags_dead_units_and_the_trains_bar():
+    exp = registry.get("train-compare")
+    arms = {"calm": {"norm": "batch", "lr": [0.1, 1e4], "epochs": 1, "width": 16},
+            "wild": {"norm": "none", "lr": 1e4, "momentum": 0.9, "optimizer": "momentum", "epochs": 1, "width": 16},
+            "high": {"norm": "batch", "lr": 1e4, "epochs": 1, "width": 16}}
+    out = registry.run_experiment(exp, 0, {"arms": arms})
+    metrics, series = out["metrics"], out["series"]
+    assert series["grid_diverged_calm"] == [0.0, 0.0] and series["grid_stuck_calm"] == [0.0, 1.0]
+    assert series["grid_diverged_wild"] == [1.0] and series["grid_stuck_wild"] == [0.0]
+    # a diverged network counts as all dead; BN stuck at chance has killed most of its last layer's ReLUs
+    assert metrics["dead_units_wild"] == 1.0
+    assert metrics["dead_units_high"] > 0.5 > metrics["dead_units_calm"]
+    assert metrics["max_lr_trains_calm"] == 0.1
+    strict = registry.run_experiment(exp, 0, {"arms": arms, "trains_accuracy": 0.999})["metrics"]
+    assert strict["max_lr_trains_calm"] == 0.0                   # one epoch does not reach 99.9 %
+    assert strict["test_acc_calm"] == metrics["test_acc_calm"]   # the bar changes nothing else
+
+
+def test_all_arms_settings_apply_to_every_arm_unless_it_sets_its_own():
+    exp = registry.get("train-compare")
+    own = {"a": {"norm": "batch", "lr": 0.1, "epochs": 1, "width": 16},
+           "b": {"norm": "none", "lr": 0.1, "epochs": 1, "width": 8}}
+    shared = {"a": {"norm": "batch"}, "b": {"norm": "none", "width": 8}}
+    params = {"arms": own, "train_per_class": 10}
+    expected = registry.run_experiment(exp, 2, params)
+    got = registry.run_experiment(exp, 2, {**params, "arms": shared,
+                                          "all_arms": {"lr": 0.1, "epochs": 1, "width": 16}})
+    assert got == expected
+    # the metric names follow the merged settings too: no gamma metrics for an arm without affine
+    assert "gamma_step_a" in generic.train_compare_names({"arms": shared})[0]
+    assert "gamma_step_a" not in generic.train_compare_names({"arms": shared, "all_arms": {"affine": False}})[0]
+
+
+def test_an_arm_repeating_another_arms_rate_is_trained_once_and_equals_its_run_alone():
+    exp = registry.get("train-compare")
+    base = {"norm": "batch", "epochs": 1, "width": 16}
+    both = registry.run_experiment(exp, 3, {"arms": {"grid": {**base, "lr": [0.1, 0.3]}, "one": {**base, "lr": 0.3}},
+                                            "train_per_class": 10})
+    alone = registry.run_experiment(exp, 3, {"arms": {"one": {**base, "lr": 0.3}}, "train_per_class": 10})
+    for name in ("test_acc", "final_loss", "val_acc", "gamma_step", "dead_units"):
+        assert both["metrics"][f"{name}_one"] == alone["metrics"][f"{name}_one"]
+    assert both["series"]["grid_val_acc_grid"][1] == both["metrics"]["val_acc_one"]
+
+
+def test_residual_arms_are_pre_activation_residual_mlps():
+    exp = registry.get("train-compare")
+    base = {"norm": "batch", "lr": 0.1, "epochs": 5, "width": 16, "depth": 3}
+    params = {"arms": {"res": {**base, "residual": True}, "mlp": base, "same": {**base, "residual": False}},
+              "train_per_class": 10}
+    metrics = registry.run_experiment(exp, 4, params)["metrics"]
+    assert metrics["final_loss_same"] == metrics["final_loss_mlp"]
+    assert metrics["final_loss_res"] != metrics["final_loss_mlp"] and metrics["test_acc_res"] > 0.3

@@ -111,14 +111,6 @@ def shuffled_plan(order_seed: int, data, epochs: int, batch_size: int, order: st
                             order, data.y_train)
 
 
-def dead_fraction(result: model.StackResult, X: np.ndarray, layer: int) -> np.ndarray:
-    """(arms,) fraction of hidden layer `layer`'s units whose ReLU output is 0 for every example of X (eval mode)."""
-    record: dict = {}
-    with np.errstate(all="ignore"):
-        model.forward(result.params, result.state, X, result.config, False, record=record)
-    return (record[f"act{layer}"].max(axis=-2) <= 0).mean(axis=-1)
-
-
 def _seeds(rng: np.random.Generator) -> tuple[int, int, int]:
     """(init, batch order, probe) seeds drawn from the experiment's generator."""
     return tuple(int(seed) for seed in rng.integers(0, 2**62, size=3))
@@ -691,98 +683,7 @@ def need_shallow_deep(rng: np.random.Generator, *, shallow: int = 2, deep: int =
     return out
 
 
-# ----------------------------------------------------------------------------- 6. BN vs no norm: lr range
-
-STABILITY_LRS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
-TRAINS_ACC = 0.5   # "trains": finite loss throughout and final validation accuracy >= 0.5 (chance is 0.1)
-STABILITY_NETS = {"bn": "BN", "plain": "no norm"}
-
-
-def _max_trained_lr(rec: Run, lrs: tuple) -> float:
-    """Largest lr of the grid at which the arm trains; half a decade below the grid if none does."""
-    ok = ~rec.diverged & (rec.val_acc >= TRAINS_ACC)
-    return float(max((lr for lr, good in zip(lrs, ok) if good), default=lrs[0] / HALF_DECADE))
-
-
-@experiment(
-    "bn-lr-stability",
-    metrics={
-        "max_lr_bn": "largest lr of the grid at which the BN net trains (finite, validation accuracy >= 0.5)",
-        "max_lr_plain": "the same for the no-norm net",
-        **axes({"best_lr[net]": "lr with the best validation accuracy, {net}",
-                "test_acc_{net}_best": "{net}: test accuracy at the lr chosen on validation"}, net=STABILITY_NETS),
-        "test_acc_bn_high": "BN: test accuracy at the 'really high' lr (0 if diverged)",
-        "steps_bn_high": "BN: steps to the target validation accuracy at the really high lr (censored)",
-        "steps_bn_moderate": "BN: steps to the target validation accuracy at the moderate lr (censored)",
-        "steps_plain_best": "no norm: steps to the target validation accuracy at its best lr (censored)",
-        **axes({"n_diverged[net]": "{net}: number of lrs at which the loss became non-finite",
-                "n_stuck[net]": "{net}: number of lrs finite but below 0.5 validation accuracy"}, net=STABILITY_NETS),
-        "dead_last_bn_high": "BN at the really high lr: fraction of the last hidden layer's units that output 0 "
-                             "on every validation example (dead ReLUs)",
-        "dead_last_bn_best": "BN at its best lr: the same fraction",
-    },
-    series={
-        "lr": "learning rate (x axis)",
-        **axes({"val_acc[net]": "final validation accuracy, {net} (0 if diverged)",
-                "diverged[net]": "1 if the {net} net diverged (non-finite loss)",
-                "stuck[net]": "1 if the {net} net is finite but below 0.5 validation accuracy"}, net=STABILITY_NETS),
-        "eval_step": "training step (x axis of the curves)",
-        "curve_bn_high": "validation accuracy during training, BN at the really high lr",
-        "curve_bn_moderate": "validation accuracy during training, BN at the moderate lr",
-        "curve_plain_best": "validation accuracy during training, no norm at its best lr",
-    },
-)
-def lr_stability(rng: np.random.Generator, *, depth: int = 4, width: int = 64, lr_high: float = 10.0,
-                 lr_moderate: float = 0.1, target: float = 0.9, epochs: int = 20, batch_size: int = 32,
-                 eval_every: int = 11, dataset: Literal["digits", "augmented"] = "digits",
-                 residual: bool = False) -> dict:
-    """The range of learning rates that train, with BN and without (cf. Bjorck et al. 2018).
-
-    Arms (paired: same initial W, same shuffled batches): MLP with `depth` hidden layers of
-    `width` units, with BN and without normalization, plain SGD at lr 0.01, 0.03, 0.1, 0.3, 1, 3,
-    10, 30. Per lr: diverged (non-finite loss), stuck (finite, validation accuracy < 0.5) or
-    trains; final validation/test accuracy; validation accuracy every `eval_every` steps (steps
-    to `target`); the fraction of dead units in the BN net's last hidden layer (why it gets stuck).
-    Scale: digits, 20 epochs (660 steps), batch 32; `dataset` "augmented" (`recorders.dataset_split`:
-    4 training rows per image, so an epoch is 4 times the steps) and `residual` (pre-activation
-    residual blocks) scale it.
-    """
-    data = dataset_split(dataset)
-    init_seed, order_seed, _ = _seeds(rng)
-    plan = shuffled_plan(order_seed, data, epochs, batch_size)
-    lrs = tuple(sorted(set(STABILITY_LRS) | {lr_high, lr_moderate}))
-    bn = train(init_seed, data, mlp(depth, width, True, residual=residual), lrs, plan=plan, eval_every=eval_every)
-    plain = train(init_seed, data, mlp(depth, width, False, residual=residual), lrs, plan=plan, eval_every=eval_every)
-    never = len(plan) + eval_every
-    hi, mod = lrs.index(lr_high), lrs.index(lr_moderate)
-    best_bn = model.select_lr(lrs, bn.val_acc, bn.diverged)
-    best_plain = model.select_lr(lrs, plain.val_acc, plain.diverged)
-    steps_bn = steps_to(bn.curve.T, bn.eval_steps, target, never)
-    steps_plain = steps_to(plain.curve.T, plain.eval_steps, target, never)
-    stuck = [(~r.diverged & (r.val_acc < TRAINS_ACC)).astype(float) for r in (bn, plain)]
-    dead = np.where(bn.diverged, 1.0, dead_fraction(bn.result, data.X_val, depth - 1))
-    return {
-        "max_lr_bn": _max_trained_lr(bn, lrs), "max_lr_plain": _max_trained_lr(plain, lrs),
-        "best_lr_bn": lrs[best_bn], "best_lr_plain": lrs[best_plain],
-        "test_acc_bn_best": bn.test_acc[best_bn], "test_acc_plain_best": plain.test_acc[best_plain],
-        "test_acc_bn_high": 0.0 if bn.diverged[hi] else bn.test_acc[hi],
-        "steps_bn_high": steps_bn[hi], "steps_bn_moderate": steps_bn[mod],
-        "steps_plain_best": steps_plain[best_plain],
-        **spread("n_diverged[net]", [float(bn.diverged.sum()), float(plain.diverged.sum())], net=STABILITY_NETS),
-        **spread("n_stuck[net]", [s.sum() for s in stuck], net=STABILITY_NETS),
-        "dead_last_bn_high": dead[hi], "dead_last_bn_best": dead[best_bn],
-        "lr": np.array(lrs),
-        **spread("val_acc[net]", [bn.val_acc, plain.val_acc], net=STABILITY_NETS),
-        **spread("diverged[net]", [bn.diverged.astype(float), plain.diverged.astype(float)], net=STABILITY_NETS),
-        **spread("stuck[net]", stuck, net=STABILITY_NETS),
-        "eval_step": bn.eval_steps.astype(float),
-        "curve_bn_high": np.where(bn.diverged[hi], np.nan, bn.curve[:, hi]),
-        "curve_bn_moderate": bn.curve[:, mod],
-        "curve_plain_best": plain.curve[:, best_plain],
-    }
-
-
-# ----------------------------------------------------------------------------- 7. does training cancel BN?
+# ----------------------------------------------------------------------------- 6. does training cancel BN?
 
 CANCEL_LRS = (0.03, 0.1, 0.3)
 IDENTITY_SCALE = np.log(1.2)   # |log(gamma / sigma)| below this ...

@@ -19,6 +19,7 @@ import numpy as np
 
 from bnclaims import data, model
 from bnclaims.experiments import Range, experiment
+from bnclaims.recorders import mlp_options
 
 Positive = Annotated[float, Range(0, None, low_open=True)]
 
@@ -41,12 +42,14 @@ class ArmSettings(TypedDict, total=False):
     affine: bool
     reference: bool
     norm_position: Literal["before", "after"]
+    residual: bool
 
 
 ARM_DEFAULTS: dict = {
     "norm": "batch", "lr": [0.01, 0.03, 0.1, 0.3, 1.0], "batch_size": 32, "order": "shuffled", "depth": 2,
     "width": 64, "optimizer": "sgd", "momentum": None, "epochs": 10, "ghost_batch_size": 8, "groups": 8,
     "running_momentum": 0.1, "affine": True, "reference": False, "norm_position": "before",
+    "residual": False,
 }
 MOMENTUM_DEFAULT = {"sgd": 0.0, "momentum": 0.9, "adam": 0.0}  # when an arm names no momentum
 
@@ -57,7 +60,8 @@ PER_ARM_METRICS = {
     "steps_to_target": "steps until validation accuracy first reached target_accuracy, chosen rate "
                        "(never: steps trained + 1, censored; see reached_target)",
     "reached_target": "1 if validation accuracy reached target_accuracy, else 0",
-    "max_lr_trains": "largest learning rate of the arm's grid that neither diverged nor got stuck (0: none)",
+    "max_lr_trains": "largest learning rate of the arm's grid that neither diverged nor got stuck, with final "
+                     "validation accuracy >= trains_accuracy (0: none)",
     "best_lr": "learning rate chosen on validation (highest accuracy; ties to the smaller rate)",
     "lr_edge": "1 if the chosen learning rate is the smallest or largest of a grid of 2 or more, else 0",
     "diverged": "1 if training at the chosen rate diverged (a NaN/inf loss), else 0",
@@ -68,6 +72,8 @@ PER_ARM_METRICS = {
                  "batch statistics, and for a diverged arm)",
     "mode_acc_gap": "eval-mode minus training-mode test accuracy on the same test batches, chosen rate "
                     "(0 for a norm without batch statistics, and for a diverged arm)",
+    "dead_units": "fraction of the last hidden layer's units whose ReLU output is 0 for every validation "
+                  "example (dead: they get no gradient), eval mode, chosen rate (diverged: 1)",
 }
 NOISE_METRICS = {
     "noisy_test_acc": "test accuracy with Gaussian noise of std test_noise_std added to every (standardized) "
@@ -87,12 +93,14 @@ PER_ARM_SERIES = {
     "curve_val_loss": "validation loss during training, chosen rate",
     "grid_lr": "the arm's learning-rate grid (x axis)",
     "grid_val_acc": "final validation accuracy at each learning rate of the grid (diverged: 0)",
+    "grid_diverged": "1 where training at that learning rate diverged (a NaN/inf loss), else 0",
+    "grid_stuck": "1 where training at that learning rate stayed finite but at chance, else 0",
 }
 
 
-def arm_settings(settings: dict) -> dict:
-    """An arm's settings with every default filled in; ``lr`` always a list."""
-    out = {**ARM_DEFAULTS, **settings}
+def arm_settings(settings: dict, all_arms: dict | None = None) -> dict:
+    """An arm's settings over the claim's ``all_arms`` over the defaults; ``lr`` always a list."""
+    out = {**ARM_DEFAULTS, **(all_arms or {}), **settings}
     if out["momentum"] is None:
         out["momentum"] = MOMENTUM_DEFAULT[out["optimizer"]]
     if not isinstance(out["lr"], list):
@@ -109,7 +117,7 @@ def train_compare_names(params: dict) -> tuple[dict[str, str], dict[str, str]]:
     metrics: dict[str, str] = {}
     series: dict[str, str] = {}
     for arm, settings in params["arms"].items():
-        s = arm_settings(settings)
+        s = arm_settings(settings, params.get("all_arms"))
         per_arm = {**PER_ARM_METRICS, **(AFFINE_METRICS if _has_affine(s) else {}),
                    **(NOISE_METRICS if params.get("test_noise_std", 0.0) > 0 else {})}
         for base, text in per_arm.items():
@@ -121,10 +129,10 @@ def train_compare_names(params: dict) -> tuple[dict[str, str], dict[str, str]]:
     return metrics, series
 
 
-def check_arms(arms: dict, n_train: int) -> None:
+def check_arms(arms: dict, n_train: int, all_arms: dict | None = None) -> None:
     """What the types cannot say: settings that depend on each other. Raises ValueError."""
     for arm, settings in arms.items():
-        s = arm_settings(settings)
+        s = arm_settings(settings, all_arms)
         if s["norm"] == "ghost" and s["batch_size"] % s["ghost_batch_size"]:
             raise ValueError(f"arm '{arm}': ghost_batch_size {s['ghost_batch_size']} must divide "
                              f"batch_size {s['batch_size']}")
@@ -213,6 +221,8 @@ def train_compare(
     evals_per_epoch: Annotated[int, Range(1, 1000)] = 1,
     late_fraction: Annotated[float, Range(0, 1, low_open=True)] = 0.25,
     test_noise_std: Annotated[float, Range(0, None)] = 0.0,
+    all_arms: ArmSettings = {},  # noqa: B006
+    trains_accuracy: Annotated[float, Range(0, 1)] = 0.0,
 ):
     """Train the declared arms (MLPs on 8x8 digits, softmax cross-entropy) and compare them.
 
@@ -227,31 +237,38 @@ def train_compare(
     noise-free batch norm: the statistics of all its training examples at every step, gradients
     through them, the loss on the batch (``MLPConfig(reference_rows=)``). ``test_noise_std`` > 0
     adds ``noisy_test_acc_<arm>``: test accuracy under Gaussian input noise of that std.
+    ``trains_accuracy``: the final validation accuracy a rate needs to count as training in
+    ``max_lr_trains`` (besides a finite loss below chance). ``all_arms`` holds settings every arm takes unless it sets its own (so a ladder rung can
+    change every arm at once, e.g. ``all_arms: {depth: 8}``). ``residual: true`` makes an arm's
+    hidden layers pre-activation residual blocks (`recorders.mlp_options`). Arms that would train
+    the same network (same architecture, schedule, rate and optimizer) are trained once.
     """
     split = data.digits_split(0.25, validation_fraction, standardize=True, dtype=np.float32)
     subset_rng, pair_rng, measure_rng = rng.spawn(3)   # the first two as rng.spawn(2) gives them
     X, y = split.X_train, split.y_train
     if train_per_class:
         X, y = data.subsample(subset_rng, X, y, train_per_class)
-    check_arms(arms, len(y))
+    check_arms(arms, len(y), all_arms)
     # what every arm is measured on, drawn once (paired): input noise and the order of the test batches
     noise_rng, order_rng, mode_rng = measure_rng.spawn(3)
     X_noisy = (split.X_test + test_noise_std * noise_rng.standard_normal(split.X_test.shape)).astype(np.float32) \
         if test_noise_std > 0 else None
     test_order = order_rng.permutation(len(split.y_test))
 
-    # one stack per (architecture, batch size, epochs): every learning rate of every arm that shares them
-    stacks: dict[tuple, list[tuple[str, float, model.Arm]]] = {}
+    # one stack per (architecture, batch size, epochs): every distinct learning rate and optimizer of the arms
+    # that share them, trained once for all the arms that name it
+    stacks: dict[tuple, dict[model.Arm, list[str]]] = {}
     for name, settings in arms.items():
-        s = arm_settings(settings)
+        s = arm_settings(settings, all_arms)
         config = model.MLPConfig(
             sizes=(X.shape[1],) + (s["width"],) * s["depth"] + (10,), norm=s["norm"], affine=s["affine"],
             ghost_batch_size=s["ghost_batch_size"], groups=s["groups"], momentum=s["running_momentum"],
             reference_rows=len(y) if s["reference"] else 0, norm_position=s["norm_position"],
+            **mlp_options(s["residual"]),
         )
         for lr in s["lr"]:
             arm = model.Arm(lr=lr, optimizer=s["optimizer"], momentum=s["momentum"], order=s["order"])
-            stacks.setdefault((config, s["batch_size"], s["epochs"]), []).append((name, lr, arm))
+            stacks.setdefault((config, s["batch_size"], s["epochs"]), {}).setdefault(arm, []).append(name)
 
     runs: dict[str, list[dict]] = {name: [] for name in arms}
     for (config, batch_size, epochs), members in stacks.items():
@@ -260,47 +277,52 @@ def train_compare(
             if config.norm != "none" and config.affine else []
         trajectory = model.ParamTrajectory(affine) if affine else None
         result = model.train_stack(
-            copy.deepcopy(pair_rng), config, X, y, [arm for _, _, arm in members], epochs=epochs,
+            copy.deepcopy(pair_rng), config, X, y, list(members), epochs=epochs,
             batch_size=batch_size, X_eval=split.X_val, y_eval=split.y_val,
             eval_every=max(1, steps_per_epoch // evals_per_epoch),
             record=trajectory, X_reference=X if config.reference_rows else None,
         )
-        accuracy = {}
+        accuracy, record = {}, {}
         with np.errstate(all="ignore"):
             for key, (X_eval, y_eval) in {"test": (split.X_test, split.y_test), "train": (X, y),
                                           "noisy": (X_noisy, split.y_test)}.items():
                 if X_eval is not None:
                     logits, _, _ = model.forward(result.params, result.state, X_eval, config, False, tape=False)
                     accuracy[key] = model.logits_accuracy(logits, y_eval)
+            model.forward(result.params, result.state, split.X_val, config, False, record=record, tape=False)
+        dead = (record[f"act{config.n_layers - 2}"].max(axis=-2) <= 0).mean(axis=-1)
         flip, gap = _mode_comparison(result, config, split.X_test, split.y_test, batch_size, test_order,
                                      X if config.reference_rows else None,
                                      copy.deepcopy(mode_rng).spawn(len(members)))
         test_acc = accuracy["test"]
         paths = trajectory.arrays() if trajectory else {}
-        for k, (name, lr, _) in enumerate(members):
+        for k, (arm, names) in enumerate(members.items()):
             diverged = bool(result.diverged[k])
-            runs[name].append({
-                "lr": lr, "diverged": diverged, "stuck": bool(result.stuck[k]), "steps": int(result.steps[k]),
+            run = {
+                "lr": arm.lr, "diverged": diverged, "stuck": bool(result.stuck[k]), "steps": int(result.steps[k]),
                 "test_acc": 0.0 if diverged else float(test_acc[k]),
                 "train_acc": 0.0 if diverged else float(accuracy["train"][k]),
                 "noisy_test_acc": 0.0 if diverged or "noisy" not in accuracy else float(accuracy["noisy"][k]),
                 "mode_flip": float(flip[k]), "mode_acc_gap": float(gap[k]),
+                "dead_units": 1.0 if diverged else float(dead[k]),
                 "val_acc": 0.0 if diverged else float(np.nan_to_num(result.eval_accuracy[-1, k])),
                 "final_loss": result.chance_loss if diverged else float(result.final_loss[k]),
                 "curve_step": result.eval_steps.astype(np.float64),
                 "curve_val_acc": result.eval_accuracy[:, k], "curve_val_loss": result.eval_loss[:, k],
                 "paths": {p: paths[p][:, k] for p in affine},
-            })
+            }
+            for name in names:
+                runs[name].append(run)
 
     out: dict[str, object] = {}
     for name, settings in arms.items():
-        s = arm_settings(settings)
+        s = arm_settings(settings, all_arms)
         grid = runs[name]
         lrs = np.array([r["lr"] for r in grid])
         val = np.array([r["val_acc"] for r in grid])
         chosen = grid[model.select_lr(lrs, val, [r["diverged"] for r in grid])]
         reached = np.flatnonzero(np.nan_to_num(chosen["curve_val_acc"]) >= target_accuracy)
-        trains = [r["lr"] for r in grid if not r["diverged"] and not r["stuck"]]
+        trains = [r["lr"] for r in grid if not r["diverged"] and not r["stuck"] and r["val_acc"] >= trains_accuracy]
         out.update({
             f"test_acc_{name}": chosen["test_acc"],
             f"val_acc_{name}": chosen["val_acc"],
@@ -315,11 +337,14 @@ def train_compare(
             f"train_acc_{name}": chosen["train_acc"],
             f"mode_flip_{name}": chosen["mode_flip"],
             f"mode_acc_gap_{name}": chosen["mode_acc_gap"],
+            f"dead_units_{name}": chosen["dead_units"],
             f"curve_step_{name}": chosen["curve_step"],
             f"curve_val_acc_{name}": _censor(chosen["curve_val_acc"]),
             f"curve_val_loss_{name}": _censor(chosen["curve_val_loss"]),
             f"grid_lr_{name}": lrs.astype(np.float64),
             f"grid_val_acc_{name}": val,
+            f"grid_diverged_{name}": np.array([float(r["diverged"]) for r in grid]),
+            f"grid_stuck_{name}": np.array([float(r["stuck"]) for r in grid]),
         })
         if test_noise_std > 0:
             out[f"noisy_test_acc_{name}"] = chosen["noisy_test_acc"]
