@@ -16,25 +16,22 @@ every hidden layer on a FIXED probe set at every step, and validation accuracy e
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Literal
 
 import numpy as np
 from scipy import stats
 
 from bnclaims import model
 from bnclaims.experiments import axes, experiment, spread
-from bnclaims.recorders import (BlockAverages, dataset_split, digits, eval_accuracy, mlp_options,
-                                nan_after_divergence, sample_rows, steps_to, train_on_plan)
+from bnclaims.recorders import (BlockAverages, digits, eval_accuracy, nan_after_divergence, sample_rows,
+                                train_on_plan)
 
 N_CLASSES = 10
 NETS = {"bn": "BN", "plain": "no-norm"}
 
 
-def mlp(depth: int, width: int, norm: bool, d_in: int = 64, residual: bool = False) -> model.MLPConfig:
-    """The MLP d_in-width x depth-10 with batch norm before each ReLU (or none), float32; `residual`:
-    pre-activation residual blocks (`recorders.mlp_options`)."""
-    return model.MLPConfig(sizes=(d_in,) + (width,) * depth + (N_CLASSES,), norm="batch" if norm else "none",
-                           **mlp_options(residual))
+def mlp(depth: int, width: int, norm: bool, d_in: int = 64) -> model.MLPConfig:
+    """The MLP d_in-width x depth-10 with batch norm before each ReLU (or none), float32."""
+    return model.MLPConfig(sizes=(d_in,) + (width,) * depth + (N_CLASSES,), norm="batch" if norm else "none")
 
 
 # ----------------------------------------------------------------------------- training (model.train_stack)
@@ -578,112 +575,7 @@ def settling(rng: np.random.Generator, *, epochs: int = 20, batch_size: int = 32
     }
 
 
-# ----------------------------------------------------------------------------- 5. BN vs no norm: need
-
-NEED_LRS = (0.01, 0.03, 0.1, 0.3, 1.0)
-HALF_DECADE = 10 ** 0.5
-
-
-@dataclass(frozen=True)
-class LrChoice:
-    """An lr grid trained as one stack, with the lr chosen on validation (edges extended)."""
-
-    grid: Run             # the stack over the fixed grid
-    lrs: tuple            # the fixed grid
-    best_lr: float
-    best_val: float
-    best_test: float
-    at_edge: bool         # the best lr is still at an edge of the (extended) grid
-    tried: tuple          # every lr trained, ascending (the grid and its extensions)
-
-
-def choose_lr(init_seed: int, data, plan: np.ndarray, config: model.MLPConfig, lrs: tuple,
-              eval_every: int | None = None, max_extend: int = 2) -> LrChoice:
-    """Train the grid `lrs` as one stack; pick the lr with `model.select_lr` on validation accuracy.
-
-    If the best lr is at an edge of the grid, one more lr half a decade beyond is trained (up to
-    `max_extend` times), so the choice is not an artefact of where the grid stops.
-    """
-    grid = train(init_seed, data, config, lrs, plan=plan, eval_every=eval_every)
-    # one row per candidate lr: (lr, validation accuracy, test accuracy, diverged)
-    rows = [list(r) for r in zip(lrs, grid.val_acc, grid.test_acc, grid.diverged)]
-
-    def best_index() -> int:
-        return model.select_lr([r[0] for r in rows], [r[1] for r in rows], [r[3] for r in rows])
-
-    for _ in range(max_extend):
-        best = best_index()
-        if 0 < best < len(rows) - 1:
-            break
-        new = rows[0][0] / HALF_DECADE if best == 0 else rows[-1][0] * HALF_DECADE
-        extra = train(init_seed, data, config, [new], plan=plan)
-        rows.insert(0 if best == 0 else len(rows), [new, extra.val_acc[0], extra.test_acc[0], extra.diverged[0]])
-    best = best_index()
-    return LrChoice(grid, tuple(lrs), float(rows[best][0]), float(rows[best][1]), float(rows[best][2]),
-                    best in (0, len(rows) - 1), tuple(float(r[0]) for r in rows))
-
-
-DEPTHS = ("shallow", "deep")
-
-
-@experiment(
-    "bn-need-shallow-deep",
-    metrics=axes({
-        "test_acc_{net}_{d}": "{net} MLP with {d} hidden layers: test accuracy at its own best lr (chosen on "
-                              "validation)",
-        "steps_{net}_{d}": "{net} MLP, {d}: steps to the target validation accuracy at the common lr (censored at "
-                           "the end of training + 1 evaluation)",
-        "best_lr_{net}_{d}": "{net} MLP, {d}: the lr chosen on validation",
-        "n_at_edge": "how many of the four best lrs stayed at an edge of the extended grid",
-    }, net=NETS, d=DEPTHS),
-    series=axes({
-        "eval_step": "training step (x axis of the curves)",
-        "curve_{net}_{d}": "validation accuracy during training at the common lr, {net}, {d}",
-        "lr": "learning rate (x axis of the sweep)",
-        "val_{net}_{d}": "final validation accuracy per lr (0 if diverged), {net}, {d}",
-    }, net=NETS, d=DEPTHS),
-)
-def need_shallow_deep(rng: np.random.Generator, *, shallow: int = 2, deep: int = 8, width: int = 64,
-                      lr_common: float = 0.1, target: float = 0.9, epochs: int = 20, batch_size: int = 32,
-                      eval_every: int = 11, dataset: Literal["digits", "augmented"] = "digits",
-                      residual: bool = False) -> dict:
-    """Is BN needed when batches are well shuffled and the learning rate is moderate?
-
-    Arms (paired: one initial W per depth shared by BN and no-norm, one shuffled batch stream):
-    MLPs with `shallow` and `deep` hidden layers of `width` units, with BN and without
-    normalization, plain SGD at lr 0.01, 0.03, 0.1, 0.3, 1 (the grid is extended half a decade
-    beyond an edge when the best lr sits there). Measured: test accuracy at each net's own best
-    lr (chosen on the validation split), and the steps needed to reach `target` validation
-    accuracy at the common moderate lr `lr_common` (validation checked every `eval_every` steps).
-    Scale: digits, 20 epochs (660 steps), batch 32; `dataset` "augmented" (`recorders.dataset_split`:
-    4 training rows per image, so an epoch is 4 times the steps) and `residual` (pre-activation
-    residual blocks for both depths) scale it.
-    """
-    data = dataset_split(dataset)
-    init_seed, order_seed, _ = _seeds(rng)
-    plan = shuffled_plan(order_seed, data, epochs, batch_size)
-    lrs = tuple(sorted(set(NEED_LRS) | {lr_common}))
-    common = lrs.index(lr_common)
-    out: dict = {"lr": np.array(lrs)}
-    edges = 0
-    for dname, depth in zip(DEPTHS, (shallow, deep)):
-        for net in NETS:
-            choice = choose_lr(init_seed + depth, data, plan, mlp(depth, width, net == "bn", residual=residual), lrs,
-                               eval_every)
-            rec = choice.grid
-            curve = rec.curve[:, common]
-            out[f"test_acc_{net}_{dname}"] = choice.best_test
-            out[f"best_lr_{net}_{dname}"] = choice.best_lr
-            out[f"steps_{net}_{dname}"] = steps_to(curve[None], rec.eval_steps, target, len(plan) + eval_every)[0]
-            out[f"curve_{net}_{dname}"] = curve
-            out[f"val_{net}_{dname}"] = rec.val_acc
-            out["eval_step"] = rec.eval_steps.astype(float)
-            edges += choice.at_edge
-    out["n_at_edge"] = float(edges)
-    return out
-
-
-# ----------------------------------------------------------------------------- 6. does training cancel BN?
+# ----------------------------------------------------------------------------- 5. does training cancel BN?
 
 CANCEL_LRS = (0.03, 0.1, 0.3)
 IDENTITY_SCALE = np.log(1.2)   # |log(gamma / sigma)| below this ...
