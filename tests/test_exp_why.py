@@ -185,6 +185,19 @@ def test_exact_metrics_hold_at_tiny_sizes():
     assert affine["init_error_eps"] < 1e3
 
 
+def test_early_and_late_moment_drift_are_the_two_halves_of_the_drift_curve():
+    out = experiments.run_experiment(experiments.get("layer-input-drift"), 1,
+                                     dict(hidden=[8, 8], steps=40, check_every=10))
+    metrics, series = out["metrics"], out["series"]
+    for net in ("bn", "plain"):
+        for speed in why.SPEEDS:
+            curve = np.asarray(series[f"drift_curve_{net}_{speed}"], dtype=np.float32)   # as measured
+            assert len(curve) == 4
+            assert metrics[f"moment_drift_early_{net}_{speed}"] == curve[:2].mean()
+            assert metrics[f"moment_drift_late_{net}_{speed}"] == curve[2:].mean()
+            assert metrics[f"moment_drift_{net}_{speed}"] == pytest.approx(curve.mean())
+
+
 def test_jitter_sweep_mode_chooses_from_the_grid():
     exp = experiments.get("ghost-batch-jitter")
     out = experiments.run_experiment(exp, 0, dict(hidden=[8], n_per_class=8, steps=10, lr_grid=[0.1, 0.4],

@@ -289,6 +289,10 @@ class DriftAndICS:
                                       "std on the probe set per check interval, averaged",
         "w1_drift_{net}_{speed}": "{net} MLP at the {speed} LR: Wasserstein-1 distance between consecutive probe "
                                   "distributions of each hidden unit / its std, averaged",
+        "moment_drift_early_{net}_{speed}": "moment_drift over the first half of the checks only (steps 1 to "
+                                            "steps / 2), {net} MLP at the {speed} LR",
+        "moment_drift_late_{net}_{speed}": "moment_drift over the second half of the checks only, {net} MLP at the "
+                                           "{speed} LR",
         "ics_l2_{net}_{speed}": "{net} MLP at the {speed} LR: Santurkar ICS ||G - G'|| / ||G||, averaged over layers "
                                 "2..L and checks",
         "ics_cos_{net}_{speed}": "{net} MLP at the {speed} LR: cosine(G, G') of Santurkar's ICS, averaged",
@@ -313,6 +317,7 @@ def layer_input_drift(rng: np.random.Generator, *, hidden: list[int] = [64, 64, 
       probe set (the 269 validation images; BN in training mode over the probe) -> drift of each
       unit's distribution since the last check (`distribution_drift`);
     * Santurkar's gradient ICS on the current batch (`gradient_ics`).
+    The moment drift is also reported for the first and the second half of the checks alone.
     """
     split = digits()
     X, y = split.X_train, split.y_train
@@ -327,7 +332,9 @@ def layer_input_drift(rng: np.random.Generator, *, hidden: list[int] = [64, 64, 
         acc = eval_accuracy(result.params, config, split.X_val, split.y_val, X, ~result.diverged)
         moment, w1 = np.stack(hook.moment, axis=1), np.stack(hook.w1, axis=1)            # (A, checks)
         l2, cs = np.stack(hook.ics_l2, axis=1), np.stack(hook.ics_cos, axis=1)
-        for what, values in (("moment_drift", moment), ("w1_drift", w1), ("ics_l2", l2), ("ics_cos", cs)):
+        half = moment.shape[1] // 2
+        for what, values in (("moment_drift", moment), ("w1_drift", w1), ("ics_l2", l2), ("ics_cos", cs),
+                             ("moment_drift_early", moment[:, :half]), ("moment_drift_late", moment[:, half:])):
             out.update(spread(f"{what}_{name}_{{speed}}", [row.mean() for row in values], speed=SPEEDS))
         out.update(spread(f"val_acc_{name}_{{speed}}", acc, speed=SPEEDS))
         out.update(spread(f"drift_curve_{name}_{{speed}}", moment, speed=SPEEDS))
