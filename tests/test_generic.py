@@ -226,6 +226,12 @@ def test_norm_position_after_the_activation_is_a_different_network_from_the_same
     assert metrics["test_acc_after"] > 0.3 and metrics["diverged_after"] == 0.0
 
 
+def test_residual_arms_need_two_hidden_layers_even_through_all_arms():
+    with pytest.raises(ValueError, match="residual blocks need depth >= 2"):
+        generic.check_arms({"r": {"depth": 1}}, 1000, {"residual": True})
+    generic.check_arms({"r": {"depth": 2}}, 1000, {"residual": True})
+
+
 def test_norm_position_after_needs_a_norm():
     with pytest.raises(ValueError, match="norm_position 'after' needs a norm"):
         generic.check_arms({"p": {"norm": "none", "norm_position": "after"}}, 1000)

@@ -146,6 +146,9 @@ def check_arms(arms: dict, n_train: int, all_arms: dict | None = None) -> None:
             raise ValueError(f"arm '{arm}': reference (noise-free statistics) needs norm 'batch'")
         if s["norm_position"] == "after" and s["norm"] == "none":
             raise ValueError(f"arm '{arm}': norm_position 'after' needs a norm (norm 'none' has no position)")
+        if s["residual"] and s["depth"] < 2:
+            raise ValueError(f"arm '{arm}': residual blocks need depth >= 2 (a block sits between two hidden "
+                             f"layers); got depth {s['depth']}")
 
 
 def _step_size(trajectory: np.ndarray, steps: int) -> float:
