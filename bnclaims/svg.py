@@ -35,6 +35,7 @@ GRID_COLOR = "#e3e3e3"
 TICK_SIZE = 11
 LABEL_SIZE = 12
 TITLE_SIZE = 14
+TITLE_BOLD = 1.12   # titles are font-weight 600: measured in Chromium (DejaVu Sans) 8 % wider than text_width's estimate
 
 Number = float | None
 
@@ -406,7 +407,7 @@ def _plot(kind: str, series: Sequence[Series], *, title: str, xlabel: str, ylabe
     styles = assign_styles([s.label for s in series])
     x_log, y_log = xscale == "log", yscale == "log"
     # layout: title lines, legend rows, plot area, x tick labels and label
-    title_lines = _wrap(title, width - 24, TITLE_SIZE)
+    title_lines = _wrap(title, width - 24, TITLE_SIZE * TITLE_BOLD)
     top = 10 + len(title_lines) * (TITLE_SIZE + 5)
     legend_items = [(s.label, st) for s, st in zip(series, styles)]
     legend_rows: list[list[tuple[str, int, float]]] = [[]]

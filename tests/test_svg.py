@@ -218,6 +218,16 @@ def test_text_is_escaped():
         assert root.find("s:title", NS).text == XSS
 
 
+def test_a_bold_title_that_would_overflow_the_plot_wraps():
+    # rendered in Chromium (DejaVu Sans, weight 600, 14 px) this title is 666 px wide: more than the 616 px
+    # a 640-px plot leaves, although text_width's regular-weight estimate (615 px) says it fits
+    title = "How far each hidden unit's input distribution moves in 10 steps, with BN (moments)"
+    assert svg.text_width(title, svg.TITLE_SIZE) < 640 - 24 < 666
+    root = ET.fromstring(svg.line_plot([svg.Series("a", (1.0, 2.0), (1.0, 2.0))], title=title, width=640))
+    lines = [t.text for t in root.iter("{http://www.w3.org/2000/svg}text") if t.get("font-weight") == "600"]
+    assert len(lines) == 2 and " ".join(lines) == title
+
+
 def test_interval_strip_is_well_formed_and_escaped():
     text = svg.interval_strip(0.5, 0.2, 0.8, values=[0.1, 0.6, 0.9], threshold=0.0, holds_above=True,
                               verdict="supported", label=XSS)
