@@ -173,7 +173,7 @@ def test_lr_name():
 # ----------------------------------------------------------------------------- registered experiments
 
 
-TINY = {"epochs": 1, "width": 16}
+TINY = {"epochs": 1, "width": 16, "check_epochs": 1, "batches": 300}
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -188,10 +188,10 @@ def test_experiment_returns_declared_finite_names_deterministically(name):
     assert other["metrics"] != first["metrics"]
 
 
-def test_all_five_experiments_are_registered():
+def test_all_six_experiments_are_registered():
     assert sorted(EXPERIMENTS) == sorted([
         "bn-vs-plain-probe-drift", "gamma-beta-step-vs-lr", "gamma-beta-lr-order-grid", "gamma-beta-settling",
-        "bn-cancel-check",
+        "bn-cancel-check", "first-layer-update-sources",
     ])
 
 
@@ -227,3 +227,59 @@ def test_unit_outputs_rank_way_against_settling_and_fall_back_when_few_units_mov
     assert few["unit_count_lr0p1"] == 12 and few["unit_settle_rho_lr0p1"] == 0.0
     assert few["unit_settle_far_lr0p1"] == few["unit_settle_near_lr0p1"] == 1.0
     assert np.isnan(few["unit_settle_by_way"]).all()
+
+
+# ----------------------------------------------------------------------------- first-layer updates, batch by batch
+
+
+def test_held_out_r2_is_one_for_an_exact_linear_map_and_near_zero_for_unrelated_predictors():
+    rng = np.random.default_rng(0)
+    predictors = rng.standard_normal((600, 5))
+    target = predictors @ rng.standard_normal((5, 40)) + 3.0
+    assert dyn.held_out_r2(target, predictors, 400) == pytest.approx(1.0, abs=1e-12)
+    assert abs(dyn.held_out_r2(rng.standard_normal((600, 40)), predictors, 400)) < 0.05
+
+
+def test_first_layer_gradients_are_each_batch_s_own_gradient():
+    """Row b is the first layer's weight gradient of a training-mode step on batch b alone (plain and BN)."""
+    rng = np.random.default_rng(1)
+    batches = np.argsort(rng.random((7, len(DATA.y_train))), axis=1)[:, :32]
+    for norm in (False, True):
+        config = dyn.mlp(2, 16, norm)
+        params = model.init_params(np.random.default_rng(2), config)
+        G = dyn.first_layer_gradients(params, config, DATA.X_train, DATA.y_train, batches, chunk=3)
+        for b, rows in enumerate(batches):
+            grads = model.loss_and_grads(params, model.init_state(config), DATA.X_train[rows], DATA.y_train[rows],
+                                         config)[1]
+            np.testing.assert_allclose(G[b], grads["W0"].ravel(), rtol=1e-5, atol=1e-7)
+
+
+def test_batch_share_matches_sampling_without_replacement():
+    """Without normalization G_b is the mean of per-example gradients g_i over n distinct rows, so
+    E||G_b - g_bar||^2 = (N - n) / (n (N - 1)) * mean_i ||g_i - g_bar||^2: the measured share agrees."""
+    config = dyn.mlp(1, 8, False)
+    params = model.init_params(np.random.default_rng(3), config)
+    X, y = DATA.X_train[:200], DATA.y_train[:200]
+    per_example = dyn.first_layer_gradients(params, config, X, y, np.arange(200)[:, None])
+    g_bar = per_example.mean(axis=0)
+    n, N = 16, 200
+    noise = (N - n) / (n * (N - 1)) * np.mean(np.square(per_example - g_bar).sum(axis=1))
+    expected = noise / (noise + g_bar @ g_bar)
+    batches = np.argsort(np.random.default_rng(4).random((4000, N)), axis=1)[:, :n]
+    share = dyn.update_sources(params, config, X, y, batches, 3000)[0]
+    assert share == pytest.approx(expected, rel=0.05)
+
+
+def test_with_batch_norm_the_batch_input_mean_drops_out_of_the_first_layer_update():
+    """BN after the first layer passes back dZ with zero column sums, so X^T dZ = (X - mean)^T dZ: shifting
+    every input of a batch by one vector leaves the first-layer gradient unchanged (float64, up to rounding);
+    without normalization it changes."""
+    rows = np.random.default_rng(5).choice(len(DATA.y_train), size=(3, 32), replace=False)
+    X = DATA.X_train.astype(np.float64)
+    shift = np.random.default_rng(6).standard_normal(X.shape[1])
+    for norm, unchanged in ((True, True), (False, False)):
+        config = replace(dyn.mlp(2, 16, norm), dtype="float64")
+        params = model.init_params(np.random.default_rng(7), config)
+        G = dyn.first_layer_gradients(params, config, X, DATA.y_train, rows)
+        G_shifted = dyn.first_layer_gradients(params, config, X + shift, DATA.y_train, rows)
+        assert np.allclose(G_shifted, G, rtol=1e-9, atol=1e-12) == unchanged

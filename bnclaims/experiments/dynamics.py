@@ -22,7 +22,7 @@ from scipy import stats
 
 from bnclaims import model
 from bnclaims.experiments import axes, experiment, spread
-from bnclaims.recorders import (BlockAverages, digits, eval_accuracy, nan_after_divergence, sample_rows,
+from bnclaims.recorders import (BlockAverages, Checkpoints, digits, eval_accuracy, nan_after_divergence, sample_rows,
                                 train_on_plan)
 
 N_CLASSES = 10
@@ -162,6 +162,13 @@ def late_wobble(flat: np.ndarray, window: int) -> np.ndarray:
     return np.sqrt((detrended_std(late) ** 2).sum(axis=-1))
 
 
+def final_and_wobble(flat: np.ndarray, final_fraction: float = SETTLE_FINAL_FRACTION) -> tuple[np.ndarray, np.ndarray]:
+    """Where a block-averaged trajectory flat (K, A, P) ends up and how much it still jitters there:
+    (final (A, P): the mean of its last `final_window` blocks, `late_wobble` (A,) over the same blocks)."""
+    window = final_window(len(flat), final_fraction)
+    return flat[-window:].mean(axis=0), late_wobble(flat, window)
+
+
 def settle_fraction(blocks: np.ndarray, init: np.ndarray, tolerance: float = 0.2,
                     final_fraction: float = SETTLE_FINAL_FRACTION,
                     wobble_mult: float = SETTLE_WOBBLE_MULT) -> np.ndarray:
@@ -178,11 +185,10 @@ def settle_fraction(blocks: np.ndarray, init: np.ndarray, tolerance: float = 0.2
     """
     k_blocks, a = blocks.shape[:2]
     flat = blocks.reshape(k_blocks, a, -1).astype(np.float64)
-    window = final_window(k_blocks, final_fraction)
-    final = flat[-window:].mean(axis=0)
+    final, wobble = final_and_wobble(flat, final_fraction)
     d = np.linalg.norm(flat - final, axis=2)                         # (K, A)
     d0 = np.linalg.norm(init.reshape(a, -1).astype(np.float64) - final, axis=1)
-    band = np.sqrt((tolerance * d0) ** 2 + (wobble_mult * late_wobble(flat, window)) ** 2)
+    band = np.sqrt((tolerance * d0) ** 2 + (wobble_mult * wobble) ** 2)
     outside = ~(d <= band)                                            # NaN counts as outside
     # last block that is outside the band; settled from the block after it
     last_out = np.where(outside.any(axis=0), k_blocks - 1 - np.argmax(outside[::-1], axis=0), -1)
@@ -468,10 +474,10 @@ def unit_settling(blocks: dict, init: dict, arm: int, layers) -> tuple[np.ndarra
     for i in layers:
         traj = np.stack([blocks[f"gamma{i}"][:, arm], blocks[f"beta{i}"][:, arm]], axis=-1).astype(np.float64)
         start = np.stack([init[f"gamma{i}"][arm], init[f"beta{i}"][arm]], axis=-1).astype(np.float64)  # (D, 2)
-        window = final_window(traj.shape[0])
+        final, late = final_and_wobble(traj)
         settle.append(settle_fraction(traj, start))           # traj (K, D, 2): the D units as D "arms"
-        way.append(np.linalg.norm(start - traj[-window:].mean(axis=0), axis=-1))
-        wobble.append(late_wobble(traj, window))
+        way.append(np.linalg.norm(start - final, axis=-1))
+        wobble.append(late)
     return np.concatenate(settle), np.concatenate(way), np.concatenate(wobble)
 
 
@@ -713,3 +719,109 @@ def cancel_check(rng: np.random.Generator, *, width: int = 64, epochs: int = 20,
         "shift_end": np.quantile((b1 - m1) / s1, q),
         "lr": np.array(CANCEL_LRS), "acc_bn": acc_bn, "acc_removed": acc_removed, "frac_identity": frac1,
     }
+
+
+# ----------------------------------------------------------------------------- first-layer updates, batch by batch
+
+UPDATE_SOURCES = {"input": "the batch's input statistics (each input feature's batch mean and variance)",
+                  "label": "the batch's class counts", "both": "the input statistics and the class counts together"}
+
+
+def first_layer_gradients(params: model.Params, config: model.MLPConfig, X: np.ndarray, y: np.ndarray,
+                          batches: np.ndarray, chunk: int = 500) -> np.ndarray:
+    """(B, d_in * H) float64: the first layer's weight gradient on each batch of `batches` (B, n) at the
+    fixed `params` of one network (training mode) -- the direction of the SGD step that batch would take."""
+    out = []
+    for start in range(0, len(batches), chunk):
+        rows = batches[start:start + chunk]
+        stack = {name: np.broadcast_to(v if model.is_weight(name) else v[None], (len(rows),) + (1,) * (v.ndim == 1)
+                                       + v.shape) for name, v in params.items()}      # read-only views: B copies
+        with np.errstate(all="ignore"):
+            grads = model.loss_and_grads(stack, model.init_stack_state(config, len(rows)), X[rows], y[rows], config)[1]
+        out.append(grads["W0"].reshape(len(rows), -1).astype(np.float64))
+    return np.concatenate(out)
+
+
+def held_out_r2(target: np.ndarray, predictors: np.ndarray, fit: int) -> float:
+    """R^2 on held-out rows of the least-squares linear map (with intercept) from predictors (B, P) to
+    target (B, Q), fitted on the first `fit` rows: 1 - SSE / SS about the fit rows' mean, on the rest."""
+    A = np.hstack([predictors, np.ones((len(predictors), 1))])
+    coef = np.linalg.pinv(A[:fit]) @ target[:fit]            # P + 1 columns: the pseudo-inverse is the cheap side
+    rest = target[fit:]
+    residual = rest - A[fit:] @ coef
+    spread = rest - target[:fit].mean(axis=0)
+    return float(1.0 - np.einsum("ij,ij->", residual, residual) / np.einsum("ij,ij->", spread, spread))
+
+
+def update_sources(params: model.Params, config: model.MLPConfig, X: np.ndarray, y: np.ndarray,
+                   batches: np.ndarray, fit: int) -> np.ndarray:
+    """(batch share, R^2 of each of UPDATE_SOURCES) of the first-layer gradients over `batches` at fixed params.
+
+    batch share = E||G_b - mean G||^2 / E||G_b||^2: the part of a step's first-layer update that differs
+    from batch to batch (SGD moves W by -lr G_b, so the same fraction of the step). R^2: how much of
+    G_b - mean G a linear function of the batch's statistics predicts on held-out batches."""
+    G = first_layer_gradients(params, config, X, y, batches)
+    if not np.isfinite(G).all():
+        return np.full(1 + len(UPDATE_SOURCES), np.nan)
+    mean = G.mean(axis=0)
+    total = np.einsum("ij,ij->", G, G)
+    share = 1.0 - len(G) * (mean @ mean) / total                    # E||G_b - mean||^2 / E||G_b||^2
+    xb = X[batches].astype(np.float64)                                              # (B, n, d_in)
+    inputs = np.hstack([xb.mean(axis=1), xb.var(axis=1)])
+    counts = (y[batches][..., None] == np.arange(N_CLASSES)).sum(axis=1).astype(np.float64)
+    sources = {"input": inputs, "label": counts, "both": np.hstack([inputs, counts])}
+    return np.array([share] + [held_out_r2(G, sources[s], fit) for s in UPDATE_SOURCES])
+
+
+@experiment(
+    "first-layer-update-sources",
+    metrics=axes({
+        "batch_share[net]": "{net} MLP: share of a step's first-layer weight update that differs from one mini-batch "
+                            "to the next, E||G_b - mean G||^2 / E||G_b||^2 (mean over the checkpoints)",
+        "{source}_r2_{net}": "{net} MLP: held-out R^2 of the batch-to-batch part of the first-layer update on "
+                            "{source} (linear least squares; mean over the checkpoints)",
+        "val_acc[net]": "{net} MLP: validation accuracy at the end of training",
+    }, source=UPDATE_SOURCES, net=NETS),
+    series=axes({
+        "check_epoch": "checkpoint (epochs of training; 0 = initialization)",
+        "share_curve[net]": "batch share of the first-layer update at each checkpoint, {net}",
+        "{source}_r2_curve_{net}": "held-out R^2 on {source} at each checkpoint, {net}",
+    }, source=UPDATE_SOURCES, net=NETS),
+)
+def first_layer_update_sources(rng: np.random.Generator, *, depth: int = 3, width: int = 64, lr: float = 0.1,
+                               epochs: int = 10, batch_size: int = 32, check_epochs: int = 2,
+                               batches: int = 3000) -> dict:
+    """Does the first layer's update change with each mini-batch, and is that change driven by the batch's
+    input distribution?
+
+    An MLP 64-width x depth-10 without normalization and the same with BN before every ReLU (same initial
+    weights, same batches), SGD at `lr`, batch `batch_size`, `epochs` epochs on the digits. Every
+    `check_epochs` epochs (and at initialization), with the weights fixed, the first layer's weight
+    gradient G_b -- the direction of the SGD step -- is computed on each of `batches` random
+    mini-batches of `batch_size` training images (the same batches at every checkpoint and for both
+    nets). Measured (`update_sources`): the share of E||G_b||^2 that is batch-to-batch variation,
+    and how much of that variation a linear function of the batch's statistics predicts on held-out
+    batches (fitted on two thirds of them): the mean and variance of each of the 64 input features
+    in the batch, the batch's class counts, or both.
+    """
+    data = digits()
+    init_seed, order_seed, batch_seed = _seeds(rng)
+    n = len(data.y_train)
+    draws = np.argsort(np.random.default_rng(batch_seed).random((batches, n)), axis=1)[:, :batch_size]
+    fit = 2 * batches // 3
+    plan = shuffled_plan(order_seed, data, epochs, batch_size)
+    out: dict = {"check_epoch": np.arange(0, epochs + 1, check_epochs, dtype=float)}
+    for net in NETS:
+        config = mlp(depth, width, net == "bn")
+        hook = Checkpoints(check_epochs * (n // batch_size),
+                           lambda _, params, alive: update_sources(model.arm_params(params, 0), config, data.X_train,
+                                                                   data.y_train, draws, fit)
+                           if alive[0] else np.full(1 + len(UPDATE_SOURCES), np.nan))
+        result = train_on_plan(config, data.X_train, data.y_train, [lr],
+                               plan, model.init_params(np.random.default_rng(init_seed), config), record=hook)
+        curves = hook.values(len(out["check_epoch"]))                                 # (checks, 1 + sources)
+        out[f"batch_share_{net}"], out[f"share_curve_{net}"] = float(curves[:, 0].mean()), curves[:, 0]
+        for k, source in enumerate(UPDATE_SOURCES, start=1):
+            out[f"{source}_r2_{net}"], out[f"{source}_r2_curve_{net}"] = float(curves[:, k].mean()), curves[:, k]
+        out[f"val_acc_{net}"] = float(eval_accuracy(result, data.X_val, data.y_val)[0])
+    return out
