@@ -524,7 +524,7 @@ def _reference_html(ref, results: dict, root: str) -> str:
             return f'<span class="ref-broken">[[{escape(ref.text)}]]: no such condition</span>'
         c = judged[ref.condition - 1]
         anchor = f"{'b' if ref.beyond else 'c'}-{ref.condition}"
-        return (f'<a class="badge v-{c.verdict}" href="{href}#{anchor}" title="{escape(c.name)}">'
+        return (f'<a class="badge cond v-{c.verdict}" href="{href}#{anchor}" title="{escape(c.name)}">'
                 f'<span aria-hidden="true">{VERDICT_SYMBOL[c.verdict]}</span> {escape(c.name)}: {c.verdict}</a>')
     return (f'<a class="badge v-{result.status}" href="{href}" title="{escape(result.claim.title)}">'
             f'<span aria-hidden="true">{VERDICT_SYMBOL[result.status]}</span> {ANSWER[result.status]} '

@@ -177,3 +177,25 @@ def test_the_checks_can_fail(tmp_path):
     broken.write_text("<!DOCTYPE html><html><body><p>x</p><script>undefinedFunction()</script></body></html>")
     result = run_chromium(chromium, "--dump-dom", broken.as_uri())
     assert any("Uncaught" in line for line in console_messages(result.stderr))
+
+
+def test_a_long_condition_cited_in_prose_wraps_instead_of_widening_the_page(tmp_path):
+    """An answer cites conditions by their full names, some 20 words long: the badge wraps with the text
+    (`.badge.cond`), where a plain nowrap badge would push the page wider than the window."""
+    chromium = find_chromium()
+    css = (REPO / "bnclaims" / "templates" / "style.css").read_text(encoding="utf-8")
+    name = "at least half of a step's first-layer weight update differs from batch to batch " * 3
+    measure = ("<script>document.body.insertAdjacentHTML('beforeend', '<p id=\"w\">' + "
+               "document.documentElement.scrollWidth + ' ' + window.innerWidth + '</p>')</script>")
+    widths = {}
+    for cls in ("badge cond v-supported", "badge v-supported"):
+        page = tmp_path / f"{cls.split()[1]}.html"
+        page.write_text(f"<!DOCTYPE html><html><head><style>{css}</style></head><body><main><div class='prose'>"
+                        f"<p>Most of it is <a class='{cls}' href='#c-1'>✓ {name}: supported</a>.</p></div>"
+                        f"</main>{measure}</body></html>", encoding="utf-8")
+        dom = run_chromium(chromium, "--window-size=800,600", "--dump-dom", page.as_uri()).stdout
+        widths[cls] = tuple(int(v) for v in re.search(r'<p id="w">(\d+) (\d+)</p>', dom).groups())
+    scroll, window = widths["badge cond v-supported"]
+    assert scroll <= window
+    scroll, window = widths["badge v-supported"]
+    assert scroll > window                     # the check can fail: a nowrap badge does overflow
