@@ -251,7 +251,8 @@ def train_compare(
     X, y = split.X_train, split.y_train
     if train_per_class:
         X, y = data.subsample(subset_rng, X, y, train_per_class)
-    check_arms(arms, len(y), all_arms)
+    merged = {name: arm_settings(settings, all_arms) for name, settings in arms.items()}
+    check_arms(merged, len(y))
     # what every arm is measured on, drawn once (paired): input noise and the order of the test batches
     noise_rng, order_rng, mode_rng = measure_rng.spawn(3)
     X_noisy = (split.X_test + test_noise_std * noise_rng.standard_normal(split.X_test.shape)).astype(np.float32) \
@@ -261,8 +262,7 @@ def train_compare(
     # one stack per (architecture, batch size, epochs): every distinct learning rate and optimizer of the arms
     # that share them, trained once for all the arms that name it
     stacks: dict[tuple, dict[model.Arm, list[str]]] = {}
-    for name, settings in arms.items():
-        s = arm_settings(settings, all_arms)
+    for name, s in merged.items():
         config = model.MLPConfig(
             sizes=(X.shape[1],) + (s["width"],) * s["depth"] + (10,), norm=s["norm"], affine=s["affine"],
             ghost_batch_size=s["ghost_batch_size"], groups=s["groups"], momentum=s["running_momentum"],
@@ -318,8 +318,7 @@ def train_compare(
                 runs[name].append(run)
 
     out: dict[str, object] = {}
-    for name, settings in arms.items():
-        s = arm_settings(settings, all_arms)
+    for name, s in merged.items():
         grid = runs[name]
         lrs = np.array([r["lr"] for r in grid])
         val = np.array([r["val_acc"] for r in grid])
