@@ -35,3 +35,20 @@ def test_committed_site_has_a_page_per_claim_and_thread():
         assert (site / "threads" / f"{thread.stem}.html").is_file()
     for claim_id in manifest:  # the results the site was built from, so a fresh clone's build runs nothing
         assert (site / "results" / f"{claim_id}.json").is_file()
+
+
+def test_committed_site_has_every_rung_judged_and_current(tmp_path):
+    """A plain `bnclaims build` after a code change keeps only the rungs whose results are still current
+    (the others show "not run yet"): the committed site must come from `bnclaims build --ladder`."""
+    manifest = json.loads((ROOT / "site" / "manifest.json").read_text())["ladder"]
+    claims, problems = load_claims([ROOT / "claims"])
+    assert problems == []
+    rungs = [claim.at_rung(rung) for claim in claims for rung in claim.ladder]
+    current = {p.claim.id: p.site_hash for p in plan(rungs, RunOptions(cache_dir=tmp_path), Cache(tmp_path))}
+    missing = sorted(set(current) - set(manifest))
+    assert not missing, f"site/ has no result for the rungs {missing}: run `bnclaims build --ladder`"
+    assert sorted(manifest) == sorted(current), "rungs removed since site/ was built"
+    stale = sorted(i for i in current if manifest[i]["input_hash"] != current[i])
+    assert not stale, f"site/ is stale for the rungs {stale}: run `bnclaims build --ladder`"
+    for rung_id in manifest:
+        assert (ROOT / "site" / "results" / f"{rung_id}.json").is_file()
