@@ -813,10 +813,12 @@ def first_layer_update_sources(rng: np.random.Generator, *, depth: int = 3, widt
     out: dict = {"check_epoch": np.arange(0, epochs + 1, check_epochs, dtype=float)}
     for net in NETS:
         config = mlp(depth, width, net == "bn")
-        hook = Checkpoints(check_epochs * (n // batch_size),
-                           lambda _, params, alive: update_sources(model.arm_params(params, 0), config, data.X_train,
-                                                                   data.y_train, draws, fit)
-                           if alive[0] else np.full(1 + len(UPDATE_SOURCES), np.nan))
+        def measure(_, params, alive, config=config):
+            if not alive[0]:
+                return np.full(1 + len(UPDATE_SOURCES), np.nan)
+            return update_sources(model.arm_params(params, 0), config, data.X_train, data.y_train, draws, fit)
+
+        hook = Checkpoints(check_epochs * (n // batch_size), measure)
         result = train_on_plan(config, data.X_train, data.y_train, [lr],
                                plan, model.init_params(np.random.default_rng(init_seed), config), record=hook)
         curves = hook.values(len(out["check_epoch"]))                                 # (checks, 1 + sources)
