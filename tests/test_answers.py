@@ -4,7 +4,6 @@ about, stale and broken evidence marked on the page, and no author text ever tre
 from __future__ import annotations
 
 import re
-
 from pathlib import Path
 
 import pytest

@@ -266,7 +266,7 @@ def test_batch_share_matches_sampling_without_replacement():
     noise = (N - n) / (n * (N - 1)) * np.mean(np.square(per_example - g_bar).sum(axis=1))
     expected = noise / (noise + g_bar @ g_bar)
     batches = np.argsort(np.random.default_rng(4).random((4000, N)), axis=1)[:, :n]
-    share = dyn.update_sources(params, config, X, y, batches, 3000)[0]
+    share = dyn.update_sources(params, config, X, y, batches, dyn.batch_statistics(X, y, batches), 3000)[0]
     assert share == pytest.approx(expected, rel=0.05)
 
 

@@ -731,11 +731,11 @@ def first_layer_gradients(params: model.Params, config: model.MLPConfig, X: np.n
                           batches: np.ndarray, chunk: int = 500) -> np.ndarray:
     """(B, d_in * H) float64: the first layer's weight gradient on each batch of `batches` (B, n) at the
     fixed `params` of one network (training mode) -- the direction of the SGD step that batch would take."""
+    one = model.stack_params([params])                        # the stack layout, one arm
     out = []
     for start in range(0, len(batches), chunk):
         rows = batches[start:start + chunk]
-        stack = {name: np.broadcast_to(v if model.is_weight(name) else v[None], (len(rows),) + (1,) * (v.ndim == 1)
-                                       + v.shape) for name, v in params.items()}      # read-only views: B copies
+        stack = {name: np.broadcast_to(v, (len(rows),) + v.shape[1:]) for name, v in one.items()}   # views, no copies
         with np.errstate(all="ignore"):
             grads = model.loss_and_grads(stack, model.init_stack_state(config, len(rows)), X[rows], y[rows], config)[1]
         out.append(grads["W0"].reshape(len(rows), -1).astype(np.float64))
@@ -753,23 +753,29 @@ def held_out_r2(target: np.ndarray, predictors: np.ndarray, fit: int) -> float:
     return float(1.0 - np.einsum("ij,ij->", residual, residual) / np.einsum("ij,ij->", spread, spread))
 
 
+def batch_statistics(X: np.ndarray, y: np.ndarray, batches: np.ndarray) -> dict[str, np.ndarray]:
+    """{source: (B, P) predictors} of every batch of `batches` (B, n), one entry per UPDATE_SOURCES:
+    each input feature's batch mean and variance, the class counts, and both side by side."""
+    xb = X[batches].astype(np.float64)                                              # (B, n, d_in)
+    inputs = np.hstack([xb.mean(axis=1), xb.var(axis=1)])
+    counts = (y[batches][..., None] == np.arange(N_CLASSES)).sum(axis=1).astype(np.float64)
+    return {"input": inputs, "label": counts, "both": np.hstack([inputs, counts])}
+
+
 def update_sources(params: model.Params, config: model.MLPConfig, X: np.ndarray, y: np.ndarray,
-                   batches: np.ndarray, fit: int) -> np.ndarray:
+                   batches: np.ndarray, sources: dict[str, np.ndarray], fit: int) -> np.ndarray:
     """(batch share, R^2 of each of UPDATE_SOURCES) of the first-layer gradients over `batches` at fixed params.
 
     batch share = E||G_b - mean G||^2 / E||G_b||^2: the part of a step's first-layer update that differs
     from batch to batch (SGD moves W by -lr G_b, so the same fraction of the step). R^2: how much of
-    G_b - mean G a linear function of the batch's statistics predicts on held-out batches."""
+    G_b - mean G a linear function of the batch's statistics (`sources`, from `batch_statistics`)
+    predicts on held-out batches."""
     G = first_layer_gradients(params, config, X, y, batches)
     if not np.isfinite(G).all():
         return np.full(1 + len(UPDATE_SOURCES), np.nan)
     mean = G.mean(axis=0)
     total = np.einsum("ij,ij->", G, G)
     share = 1.0 - len(G) * (mean @ mean) / total                    # E||G_b - mean||^2 / E||G_b||^2
-    xb = X[batches].astype(np.float64)                                              # (B, n, d_in)
-    inputs = np.hstack([xb.mean(axis=1), xb.var(axis=1)])
-    counts = (y[batches][..., None] == np.arange(N_CLASSES)).sum(axis=1).astype(np.float64)
-    sources = {"input": inputs, "label": counts, "both": np.hstack([inputs, counts])}
     return np.array([share] + [held_out_r2(G, sources[s], fit) for s in UPDATE_SOURCES])
 
 
@@ -809,6 +815,7 @@ def first_layer_update_sources(rng: np.random.Generator, *, depth: int = 3, widt
     n = len(data.y_train)
     draws = np.argsort(np.random.default_rng(batch_seed).random((batches, n)), axis=1)[:, :batch_size]
     fit = 2 * batches // 3
+    sources = batch_statistics(data.X_train, data.y_train, draws)     # the same batches at every checkpoint
     plan = shuffled_plan(order_seed, data, epochs, batch_size)
     out: dict = {"check_epoch": np.arange(0, epochs + 1, check_epochs, dtype=float)}
     for net in NETS:
@@ -816,7 +823,8 @@ def first_layer_update_sources(rng: np.random.Generator, *, depth: int = 3, widt
         def measure(_, params, alive, config=config):
             if not alive[0]:
                 return np.full(1 + len(UPDATE_SOURCES), np.nan)
-            return update_sources(model.arm_params(params, 0), config, data.X_train, data.y_train, draws, fit)
+            return update_sources(model.arm_params(params, 0), config, data.X_train, data.y_train, draws, sources,
+                                  fit)
 
         hook = Checkpoints(check_epochs * (n // batch_size), measure)
         result = train_on_plan(config, data.X_train, data.y_train, [lr],

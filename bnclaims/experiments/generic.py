@@ -241,10 +241,11 @@ def train_compare(
     through them, the loss on the batch (``MLPConfig(reference_rows=)``). ``test_noise_std`` > 0
     adds ``noisy_test_acc_<arm>``: test accuracy under Gaussian input noise of that std.
     ``trains_accuracy``: the final validation accuracy a rate needs to count as training in
-    ``max_lr_trains`` (besides a finite loss below chance). ``all_arms`` holds settings every arm takes unless it sets its own (so a ladder rung can
-    change every arm at once, e.g. ``all_arms: {depth: 8}``). ``residual: true`` makes an arm's
-    hidden layers pre-activation residual blocks (`recorders.mlp_options`). Arms that would train
-    the same network (same architecture, schedule, rate and optimizer) are trained once.
+    ``max_lr_trains`` (besides a finite loss below chance). ``all_arms`` holds settings every arm
+    takes unless it sets its own (so a ladder rung can change every arm at once, e.g.
+    ``all_arms: {depth: 8}``). ``residual: true`` makes an arm's hidden layers pre-activation
+    residual blocks (`recorders.mlp_options`). Arms that would train the same network (same
+    architecture, schedule, rate and optimizer) are trained once.
     """
     split = data.digits_split(0.25, validation_fraction, standardize=True, dtype=np.float32)
     subset_rng, pair_rng, measure_rng = rng.spawn(3)   # the first two as rng.spawn(2) gives them
